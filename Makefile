@@ -1,0 +1,18 @@
+# gdpr: PGXS build.  See README.md for the test command.
+
+MODULE_big = gdpr
+OBJS = src/gdpr.o src/guc.o src/subject.o src/audit.o src/reads.o src/ddl.o
+
+EXTENSION = gdpr
+DATA = gdpr--1.0.sql
+PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
+
+REGRESS = setup map paths audit audit_settings ddl bad_input hostile
+REGRESS_OPTS = --inputdir=. --load-extension=gdpr
+
+ISOLATION = audit_concurrent
+ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso --load-extension=gdpr
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

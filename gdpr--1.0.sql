@@ -1,0 +1,1011 @@
+-- gdpr 1.0: the personal-data map and the audit trail.
+--
+-- Everything lives in schema gdpr, which the control file creates.  Objects are schema-qualified
+-- throughout so that the script and the functions behave the same whatever search_path the caller has.
+
+\echo Use "CREATE EXTENSION gdpr" to load this file. \quit
+
+-- Roles.  Roles are cluster-wide and survive the extension, so a second database that installs
+-- gdpr reuses them instead of failing.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'gdpr_admin') THEN
+        CREATE ROLE gdpr_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'gdpr_auditor') THEN
+        CREATE ROLE gdpr_auditor NOLOGIN;
+    END IF;
+END
+$roles$;
+
+GRANT USAGE ON SCHEMA gdpr TO PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- The map
+------------------------------------------------------------------------------------------------
+
+-- One row per kind of data subject: the table whose rows are the people.
+CREATE TABLE gdpr.subject_kind (
+    kind           text PRIMARY KEY CHECK (kind <> ''),
+    relid          pg_catalog.regclass NOT NULL UNIQUE,
+    key_column     name NOT NULL,
+    key_type       pg_catalog.regtype NOT NULL,
+    on_erase       text NOT NULL CHECK (on_erase IN ('delete', 'anonymize')),
+    registered_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- One row per table holding personal data, the subject tables included.
+CREATE TABLE gdpr.registered_table (
+    relid               pg_catalog.regclass PRIMARY KEY,
+    kind                text NOT NULL REFERENCES gdpr.subject_kind ON DELETE CASCADE,
+    on_erase            text NOT NULL CHECK (on_erase IN ('delete', 'anonymize')),
+    purpose             text,
+    legal_basis         text CHECK (legal_basis IN ('consent', 'contract', 'legal_obligation',
+                                                    'vital_interests', 'public_task',
+                                                    'legitimate_interests')),
+    retention           text,
+    recipients          text[],
+    provided_by_subject boolean NOT NULL DEFAULT true,
+    registered_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- How a row reaches its subject.  A table has one or more named paths; an owner path says the row
+-- belongs to the subject, a concerned path that the row is only about them (a message's recipient).
+-- A path is either a column holding the subject key (subject_column) or a chain of steps.
+CREATE TABLE gdpr.subject_path (
+    relid           pg_catalog.regclass NOT NULL REFERENCES gdpr.registered_table ON DELETE CASCADE,
+    path_name       text NOT NULL CHECK (path_name <> ''),
+    relation        text NOT NULL CHECK (relation IN ('owner', 'concerned')),
+    subject_column  name,
+    about_columns   name[],
+    PRIMARY KEY (relid, path_name)
+);
+
+-- One step of a path: from the current row's from_cols to the rows of to_rel whose to_cols equal
+-- them, compared with ops.  A forward step follows a foreign key to the table it references; a
+-- reverse step (only into the subject table) goes from a referenced row to the subject row that
+-- references it (customer.address_id -> address).
+CREATE TABLE gdpr.path_step (
+    relid      pg_catalog.regclass NOT NULL,
+    path_name  text NOT NULL,
+    step       int NOT NULL CHECK (step > 0),
+    from_cols  name[] NOT NULL,
+    to_rel     pg_catalog.regclass NOT NULL,
+    to_cols    name[] NOT NULL,
+    ops        pg_catalog.regoperator[] NOT NULL,
+    reverse    boolean NOT NULL,
+    constraint_name name,
+    PRIMARY KEY (relid, path_name, step),
+    FOREIGN KEY (relid, path_name) REFERENCES gdpr.subject_path ON DELETE CASCADE
+);
+CREATE INDEX ON gdpr.path_step (to_rel);
+
+CREATE TABLE gdpr.column_class (
+    relid        pg_catalog.regclass NOT NULL REFERENCES gdpr.registered_table ON DELETE CASCADE,
+    column_name  name NOT NULL,
+    category     text NOT NULL CHECK (category IN ('identity', 'contact', 'financial', 'location',
+                                                   'online_id', 'special', 'secret', 'other')),
+    erase        text NOT NULL CHECK (erase IN ('null', 'redact', 'pseudonym', 'fake', 'mask',
+                                                'keep')),
+    PRIMARY KEY (relid, column_name)
+);
+
+------------------------------------------------------------------------------------------------
+-- The audit trail
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE gdpr.audit_log (
+    event_id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_time           timestamptz NOT NULL DEFAULT pg_catalog.statement_timestamp(),
+    event                text NOT NULL,
+    success              boolean NOT NULL DEFAULT true,
+    table_name           text,
+    subject_kind         text,
+    subject_id           text,
+    related_subject_ids  text[],
+    row_key              jsonb,
+    changed_columns      text[],
+    old_values           jsonb,
+    new_values           jsonb,
+    txid                 bigint,
+    session_role         text NOT NULL DEFAULT session_user,
+    effective_role       text NOT NULL DEFAULT current_user,
+    actor                text,
+    client_addr          inet,
+    user_agent           text,
+    application_name     text,
+    detail               jsonb,
+    retention_until      timestamptz NOT NULL
+);
+CREATE INDEX audit_log_subject_idx ON gdpr.audit_log (subject_kind, subject_id);
+CREATE INDEX audit_log_related_idx ON gdpr.audit_log USING gin (related_subject_ids)
+    WHERE related_subject_ids IS NOT NULL;
+CREATE INDEX audit_log_retention_idx ON gdpr.audit_log (retention_until);
+
+-- The map and the audit trail are data, not definitions: pg_dump must carry them.
+SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_kind', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.registered_table', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_path', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.path_step', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.column_class', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_event_id_seq', '');
+
+------------------------------------------------------------------------------------------------
+-- C functions
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION gdpr.audit_row() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'gdpr_audit_row';
+CREATE FUNCTION gdpr.audit_truncate() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'gdpr_audit_truncate';
+
+CREATE FUNCTION gdpr.log_event(event text, subject text DEFAULT NULL, success boolean DEFAULT true,
+                               detail jsonb DEFAULT NULL, kind text DEFAULT NULL,
+                               table_name text DEFAULT NULL)
+    RETURNS bigint LANGUAGE c CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'gdpr_log_event';
+CREATE FUNCTION gdpr.log_event(event text, subject bigint, success boolean DEFAULT true,
+                               detail jsonb DEFAULT NULL, kind text DEFAULT NULL,
+                               table_name text DEFAULT NULL)
+    RETURNS bigint LANGUAGE sql CALLED ON NULL INPUT VOLATILE
+    AS $$ SELECT gdpr.log_event(event, subject::text, success, detail, kind, table_name) $$;
+CREATE FUNCTION gdpr.log_event(event text, subject uuid, success boolean DEFAULT true,
+                               detail jsonb DEFAULT NULL, kind text DEFAULT NULL,
+                               table_name text DEFAULT NULL)
+    RETURNS bigint LANGUAGE sql CALLED ON NULL INPUT VOLATILE
+    AS $$ SELECT gdpr.log_event(event, subject::text, success, detail, kind, table_name) $$;
+
+-- Tells every backend that the map of a table (and of its partitions) changed, so cached audit
+-- plans are rebuilt.
+CREATE FUNCTION gdpr._map_changed(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_map_changed';
+
+-- The tables a GRANT or REVOKE names; pg_event_trigger_ddl_commands() gives no object for them.
+CREATE FUNCTION gdpr._grant_targets(cmd pg_ddl_command) RETURNS oid[]
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_grant_targets';
+
+------------------------------------------------------------------------------------------------
+-- Internal helpers for the map
+------------------------------------------------------------------------------------------------
+
+-- Foreign keys as edges between root tables, with column names rather than attribute numbers so
+-- that keys declared on partitions only, or on partitions of differing layout, count for the root.
+CREATE VIEW gdpr._fk_edge AS
+SELECT src, src_cols, dst, dst_cols, ops, pg_catalog.min(conname) AS conname
+FROM (
+    SELECT COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)::pg_catalog.regclass AS src,
+           ARRAY(SELECT a.attname
+                   FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+                  ORDER BY k.n) AS src_cols,
+           COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid)::pg_catalog.regclass AS dst,
+           ARRAY(SELECT a.attname
+                   FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(attnum, n)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
+                  ORDER BY k.n) AS dst_cols,
+           c.conpfeqop::pg_catalog.regoperator[] AS ops,
+           c.conname
+      FROM pg_catalog.pg_constraint c
+     WHERE c.contype = 'f'
+) e
+GROUP BY src, src_cols, dst, dst_cols, ops;
+
+CREATE FUNCTION gdpr._qualified(tbl pg_catalog.regclass) RETURNS text
+    LANGUAGE sql STABLE STRICT
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.format('%s.%s', pg_catalog.quote_ident(n.nspname), pg_catalog.quote_ident(c.relname))
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl
+$$;
+
+CREATE FUNCTION gdpr._path_text(tbl pg_catalog.regclass, steps jsonb) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s(%s) -> %s(%s)', src, from_cols, dst, to_cols), ', ' ORDER BY n)
+      FROM (SELECT n,
+                   COALESCE(pg_catalog.lag(gdpr._qualified((s->>'to')::oid::regclass)) OVER (ORDER BY n),
+                            gdpr._qualified(tbl)) AS src,
+                   (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x), ', ')
+                      FROM pg_catalog.jsonb_array_elements_text(s->'from_cols') x) AS from_cols,
+                   gdpr._qualified((s->>'to')::oid::regclass) AS dst,
+                   (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x), ', ')
+                      FROM pg_catalog.jsonb_array_elements_text(s->'to_cols') x) AS to_cols
+              FROM pg_catalog.jsonb_array_elements(steps) WITH ORDINALITY AS t(s, n)) p
+$$;
+
+-- The shortest foreign-key paths from a table to a subject table.  Steps follow foreign keys
+-- from the referencing to the referenced table; the last step may instead go from a table the
+-- subject table references to the subject table itself.  Returns every path of the shortest
+-- length, so the caller can tell a unique path from an ambiguous one.
+CREATE FUNCTION gdpr._shortest_paths(start pg_catalog.regclass, target pg_catalog.regclass,
+                                     avoid oid[] DEFAULT '{}')
+    RETURNS TABLE (steps jsonb, hops int)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE edge AS (
+        SELECT src, src_cols, dst, dst_cols, ops, false AS reverse, conname FROM gdpr._fk_edge
+        UNION ALL
+        SELECT dst, dst_cols, src, src_cols, ops, true, conname FROM gdpr._fk_edge WHERE src = target
+    ), walk AS (
+        SELECT start::oid AS cur, '[]'::jsonb AS steps, avoid || start::oid AS seen, 0 AS hops
+        UNION ALL
+        SELECT e.dst::oid,
+               w.steps || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                   'from_cols', e.src_cols, 'to', e.dst::oid, 'to_cols', e.dst_cols,
+                   'ops', e.ops::oid[], 'reverse', e.reverse, 'constraint', e.conname)),
+               w.seen || e.dst::oid,
+               w.hops + 1
+          FROM walk w JOIN edge e ON e.src::oid = w.cur
+         WHERE w.cur <> target::oid
+           AND e.dst::oid <> ALL (w.seen)
+           AND w.hops < 6
+    )
+    SELECT steps, hops FROM walk
+     WHERE cur = target::oid AND hops > 0
+       AND hops = (SELECT pg_catalog.min(hops) FROM walk WHERE cur = target::oid AND hops > 0)
+     ORDER BY steps::text
+$$;
+
+-- Resolves a path for a table: the steps named by "via" (each element a foreign key's constraint
+-- name or its comma-separated column list), then the unique shortest path from where they end.
+CREATE FUNCTION gdpr._resolve_path(tbl pg_catalog.regclass, kind text, via text[])
+    RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target   regclass;
+    cur      regclass := tbl;
+    steps    jsonb := '[]';
+    seen     oid[] := ARRAY[tbl::oid];
+    elem     text;
+    found    record;
+    n        int;
+    cands    jsonb[];
+BEGIN
+    SELECT sk.relid INTO target FROM gdpr.subject_kind sk WHERE sk.kind = _resolve_path.kind;
+
+    FOREACH elem IN ARRAY COALESCE(via, '{}') LOOP
+        SELECT pg_catalog.count(*) INTO n FROM gdpr._fk_edge e
+         WHERE e.src = cur AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''));
+        IF n <> 1 THEN
+            RAISE EXCEPTION 'table % has % foreign key matching "%"', gdpr._qualified(cur),
+                  CASE WHEN n = 0 THEN 'no' ELSE n::text END, elem
+                USING ERRCODE = 'GD101',
+                      DETAIL = pg_catalog.format('Foreign keys of %s: %s.', gdpr._qualified(cur),
+                          COALESCE((SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s) -> %s', e.conname,
+                                        pg_catalog.array_to_string(e.src_cols, ','), gdpr._qualified(e.dst)), '; ')
+                                      FROM gdpr._fk_edge e WHERE e.src = cur), 'none')),
+                      HINT = 'Name each step of via by the foreign key''s constraint name or by its column list, such as ''order_id''.';
+        END IF;
+        SELECT * INTO found FROM gdpr._fk_edge e
+         WHERE e.src = cur AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''));
+        steps := steps || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                     'from_cols', found.src_cols, 'to', found.dst::oid, 'to_cols', found.dst_cols,
+                     'ops', found.ops::oid[], 'reverse', false, 'constraint', found.conname));
+        cur := found.dst;
+        seen := seen || cur::oid;
+    END LOOP;
+
+    IF cur = target THEN
+        RETURN steps;
+    END IF;
+
+    SELECT pg_catalog.array_agg(p.steps ORDER BY p.steps::text) INTO cands
+      FROM gdpr._shortest_paths(cur, target, seen) p;
+
+    IF cands IS NULL THEN
+        RAISE EXCEPTION 'no foreign-key path from table % to subject table % of kind "%"',
+                        gdpr._qualified(tbl), gdpr._qualified(target), kind
+            USING ERRCODE = 'GD100',
+                  HINT = 'Pass subject_column => the column that holds the subject key, or add the foreign key that links the table to its subject.';
+    END IF;
+    IF pg_catalog.array_length(cands, 1) > 1 THEN
+        RAISE EXCEPTION 'table % has % equally short paths to subject table %',
+                        gdpr._qualified(tbl), pg_catalog.array_length(cands, 1), gdpr._qualified(target)
+            USING ERRCODE = 'GD101',
+                  DETAIL = (SELECT pg_catalog.string_agg(pg_catalog.format('path %s: %s', i, gdpr._path_text(cur, c)), '; ' ORDER BY i)
+                              FROM pg_catalog.unnest(cands) WITH ORDINALITY AS u(c, i)),
+                  HINT = 'Choose one with via => ARRAY[''<foreign key columns or constraint name>''] and add the others with gdpr.add_path().';
+    END IF;
+    RETURN steps || cands[1];
+END
+$$;
+
+CREATE FUNCTION gdpr._check_table(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c pg_class;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004',
+              HINT = 'Pass the table as a name or regclass, such as ''public.users''.';
+    END IF;
+    SELECT * INTO c FROM pg_catalog.pg_class WHERE oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', tbl::oid USING ERRCODE = '42P01';
+    END IF;
+    IF c.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', gdpr._qualified(tbl) USING ERRCODE = '42809',
+              HINT = 'Register the ordinary or partitioned table that stores the rows.';
+    END IF;
+    IF c.relispartition THEN
+        RAISE EXCEPTION 'table % is a partition of %', gdpr._qualified(tbl),
+                        gdpr._qualified(pg_catalog.pg_partition_root(tbl))
+            USING ERRCODE = '42809',
+                  HINT = 'Register the partitioned table: that covers all its partitions.';
+    END IF;
+    IF c.relnamespace = 'gdpr'::regnamespace THEN
+        RAISE EXCEPTION 'table % belongs to the gdpr extension', gdpr._qualified(tbl)
+            USING ERRCODE = '42809';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = tbl AND i.indisprimary) THEN
+        RAISE EXCEPTION 'table % has no primary key', gdpr._qualified(tbl)
+            USING ERRCODE = '55000',
+                  HINT = 'Add a primary key: the audit trail, export and erasure identify rows by it.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.relid = tbl) THEN
+        RAISE EXCEPTION 'table % is already registered', gdpr._qualified(tbl)
+            USING ERRCODE = '42710',
+                  HINT = 'Call gdpr.unregister_table() first to register it differently, or gdpr.add_path() to add a path.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION gdpr._check_column(tbl pg_catalog.regclass, col name) RETURNS pg_catalog.regtype
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regtype;
+BEGIN
+    IF col IS NULL THEN
+        RAISE EXCEPTION 'column name must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT a.atttypid INTO t FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of table % does not exist', col, gdpr._qualified(tbl)
+            USING ERRCODE = '42703';
+    END IF;
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION gdpr._check_on_erase(on_erase text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF on_erase IS NULL OR on_erase NOT IN ('delete', 'anonymize') THEN
+        RAISE EXCEPTION 'invalid on_erase value "%"', on_erase USING ERRCODE = '22023',
+              HINT = 'Use ''delete'' or ''anonymize''.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION gdpr._attach(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format('CREATE TRIGGER gdpr_audit_row AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.audit_row()', tbl);
+    PERFORM gdpr._attach_truncate(tbl);
+END
+$$;
+
+-- Statement triggers are not inherited by partitions, and TRUNCATE of one partition fires only
+-- that partition's: every partition gets its own, now and whenever one is created or attached.
+CREATE FUNCTION gdpr._attach_truncate(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN SELECT t.relid FROM pg_catalog.pg_partition_tree(tbl) t
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                    WHERE g.tgrelid = t.relid AND g.tgname = 'gdpr_audit_truncate')
+                UNION ALL
+                SELECT tbl WHERE pg_catalog.pg_partition_root(tbl) IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                    WHERE g.tgrelid = tbl AND g.tgname = 'gdpr_audit_truncate') LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER gdpr_audit_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_truncate()', part);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION gdpr._detach(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part regclass;
+BEGIN
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS gdpr_audit_row ON %s', tbl);
+    FOR part IN SELECT g.tgrelid FROM pg_catalog.pg_trigger g
+                 WHERE g.tgname = 'gdpr_audit_truncate'
+                   AND (g.tgrelid = tbl OR g.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(tbl))) LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER gdpr_audit_truncate ON %s', part);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION gdpr._insert_path(tbl pg_catalog.regclass, path_name text, relation text,
+                                  subject_column name, steps jsonb, about_columns name[])
+    RETURNS void
+    LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO gdpr.subject_path (relid, path_name, relation, subject_column, about_columns)
+    VALUES (tbl, path_name, relation, subject_column, about_columns);
+    INSERT INTO gdpr.path_step (relid, path_name, step, from_cols, to_rel, to_cols, ops, reverse, constraint_name)
+    SELECT tbl, path_name, n,
+           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s->'from_cols'))::name[],
+           (s->>'to')::oid::regclass,
+           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s->'to_cols'))::name[],
+           ARRAY(SELECT x::oid::regoperator FROM pg_catalog.jsonb_array_elements_text(s->'ops') x),
+           (s->>'reverse')::boolean,
+           s->>'constraint'
+      FROM pg_catalog.jsonb_array_elements(COALESCE(steps, '[]')) WITH ORDINALITY AS t(s, n);
+$$;
+
+CREATE FUNCTION gdpr._log_map(event text, tbl pg_catalog.regclass, detail jsonb) RETURNS void
+    LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT gdpr.log_event(event, NULL::text, true, detail, NULL, gdpr._qualified(tbl));
+$$;
+
+------------------------------------------------------------------------------------------------
+-- The map API
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION gdpr.register_subject(tbl pg_catalog.regclass, key_column name,
+                                      kind text DEFAULT 'default', on_erase text DEFAULT 'anonymize')
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    keytype regtype;
+BEGIN
+    PERFORM gdpr._check_table(tbl);
+    keytype := gdpr._check_column(tbl, key_column);
+    PERFORM gdpr._check_on_erase(on_erase);
+    IF kind IS NULL OR kind = '' THEN
+        RAISE EXCEPTION 'subject kind must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM gdpr.subject_kind s WHERE s.kind = register_subject.kind) THEN
+        RAISE EXCEPTION 'subject kind "%" is already registered', kind USING ERRCODE = '42710',
+              DETAIL = pg_catalog.format('Its table is %s.', (SELECT gdpr._qualified(s.relid) FROM gdpr.subject_kind s WHERE s.kind = register_subject.kind)),
+              HINT = 'Give each subject table its own kind, such as kind => ''employee''.';
+    END IF;
+    IF keytype NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'uuid'::regtype,
+                       'text'::regtype, 'character varying'::regtype) THEN
+        RAISE EXCEPTION 'key column "%" of table % has type %', key_column, gdpr._qualified(tbl), keytype
+            USING ERRCODE = '42804',
+                  HINT = 'Subject keys must be of type smallint, integer, bigint, uuid, text or varchar.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                    WHERE i.indrelid = tbl AND i.indisunique AND i.indpred IS NULL AND i.indnkeyatts = 1
+                      AND i.indkey[0] = (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                                          WHERE a.attrelid = tbl AND a.attname = key_column)) THEN
+        RAISE EXCEPTION 'key column "%" of table % is not unique', key_column, gdpr._qualified(tbl)
+            USING ERRCODE = '55000',
+                  HINT = 'The subject key must identify one row: make it the primary key or give it a unique index.';
+    END IF;
+
+    PERFORM gdpr._attach(tbl);
+    INSERT INTO gdpr.subject_kind (kind, relid, key_column, key_type, on_erase)
+    VALUES (kind, tbl, key_column, keytype, on_erase);
+    INSERT INTO gdpr.registered_table (relid, kind, on_erase) VALUES (tbl, kind, on_erase);
+    PERFORM gdpr._insert_path(tbl, 'self', 'owner', key_column, NULL, NULL);
+    PERFORM gdpr._map_changed(tbl);
+    PERFORM gdpr._log_map('MAP_REGISTER', tbl,
+        pg_catalog.jsonb_build_object('kind', kind, 'key_column', key_column, 'on_erase', on_erase, 'subject_table', true));
+END
+$$;
+
+CREATE FUNCTION gdpr.register_table(tbl pg_catalog.regclass, subject_column name DEFAULT NULL,
+                                    on_erase text DEFAULT 'delete', kind text DEFAULT 'default',
+                                    via text[] DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    steps jsonb;
+BEGIN
+    PERFORM gdpr._check_table(tbl);
+    PERFORM gdpr._check_on_erase(on_erase);
+    IF NOT EXISTS (SELECT 1 FROM gdpr.subject_kind s WHERE s.kind = register_table.kind) THEN
+        RAISE EXCEPTION 'subject kind "%" is not registered', kind USING ERRCODE = '42704',
+              HINT = 'Register the subject table first with gdpr.register_subject(tbl, key_column, kind).';
+    END IF;
+    IF subject_column IS NOT NULL AND via IS NOT NULL THEN
+        RAISE EXCEPTION 'subject_column and via cannot both be given' USING ERRCODE = '22023',
+              HINT = 'subject_column names a column holding the subject key; via names foreign keys to follow.';
+    END IF;
+    IF subject_column IS NOT NULL THEN
+        PERFORM gdpr._check_column(tbl, subject_column);
+    ELSE
+        steps := gdpr._resolve_path(tbl, kind, via);
+    END IF;
+
+    PERFORM gdpr._attach(tbl);
+    INSERT INTO gdpr.registered_table (relid, kind, on_erase) VALUES (tbl, kind, on_erase);
+    PERFORM gdpr._insert_path(tbl, 'main', 'owner', subject_column, steps, NULL);
+    PERFORM gdpr._map_changed(tbl);
+    PERFORM gdpr._log_map('MAP_REGISTER', tbl,
+        pg_catalog.jsonb_build_object('kind', kind, 'on_erase', on_erase,
+            'path', COALESCE(pg_catalog.quote_ident(subject_column), gdpr._path_text(tbl, steps))));
+END
+$$;
+
+CREATE FUNCTION gdpr.add_path(tbl pg_catalog.regclass, path_name text, via text[] DEFAULT NULL,
+                              subject_column name DEFAULT NULL, relation text DEFAULT 'concerned',
+                              about_columns name[] DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k     text;
+    steps jsonb;
+    c     name;
+BEGIN
+    SELECT r.kind INTO k FROM gdpr.registered_table r WHERE r.relid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704', HINT = 'Register it first with gdpr.register_table().';
+    END IF;
+    IF path_name IS NULL OR path_name = '' THEN
+        RAISE EXCEPTION 'path name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF relation IS NULL OR relation NOT IN ('owner', 'concerned') THEN
+        RAISE EXCEPTION 'invalid relation "%"', relation USING ERRCODE = '22023',
+              HINT = 'Use ''owner'' (erasure acts on the row) or ''concerned'' (the row is only about the subject).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM gdpr.subject_path p WHERE p.relid = tbl AND p.path_name = add_path.path_name) THEN
+        RAISE EXCEPTION 'table % already has a path named "%"', gdpr._qualified(tbl), path_name
+            USING ERRCODE = '42710';
+    END IF;
+    IF (subject_column IS NULL) = (via IS NULL) THEN
+        RAISE EXCEPTION 'give exactly one of subject_column and via' USING ERRCODE = '22023',
+              HINT = 'subject_column names a column holding the subject key; via names foreign keys to follow.';
+    END IF;
+    IF subject_column IS NOT NULL THEN
+        PERFORM gdpr._check_column(tbl, subject_column);
+    ELSE
+        steps := gdpr._resolve_path(tbl, k, via);
+    END IF;
+    FOREACH c IN ARRAY COALESCE(about_columns, '{}') LOOP
+        PERFORM gdpr._check_column(tbl, c);
+    END LOOP;
+
+    PERFORM gdpr._insert_path(tbl, path_name, relation, subject_column, steps, about_columns);
+    PERFORM gdpr._map_changed(tbl);
+    PERFORM gdpr._log_map('MAP_PATH_ADDED', tbl,
+        pg_catalog.jsonb_build_object('path', path_name, 'relation', relation,
+            'via', COALESCE(pg_catalog.quote_ident(subject_column), gdpr._path_text(tbl, steps))));
+END
+$$;
+
+CREATE FUNCTION gdpr.drop_path(tbl pg_catalog.regclass, path_name text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF path_name IN ('main', 'self') THEN
+        RAISE EXCEPTION 'path "%" is the table''s registration path', path_name USING ERRCODE = '22023',
+              HINT = 'Unregister the table instead.';
+    END IF;
+    DELETE FROM gdpr.subject_path p WHERE p.relid = tbl AND p.path_name = drop_path.path_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % has no path named "%"', COALESCE(gdpr._qualified(tbl), 'NULL'), path_name
+            USING ERRCODE = '42704';
+    END IF;
+    PERFORM gdpr._map_changed(tbl);
+    PERFORM gdpr._log_map('MAP_PATH_DROPPED', tbl, pg_catalog.jsonb_build_object('path', path_name));
+END
+$$;
+
+-- The erasure strategy a column gets when none is named: keep what is not personal, a unique
+-- pseudonym where the column must stay unique, NULL where allowed, else a fixed redaction.
+CREATE FUNCTION gdpr._default_erase(tbl pg_catalog.regclass, col name, category text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN category = 'other' THEN 'keep'
+        WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+                        ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                      WHERE i.indrelid = tbl AND i.indisunique AND a.attname = col) THEN 'pseudonym'
+        WHEN (SELECT NOT a.attnotnull FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = tbl AND a.attname = col) THEN 'null'
+        ELSE 'redact'
+    END
+$$;
+
+CREATE FUNCTION gdpr.classify_column(tbl pg_catalog.regclass, col name, category text,
+                                     erase text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    strategy text;
+    nn boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.relid = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704',
+                  HINT = 'Register it first with gdpr.register_table() or gdpr.register_subject().';
+    END IF;
+    PERFORM gdpr._check_column(tbl, col);
+    IF category IS NULL OR category NOT IN ('identity', 'contact', 'financial', 'location',
+                                            'online_id', 'special', 'secret', 'other') THEN
+        RAISE EXCEPTION 'invalid category "%"', category USING ERRCODE = '22023',
+              HINT = 'Use one of identity, contact, financial, location, online_id, special, secret, other.';
+    END IF;
+    IF erase IS NOT NULL AND erase NOT IN ('null', 'redact', 'pseudonym', 'fake', 'mask', 'keep') THEN
+        RAISE EXCEPTION 'invalid erasure strategy "%"', erase USING ERRCODE = '22023',
+              HINT = 'Use one of null, redact, pseudonym, fake, mask, keep.';
+    END IF;
+    SELECT a.attnotnull INTO nn FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = col;
+    IF erase = 'null' AND nn THEN
+        RAISE EXCEPTION 'column "%" of table % is NOT NULL and cannot be erased to NULL', col, gdpr._qualified(tbl)
+            USING ERRCODE = '22023', HINT = 'Choose redact, pseudonym, fake or mask.';
+    END IF;
+    strategy := COALESCE(erase, gdpr._default_erase(tbl, col, category));
+
+    INSERT INTO gdpr.column_class (relid, column_name, category, erase)
+    VALUES (tbl, col, category, strategy)
+    ON CONFLICT (relid, column_name) DO UPDATE SET category = EXCLUDED.category, erase = EXCLUDED.erase;
+    PERFORM gdpr._map_changed(tbl);
+    PERFORM gdpr._log_map('MAP_CLASSIFY', tbl,
+        pg_catalog.jsonb_build_object('column', col, 'category', category, 'erase', strategy));
+END
+$$;
+
+CREATE FUNCTION gdpr.describe_table(tbl pg_catalog.regclass, purpose text DEFAULT NULL,
+                                    legal_basis text DEFAULT NULL, retention text DEFAULT NULL,
+                                    recipients text[] DEFAULT NULL,
+                                    provided_by_subject boolean DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF legal_basis IS NOT NULL AND legal_basis NOT IN ('consent', 'contract', 'legal_obligation',
+            'vital_interests', 'public_task', 'legitimate_interests') THEN
+        RAISE EXCEPTION 'invalid legal basis "%"', legal_basis USING ERRCODE = '22023',
+              HINT = 'Use one of consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests (Art. 6(1)).';
+    END IF;
+    UPDATE gdpr.registered_table r
+       SET purpose = COALESCE(describe_table.purpose, r.purpose),
+           legal_basis = COALESCE(describe_table.legal_basis, r.legal_basis),
+           retention = COALESCE(describe_table.retention, r.retention),
+           recipients = COALESCE(describe_table.recipients, r.recipients),
+           provided_by_subject = COALESCE(describe_table.provided_by_subject, r.provided_by_subject)
+     WHERE r.relid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704', HINT = 'Register it first with gdpr.register_table().';
+    END IF;
+    PERFORM gdpr._log_map('MAP_DESCRIBE', tbl, pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'purpose', purpose, 'legal_basis', legal_basis, 'retention', retention,
+        'recipients', recipients, 'provided_by_subject', provided_by_subject)));
+END
+$$;
+
+-- Removes a table from the map; paths of other tables that pass through it go too, because they
+-- could no longer be followed.
+CREATE FUNCTION gdpr._forget(tbl oid, qualified text, why text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT s.relid, s.path_name FROM gdpr.path_step s
+              WHERE s.to_rel::oid = tbl AND s.relid::oid <> tbl LOOP
+        DELETE FROM gdpr.subject_path p WHERE p.relid = r.relid AND p.path_name = r.path_name;
+        PERFORM gdpr._map_changed(r.relid);
+        RAISE WARNING 'path "%" of table % went through %: it is dropped from the map', r.path_name,
+                      gdpr._qualified(r.relid), qualified
+            USING HINT = 'Check that the table still reaches its subject with SELECT * FROM gdpr.coverage_gaps.';
+        PERFORM gdpr.log_event('MAP_PATH_DROPPED', NULL::text, true,
+            pg_catalog.jsonb_build_object('path', r.path_name, 'reason', why), NULL, gdpr._qualified(r.relid));
+    END LOOP;
+    DELETE FROM gdpr.subject_kind WHERE relid::oid = tbl;
+    DELETE FROM gdpr.registered_table WHERE relid::oid = tbl;
+    PERFORM gdpr.log_event('MAP_UNREGISTER', NULL::text, true,
+        pg_catalog.jsonb_build_object('reason', why), NULL, qualified);
+END
+$$;
+
+CREATE FUNCTION gdpr.unregister_table(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.relid = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704';
+    END IF;
+    SELECT s.kind INTO k FROM gdpr.subject_kind s WHERE s.relid = tbl;
+    IF FOUND AND EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.kind = k AND r.relid <> tbl) THEN
+        RAISE EXCEPTION 'table % is the subject table of kind "%", which other tables still use', gdpr._qualified(tbl), k
+            USING ERRCODE = '2BP01',
+                  DETAIL = (SELECT pg_catalog.format('Registered tables of kind "%s": %s.', k,
+                                pg_catalog.string_agg(gdpr._qualified(r.relid), ', ' ORDER BY r.relid::text))
+                              FROM gdpr.registered_table r WHERE r.kind = k AND r.relid <> tbl),
+                  HINT = 'Unregister those tables first.';
+    END IF;
+    PERFORM gdpr._forget(tbl, gdpr._qualified(tbl), 'unregister_table');
+    PERFORM gdpr._detach(tbl);
+    PERFORM gdpr._map_changed(tbl);
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Views over the map
+------------------------------------------------------------------------------------------------
+
+CREATE VIEW gdpr.map AS
+SELECT r.relid AS table_name,
+       r.kind AS subject_kind,
+       (sk.relid = r.relid) AS is_subject_table,
+       p.path_name,
+       p.relation,
+       CASE WHEN p.subject_column IS NOT NULL
+            THEN pg_catalog.format('%s.%s', gdpr._qualified(r.relid), pg_catalog.quote_ident(p.subject_column))
+            ELSE (SELECT pg_catalog.string_agg(pg_catalog.format('(%s) -> %s(%s)',
+                         pg_catalog.array_to_string(s.from_cols, ', '), gdpr._qualified(s.to_rel),
+                         pg_catalog.array_to_string(s.to_cols, ', ')), ' ' ORDER BY s.step)
+                    FROM gdpr.path_step s WHERE s.relid = p.relid AND s.path_name = p.path_name)
+       END AS path,
+       (SELECT pg_catalog.count(*)::int FROM gdpr.path_step s WHERE s.relid = p.relid AND s.path_name = p.path_name) AS hops,
+       r.on_erase,
+       (SELECT pg_catalog.jsonb_object_agg(c.column_name, pg_catalog.jsonb_build_object('category', c.category, 'erase', c.erase))
+          FROM gdpr.column_class c WHERE c.relid = r.relid) AS columns,
+       r.purpose, r.legal_basis, r.retention, r.recipients, r.provided_by_subject
+  FROM gdpr.registered_table r
+  JOIN gdpr.subject_kind sk ON sk.kind = r.kind
+  LEFT JOIN gdpr.subject_path p ON p.relid = r.relid;
+
+-- What looks uncovered: tables that reference a registered table but are not registered, and
+-- unclassified columns whose names suggest personal data.
+CREATE VIEW gdpr.coverage_gaps AS
+SELECT e.src AS table_name, NULL::name AS column_name,
+       pg_catalog.format('references registered table %s through (%s) but is not registered',
+                         gdpr._qualified(e.dst), pg_catalog.array_to_string(e.src_cols, ', ')) AS reason
+  FROM gdpr._fk_edge e
+ WHERE e.dst IN (SELECT relid FROM gdpr.registered_table)
+   AND e.src NOT IN (SELECT relid FROM gdpr.registered_table)
+   AND (SELECT c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = e.src) <> 'gdpr'::regnamespace
+UNION ALL
+SELECT c.oid::pg_catalog.regclass, a.attname,
+       CASE WHEN r.relid IS NULL
+            THEN 'column name suggests personal data and the table is not registered'
+            ELSE 'column name suggests personal data and the column is not classified' END
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN gdpr.registered_table r ON r.relid = c.oid
+ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'gdpr') AND n.nspname !~ '^pg_toast'
+   AND a.attname ~* '(e_?mail|phone|mobile|fax|name|address|street|city|zip|postal|postcode|birth|dob|gender|ssn|passport|national_id|tax_id|iban|account_no|card|ip_?addr|^ip$|latitude|longitude|geo|salary|password|token|health|religion|ethnic)'
+   AND NOT EXISTS (SELECT 1 FROM gdpr.column_class cc WHERE cc.relid = c.oid AND cc.column_name = a.attname)
+   AND NOT EXISTS (SELECT 1 FROM gdpr.subject_kind sk WHERE sk.relid = c.oid AND sk.key_column = a.attname)
+   AND NOT EXISTS (SELECT 1 FROM gdpr._fk_edge e WHERE e.src = c.oid AND a.attname = ANY (e.src_cols));
+
+------------------------------------------------------------------------------------------------
+-- Event triggers: the map follows the schema, and DDL on personal data is recorded
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION gdpr._registered_root(rel oid) RETURNS pg_catalog.regclass
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.relid FROM gdpr.registered_table r
+     WHERE r.relid::oid = COALESCE(pg_catalog.pg_partition_root(rel), rel)
+$$;
+
+CREATE FUNCTION gdpr._on_ddl_command_end() RETURNS event_trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r    record;
+    t    oid;
+    reg  regclass;
+BEGIN
+    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
+        IF r.command_tag IN ('GRANT', 'REVOKE') THEN
+            FOR t IN SELECT pg_catalog.unnest(gdpr._grant_targets(r.command)) LOOP
+                reg := gdpr._registered_root(t);
+                IF reg IS NOT NULL THEN
+                    PERFORM gdpr.log_event('DDL', NULL::text, true,
+                        pg_catalog.jsonb_build_object('command', r.command_tag, 'object_type', 'table',
+                                                      'object', gdpr._qualified(t::regclass)),
+                        NULL, gdpr._qualified(reg));
+                END IF;
+            END LOOP;
+            CONTINUE;
+        END IF;
+        t := CASE r.classid
+                 WHEN 'pg_catalog.pg_class'::regclass THEN
+                     COALESCE((SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = r.objid), r.objid)
+                 WHEN 'pg_catalog.pg_trigger'::regclass THEN
+                     (SELECT g.tgrelid FROM pg_catalog.pg_trigger g WHERE g.oid = r.objid)
+                 WHEN 'pg_catalog.pg_policy'::regclass THEN
+                     (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = r.objid)
+                 WHEN 'pg_catalog.pg_constraint'::regclass THEN
+                     (SELECT c.conrelid FROM pg_catalog.pg_constraint c WHERE c.oid = r.objid)
+             END;
+        CONTINUE WHEN t IS NULL OR r.command_tag = 'CREATE TABLE';
+        reg := gdpr._registered_root(t);
+        IF reg IS NOT NULL THEN
+            PERFORM gdpr.log_event('DDL', NULL::text, true,
+                pg_catalog.jsonb_build_object('command', r.command_tag, 'object_type', r.object_type,
+                                              'object', r.object_identity),
+                NULL, gdpr._qualified(reg));
+            PERFORM gdpr._map_changed(reg);
+            IF r.command_tag IN ('CREATE TABLE', 'ALTER TABLE') THEN
+                PERFORM gdpr._attach_truncate(reg);
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- SECURITY DEFINER: the owner of a registered table may drop it without being gdpr_admin, and the
+-- map must follow all the same.
+CREATE FUNCTION gdpr._on_sql_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r    record;
+    p    record;
+    k    text;
+    col  name;
+    qual text;
+BEGIN
+    -- Dropping an audit trigger by hand switches auditing off: say so in the trail.
+    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
+              WHERE object_type = 'trigger' AND NOT is_temporary LOOP
+        CONTINUE WHEN r.address_names[3] NOT IN ('gdpr_audit_row', 'gdpr_audit_truncate');
+        qual := pg_catalog.format('%s.%s', pg_catalog.quote_ident(r.address_names[1]),
+                                  pg_catalog.quote_ident(r.address_names[2]));
+        CONTINUE WHEN gdpr._registered_root(pg_catalog.to_regclass(qual)) IS NULL;
+        PERFORM gdpr.log_event('DDL', NULL::text, true,
+            pg_catalog.jsonb_build_object('command', pg_catalog.tg_tag, 'object_type', 'trigger',
+                                          'object', r.object_identity),
+            NULL, gdpr._qualified(gdpr._registered_root(pg_catalog.to_regclass(qual))));
+    END LOOP;
+
+    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
+              WHERE object_type IN ('table', 'table column') LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
+                      AND NOT EXISTS (SELECT 1 FROM gdpr.path_step s WHERE s.to_rel::oid = r.objid);
+        qual := pg_catalog.format('%s.%s', pg_catalog.quote_ident(r.address_names[1]),
+                                  pg_catalog.quote_ident(r.address_names[2]));
+        IF r.object_type = 'table' THEN
+            FOR k IN SELECT s.kind FROM gdpr.subject_kind s WHERE s.relid::oid = r.objid LOOP
+                FOR p IN SELECT t.relid FROM gdpr.registered_table t WHERE t.kind = k AND t.relid::oid <> r.objid LOOP
+                    RAISE WARNING 'table % is no longer registered: its subject table % was dropped',
+                                  gdpr._qualified(p.relid), qual;
+                    PERFORM gdpr._forget(p.relid, gdpr._qualified(p.relid), pg_catalog.format('subject table %s dropped', qual));
+                    PERFORM gdpr._map_changed(p.relid);
+                END LOOP;
+            END LOOP;
+            PERFORM gdpr._forget(r.objid, qual, pg_catalog.format('%s dropped', qual));
+            PERFORM gdpr.log_event('DDL', NULL::text, true,
+                pg_catalog.jsonb_build_object('command', pg_catalog.tg_tag, 'object_type', 'table', 'object', qual),
+                NULL, qual);
+            CONTINUE;
+        END IF;
+
+        col := r.address_names[3];
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
+                      AND NOT EXISTS (SELECT 1 FROM gdpr.path_step s WHERE s.to_rel::oid = r.objid AND col = ANY (s.to_cols));
+        SELECT s.kind INTO k FROM gdpr.subject_kind s WHERE s.relid::oid = r.objid AND s.key_column = col;
+        IF FOUND THEN
+            FOR p IN SELECT t.relid FROM gdpr.registered_table t WHERE t.kind = k LOOP
+                RAISE WARNING 'table % is no longer registered: the key column "%" of subject kind "%" was dropped',
+                              gdpr._qualified(p.relid), col, k;
+                PERFORM gdpr._forget(p.relid, gdpr._qualified(p.relid), pg_catalog.format('subject key %s.%s dropped', qual, col));
+                PERFORM gdpr._map_changed(p.relid);
+            END LOOP;
+        ELSE
+            DELETE FROM gdpr.column_class c WHERE c.relid::oid = r.objid AND c.column_name = col;
+            FOR p IN SELECT DISTINCT sp.relid, sp.path_name FROM gdpr.subject_path sp
+                      WHERE (sp.relid::oid = r.objid AND sp.subject_column = col)
+                         OR EXISTS (SELECT 1 FROM gdpr.path_step s
+                                     WHERE s.relid = sp.relid AND s.path_name = sp.path_name
+                                       AND ((s.to_rel::oid = r.objid AND col = ANY (s.to_cols))
+                                         OR (s.step = 1 AND s.relid::oid = r.objid AND col = ANY (s.from_cols))
+                                         OR (s.step > 1 AND col = ANY (s.from_cols) AND EXISTS (
+                                                SELECT 1 FROM gdpr.path_step s0 WHERE s0.relid = s.relid AND s0.path_name = s.path_name
+                                                   AND s0.step = s.step - 1 AND s0.to_rel::oid = r.objid)))) LOOP
+                DELETE FROM gdpr.subject_path sp WHERE sp.relid = p.relid AND sp.path_name = p.path_name;
+                RAISE WARNING 'path "%" of table % used column "%" of %: it is dropped from the map',
+                              p.path_name, gdpr._qualified(p.relid), col, qual
+                    USING HINT = 'Register the table again or add a path with gdpr.add_path().';
+                PERFORM gdpr.log_event('MAP_PATH_DROPPED', NULL::text, true,
+                    pg_catalog.jsonb_build_object('path', p.path_name, 'reason', pg_catalog.format('column %s.%s dropped', qual, col)),
+                    NULL, gdpr._qualified(p.relid));
+                PERFORM gdpr._map_changed(p.relid);
+            END LOOP;
+        END IF;
+        IF EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid) THEN
+            PERFORM gdpr.log_event('DDL', NULL::text, true,
+                pg_catalog.jsonb_build_object('command', pg_catalog.tg_tag, 'object_type', 'table column',
+                                              'object', r.object_identity),
+                NULL, qual);
+            PERFORM gdpr._map_changed(r.objid::regclass);
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER gdpr_ddl_command_end ON ddl_command_end
+    EXECUTE FUNCTION gdpr._on_ddl_command_end();
+CREATE EVENT TRIGGER gdpr_sql_drop ON sql_drop
+    EXECUTE FUNCTION gdpr._on_sql_drop();
+
+------------------------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------------------------
+
+-- The map is metadata, like the catalogs: anyone may read it.  Only gdpr_admin changes it.
+REVOKE ALL ON ALL TABLES IN SCHEMA gdpr FROM PUBLIC;
+GRANT SELECT ON gdpr.subject_kind, gdpr.registered_table, gdpr.subject_path, gdpr.path_step,
+                gdpr.column_class, gdpr.map, gdpr.coverage_gaps, gdpr._fk_edge TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON gdpr.subject_kind, gdpr.registered_table, gdpr.subject_path,
+                               gdpr.path_step, gdpr.column_class TO gdpr_admin;
+
+-- The audit trail is written only by the extension's C code, which switches to the owner of the
+-- table for the insert; applications read it only through gdpr_auditor.
+GRANT SELECT ON gdpr.audit_log TO gdpr_auditor;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA gdpr FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text),
+                          gdpr.log_event(text, bigint, boolean, jsonb, text, text),
+                          gdpr.log_event(text, uuid, boolean, jsonb, text, text),
+                          gdpr.audit_row(), gdpr.audit_truncate(),
+                          gdpr._qualified(pg_catalog.regclass),
+                          gdpr._path_text(pg_catalog.regclass, jsonb),
+                          gdpr._registered_root(oid), gdpr._grant_targets(pg_ddl_command),
+                          gdpr._map_changed(pg_catalog.regclass), gdpr._forget(oid, text, text),
+                          gdpr._attach_truncate(pg_catalog.regclass),
+                          gdpr._on_ddl_command_end(), gdpr._on_sql_drop()
+    TO PUBLIC;
+GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text, text),
+                          gdpr.register_table(pg_catalog.regclass, name, text, text, text[]),
+                          gdpr.add_path(pg_catalog.regclass, text, text[], name, text, name[]),
+                          gdpr.drop_path(pg_catalog.regclass, text),
+                          gdpr.classify_column(pg_catalog.regclass, name, text, text),
+                          gdpr.describe_table(pg_catalog.regclass, text, text, text, text[], boolean),
+                          gdpr.unregister_table(pg_catalog.regclass),
+                          gdpr._check_table(pg_catalog.regclass),
+                          gdpr._check_column(pg_catalog.regclass, name),
+                          gdpr._check_on_erase(text), gdpr._attach(pg_catalog.regclass),
+                          gdpr._detach(pg_catalog.regclass),
+                          gdpr._insert_path(pg_catalog.regclass, text, text, name, jsonb, name[]),
+                          gdpr._log_map(text, pg_catalog.regclass, jsonb),
+                          gdpr._resolve_path(pg_catalog.regclass, text, text[]),
+                          gdpr._shortest_paths(pg_catalog.regclass, pg_catalog.regclass, oid[]),
+                          gdpr._default_erase(pg_catalog.regclass, name, text)
+    TO gdpr_admin;

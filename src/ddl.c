@@ -1,0 +1,70 @@
+/*-------------------------------------------------------------------------
+ *
+ * ddl.c
+ *		C helpers of the event triggers that keep the map true and record
+ *		DDL on personal data (the triggers themselves are in the install
+ *		script), and the explicit invalidation the map functions send.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "nodes/parsenodes.h"
+#include "storage/lockdefs.h"
+#include "tcop/deparse_utility.h"
+#include "utils/aclchk_internal.h"
+#include "utils/array.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+
+PG_FUNCTION_INFO_V1(gdpr_grant_targets);
+PG_FUNCTION_INFO_V1(gdpr_map_changed);
+
+/*
+ * gdpr._grant_targets(pg_ddl_command): the tables a GRANT or REVOKE acted
+ * on.  pg_event_trigger_ddl_commands() reports such commands without an
+ * object, so the event trigger asks here.
+ */
+Datum
+gdpr_grant_targets(PG_FUNCTION_ARGS)
+{
+	CollectedCommand *cmd = (CollectedCommand *) PG_GETARG_POINTER(0);
+	InternalGrant *istmt;
+	Datum	   *elems;
+	int			n = 0;
+	ListCell   *lc;
+
+	if (cmd == NULL || cmd->type != SCT_Grant || cmd->d.grant.istmt == NULL)
+		PG_RETURN_NULL();
+	istmt = cmd->d.grant.istmt;
+	if (istmt->objtype != OBJECT_TABLE)
+		PG_RETURN_NULL();
+
+	elems = palloc(sizeof(Datum) * Max(list_length(istmt->objects), 1));
+	foreach(lc, istmt->objects)
+		elems[n++] = ObjectIdGetDatum(lfirst_oid(lc));
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+}
+
+/*
+ * gdpr._map_changed(regclass): makes every backend drop what it cached about
+ * the table and its partitions.  The invalidation is sent at commit, so a
+ * rolled-back registration changes nothing anywhere.
+ */
+Datum
+gdpr_map_changed(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	List	   *rels;
+	ListCell   *lc;
+
+	if (!OidIsValid(get_rel_type_id(relid)))
+		PG_RETURN_VOID();
+	rels = find_all_inheritors(relid, NoLock, NULL);
+	foreach(lc, rels)
+		CacheInvalidateRelcacheByRelid(lfirst_oid(lc));
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,103 @@
+/*-------------------------------------------------------------------------
+ *
+ * gdpr.h
+ *		What the C files of the gdpr extension share: settings, the cached
+ *		personal-data map of one table, and the entry points each file offers
+ *		the others.
+ *
+ * Memory: a GdprTableMap and everything it points to live in the memory
+ * context the caller passed to gdpr_load_table_map; nothing in it is shared
+ * between backends.  Functions that say "SPI" must be called between
+ * SPI_connect and SPI_finish.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef GDPR_H
+#define GDPR_H
+
+#include "nodes/pg_list.h"
+#include "utils/timestamp.h"
+
+/* Event classes, for gdpr.audit_events */
+#define GDPR_EV_INSERT		0x0001
+#define GDPR_EV_UPDATE		0x0002
+#define GDPR_EV_DELETE		0x0004
+#define GDPR_EV_TRUNCATE	0x0008
+#define GDPR_EV_DDL			0x0010
+#define GDPR_EV_APP			0x0020
+#define GDPR_EV_ALL			0x003F
+
+/* How much of a row the audit trail keeps (gdpr.audit_values) */
+typedef enum GdprAuditValues
+{
+	GDPR_VALUES_NONE,
+	GDPR_VALUES_CHANGED,
+	GDPR_VALUES_FULL
+} GdprAuditValues;
+
+/* guc.c: set by the GUC machinery only */
+extern int	gdpr_audit_values;
+extern bool gdpr_audit_superusers;
+extern bool gdpr_audit_reads;
+extern char *gdpr_actor;
+extern char *gdpr_client_addr;
+extern char *gdpr_user_agent;
+
+extern void gdpr_define_settings(void);
+extern void gdpr_define_preload_settings(void);
+extern bool gdpr_event_wanted(int event_class);
+extern TimestampTz gdpr_retention_until(TimestampTz from);
+
+/* One step of a path from a row to its subject; see gdpr.path_step */
+typedef struct GdprStep
+{
+	List	   *from_cols;		/* char *, columns of the row we stand on */
+	Oid			to_rel;
+	List	   *to_cols;		/* char *, columns of to_rel */
+	List	   *ops;			/* Oid, one equality operator per column pair */
+	bool		reverse;		/* from_cols are referenced by to_cols */
+} GdprStep;
+
+typedef struct GdprPath
+{
+	char	   *name;
+	bool		owner;			/* false: the subject is only concerned */
+	char	   *subject_column; /* the row holds the key itself, or NULL */
+	List	   *steps;			/* GdprStep *, when subject_column is NULL */
+} GdprPath;
+
+typedef struct GdprColumn
+{
+	char	   *name;
+	char	   *category;
+	char	   *erase;
+} GdprColumn;
+
+typedef struct GdprTableMap
+{
+	Oid			relid;			/* the registered (root) table */
+	char	   *qualified_name;
+	char	   *kind;
+	Oid			subject_relid;
+	char	   *key_column;
+	Oid			key_type;
+	char	   *on_erase;
+	List	   *paths;			/* GdprPath *, owner paths first */
+	List	   *columns;		/* GdprColumn *, classified columns */
+} GdprTableMap;
+
+/* subject.c */
+extern Oid	gdpr_root_relid(Oid relid);
+extern GdprTableMap *gdpr_load_table_map(Oid relid, MemoryContext mcxt);	/* SPI */
+extern char *gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path,
+							  const char *rowref);
+extern bool gdpr_column_is_secret(const GdprTableMap *map, const char *column);
+
+/* audit.c */
+extern void gdpr_audit_invalidate(Oid relid);
+
+/* reads.c */
+extern void gdpr_install_read_hook(void);
+extern void gdpr_reads_invalidate(Oid relid);
+
+#endif							/* GDPR_H */

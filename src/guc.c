@@ -1,0 +1,361 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *		The gdpr.* settings, and the decisions that read them.
+ *
+ * Settings an application may set for itself (who the end user is, where
+ * they connect from) are USERSET; settings that decide what is audited are
+ * SUSET, so that an audited role cannot switch its own auditing off.
+ *
+ * Lists and intervals are parsed once, in check hooks, into "extra" data
+ * (malloc'd: the GUC machinery frees it); assign hooks only publish the
+ * parsed result.  The hot path (the audit
+ * trigger) never parses a setting.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <arpa/inet.h>
+
+#include "gdpr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/varlena.h"
+
+/* Exported settings; see gdpr.h */
+int			gdpr_audit_values = GDPR_VALUES_CHANGED;
+bool		gdpr_audit_superusers = true;
+bool		gdpr_audit_reads = false;
+char	   *gdpr_actor = NULL;
+char	   *gdpr_client_addr = NULL;
+char	   *gdpr_user_agent = NULL;
+
+/* Backing strings of the parsed settings, owned by the GUC machinery */
+static char *audit_retention_string = NULL;
+static char *audit_events_string = NULL;
+static char *audit_exclude_roles_string = NULL;
+
+/* Parsed forms, published by the assign hooks */
+static Interval audit_retention = {0, 0, 7 * MONTHS_PER_YEAR};
+static int	audit_event_mask = GDPR_EV_ALL;
+static const char *excluded_roles = NULL;	/* "a\0b\0\0", or NULL for none */
+
+static const struct config_enum_entry audit_values_options[] = {
+	{"none", GDPR_VALUES_NONE, false},
+	{"changed", GDPR_VALUES_CHANGED, false},
+	{"full", GDPR_VALUES_FULL, false},
+	{NULL, 0, false}
+};
+
+static const struct
+{
+	const char *name;
+	int			mask;
+}			event_classes[] = {
+	{"insert", GDPR_EV_INSERT},
+	{"update", GDPR_EV_UPDATE},
+	{"delete", GDPR_EV_DELETE},
+	{"truncate", GDPR_EV_TRUNCATE},
+	{"write", GDPR_EV_INSERT | GDPR_EV_UPDATE | GDPR_EV_DELETE | GDPR_EV_TRUNCATE},
+	{"ddl", GDPR_EV_DDL},
+	{"app", GDPR_EV_APP},
+	{"all", GDPR_EV_ALL},
+	{"none", 0},
+};
+
+static bool check_retention(char **newval, void **extra, GucSource source);
+static void assign_retention(const char *newval, void *extra);
+static bool check_events(char **newval, void **extra, GucSource source);
+static void assign_events(const char *newval, void *extra);
+static bool check_exclude_roles(char **newval, void **extra, GucSource source);
+static void assign_exclude_roles(const char *newval, void *extra);
+static bool check_client_addr(char **newval, void **extra, GucSource source);
+static bool role_excluded(Oid roleid);
+
+void
+gdpr_define_settings(void)
+{
+	DefineCustomStringVariable("gdpr.actor",
+							   "The application's end user, recorded with every audit event.",
+							   "Set by the application per session or transaction, e.g. SET gdpr.actor = 'alice@example.com'.",
+							   &gdpr_actor, NULL, PGC_USERSET, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("gdpr.client_addr",
+							   "The end user's network address, when the application sits behind a proxy.",
+							   "When empty, the address of the database connection is recorded.",
+							   &gdpr_client_addr, NULL, PGC_USERSET, 0,
+							   check_client_addr, NULL, NULL);
+	DefineCustomStringVariable("gdpr.user_agent",
+							   "The end user's user agent, recorded with every audit event.",
+							   NULL,
+							   &gdpr_user_agent, NULL, PGC_USERSET, 0,
+							   NULL, NULL, NULL);
+	DefineCustomEnumVariable("gdpr.audit_values",
+							 "How much of each changed row the audit trail keeps: none, changed or full.",
+							 "changed keeps the changed columns of an UPDATE and the whole row of INSERT and DELETE; secret columns are never kept.",
+							 &gdpr_audit_values, GDPR_VALUES_CHANGED, audit_values_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("gdpr.audit_retention",
+							   "How long audit events are kept; sets retention_until of each event.",
+							   NULL,
+							   &audit_retention_string, "7 years", PGC_SUSET, 0,
+							   check_retention, assign_retention, NULL);
+	DefineCustomStringVariable("gdpr.audit_events",
+							   "Comma-separated event classes to audit: insert, update, delete, truncate, write, ddl, app, all or none.",
+							   "Changes to the personal-data map itself are always recorded.",
+							   &audit_events_string, "all", PGC_SUSET, GUC_LIST_INPUT,
+							   check_events, assign_events, NULL);
+	DefineCustomStringVariable("gdpr.audit_exclude_roles",
+							   "Comma-separated roles whose actions are not audited.",
+							   NULL,
+							   &audit_exclude_roles_string, "", PGC_SUSET, GUC_LIST_INPUT,
+							   check_exclude_roles, assign_exclude_roles, NULL);
+	DefineCustomBoolVariable("gdpr.audit_superusers",
+							 "Whether actions of superusers are audited.",
+							 NULL,
+							 &gdpr_audit_superusers, true, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+}
+
+/* Settings that only mean something when the library is preloaded. */
+void
+gdpr_define_preload_settings(void)
+{
+	DefineCustomBoolVariable("gdpr.audit_reads",
+							 "Record reads of registered tables as one JSON line per statement in the server log.",
+							 "Needs gdpr in shared_preload_libraries; works in read-only transactions and on standbys.",
+							 &gdpr_audit_reads, false, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * Whether an event of the given class, caused by the current user, goes to
+ * the audit trail.  Runs once per audited row: only cached decisions here.
+ */
+bool
+gdpr_event_wanted(int event_class)
+{
+	Oid			userid;
+
+	if ((audit_event_mask & event_class) == 0)
+		return false;
+	userid = GetUserId();
+	if (!gdpr_audit_superusers && superuser_arg(userid))
+		return false;
+	if (excluded_roles != NULL &&
+		(role_excluded(userid) || role_excluded(GetSessionUserId())))
+		return false;
+	return true;
+}
+
+TimestampTz
+gdpr_retention_until(TimestampTz from)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(from),
+												   PointerGetDatum(&audit_retention)));
+}
+
+/*
+ * Decisions for the last role asked about, dropped whenever the list
+ * changes (assign_exclude_roles bumps the generation).
+ */
+static int	exclude_generation = 0;
+
+static bool
+role_excluded(Oid roleid)
+{
+	static Oid	cached_role = InvalidOid;
+	static int	cached_generation = -1;
+	static bool cached_answer = false;
+	const char *name;
+	const char *p;
+
+	if (roleid == cached_role && cached_generation == exclude_generation)
+		return cached_answer;
+
+	cached_answer = false;
+	name = GetUserNameFromId(roleid, true);
+	if (name != NULL)
+	{
+		for (p = excluded_roles; *p != '\0'; p += strlen(p) + 1)
+		{
+			if (strcmp(p, name) == 0)
+			{
+				cached_answer = true;
+				break;
+			}
+		}
+	}
+	cached_role = roleid;
+	cached_generation = exclude_generation;
+	return cached_answer;
+}
+
+static bool
+check_retention(char **newval, void **extra, GucSource source)
+{
+	char		workbuf[256];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm;
+	Interval   *result;
+
+	if (ParseDateTime(*newval, workbuf, sizeof(workbuf), field, ftype,
+					  MAXDATEFIELDS, &nf) != 0 ||
+		DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm) != 0 ||
+		dtype != DTK_DELTA)
+	{
+		GUC_check_errdetail("\"%s\" is not an interval.", *newval);
+		GUC_check_errhint("Use an interval such as '7 years' or '90 days'.");
+		return false;
+	}
+	result = (Interval *) malloc(sizeof(Interval));
+	if (result == NULL)
+		return false;
+	if (itmin2interval(&itm, result) != 0 ||
+		result->month < 0 || result->day < 0 || result->time < 0 ||
+		(result->month == 0 && result->day == 0 && result->time == 0))
+	{
+		free(result);
+		GUC_check_errdetail("The audit retention must be a positive interval.");
+		return false;
+	}
+	*extra = result;
+	return true;
+}
+
+static void
+assign_retention(const char *newval, void *extra)
+{
+	audit_retention = *(Interval *) extra;
+}
+
+static bool
+check_events(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval);
+	List	   *items;
+	ListCell   *lc;
+	int			mask = 0;
+	int		   *result;
+
+	if (!SplitIdentifierString(raw, ',', &items))
+	{
+		GUC_check_errdetail("List syntax is invalid.");
+		return false;
+	}
+	foreach(lc, items)
+	{
+		const char *item = lfirst(lc);
+		bool		known = false;
+
+		for (int i = 0; i < lengthof(event_classes); i++)
+		{
+			if (pg_strcasecmp(item, event_classes[i].name) == 0)
+			{
+				mask |= event_classes[i].mask;
+				known = true;
+				break;
+			}
+		}
+		if (!known)
+		{
+			GUC_check_errdetail("Unknown event class \"%s\".", item);
+			GUC_check_errhint("Use insert, update, delete, truncate, write, ddl, app, all or none.");
+			return false;
+		}
+	}
+	result = (int *) malloc(sizeof(int));
+	if (result == NULL)
+		return false;
+	*result = mask;
+	*extra = result;
+	return true;
+}
+
+static void
+assign_events(const char *newval, void *extra)
+{
+	audit_event_mask = *(int *) extra;
+}
+
+/* Parses the role list into one block of NUL-terminated names, ended by an empty name. */
+static bool
+check_exclude_roles(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval);
+	List	   *items;
+	ListCell   *lc;
+	Size		len = 1;
+	char	   *result;
+	char	   *p;
+
+	if (!SplitIdentifierString(raw, ',', &items))
+	{
+		GUC_check_errdetail("List syntax is invalid.");
+		return false;
+	}
+	foreach(lc, items)
+		len += strlen(lfirst(lc)) + 1;
+	result = malloc(len);
+	if (result == NULL)
+		return false;
+	p = result;
+	foreach(lc, items)
+	{
+		strcpy(p, lfirst(lc));
+		p += strlen(p) + 1;
+	}
+	*p = '\0';
+	*extra = result;
+	return true;
+}
+
+static void
+assign_exclude_roles(const char *newval, void *extra)
+{
+	const char *list = (const char *) extra;
+
+	excluded_roles = (list != NULL && list[0] != '\0') ? list : NULL;
+	exclude_generation++;
+}
+
+/* An address or network, as the inet type takes it, checked without raising an error. */
+static bool
+check_client_addr(char **newval, void **extra, GucSource source)
+{
+	char		buf[INET6_ADDRSTRLEN + 8];
+	unsigned char addr[sizeof(struct in6_addr)];
+	char	   *slash;
+	long		bits = -1;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	if (strlen(*newval) >= sizeof(buf))
+		goto bad;
+	strcpy(buf, *newval);
+	slash = strchr(buf, '/');
+	if (slash != NULL)
+	{
+		char	   *end;
+
+		bits = strtol(slash + 1, &end, 10);
+		if (end == slash + 1 || *end != '\0' || bits < 0)
+			goto bad;
+		*slash = '\0';
+	}
+	if (inet_pton(AF_INET, buf, addr) == 1 && bits <= 32)
+		return true;
+	if (inet_pton(AF_INET6, buf, addr) == 1 && bits <= 128)
+		return true;
+bad:
+	GUC_check_errdetail("\"%s\" is not an IP address.", *newval);
+	GUC_check_errhint("Set gdpr.client_addr to the end user's address, such as '203.0.113.7', or to '' to record the connection's.");
+	return false;
+}

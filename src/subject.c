@@ -1,0 +1,373 @@
+/*-------------------------------------------------------------------------
+ *
+ * subject.c
+ *		The personal-data map as the C code sees it: which subject a table's
+ *		rows belong to and how to get from a row to that subject's key.
+ *
+ * The map itself is kept in the gdpr.* tables and changed by the SQL
+ * functions of the install script; this file reads it (through SPI) and
+ * turns a path into SQL.  Generated SQL quotes every identifier, compares
+ * with the operators the foreign keys themselves use, schema-qualified, so
+ * that neither object names nor the caller's search_path can change its
+ * meaning.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/partition.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "gdpr.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+static List *text_array_to_list(Datum array);
+static List *oid_array_to_list(Datum array);
+static char *spi_text(HeapTuple tuple, TupleDesc desc, int col);
+static GdprPath *find_path(List *paths, const char *name);
+static const char *qualified_operator(Oid opid);
+static void append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
+								  const char *right_alias);
+
+/*
+ * The table a relation is registered as: partitions are covered by the root
+ * of their partition tree.
+ */
+Oid
+gdpr_root_relid(Oid relid)
+{
+	List	   *ancestors;
+
+	if (!get_rel_relispartition(relid))
+		return relid;
+	ancestors = get_partition_ancestors(relid);
+	return ancestors != NIL ? llast_oid(ancestors) : relid;
+}
+
+/*
+ * Reads the map of one registered table.  Returns NULL when the table is
+ * not registered.  Everything returned is allocated in mcxt.
+ */
+GdprTableMap *
+gdpr_load_table_map(Oid relid, MemoryContext mcxt)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	GdprTableMap *map;
+	MemoryContext oldcxt;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	int			ret;
+
+	ret = SPI_execute_with_args(
+		"SELECT r.kind, sk.relid::pg_catalog.oid, sk.key_column::pg_catalog.text, "
+		"       sk.key_type::pg_catalog.oid, r.on_erase, gdpr._qualified(r.relid) "
+		"  FROM gdpr.registered_table r JOIN gdpr.subject_kind sk ON sk.kind = r.kind "
+		" WHERE r.relid::pg_catalog.oid = $1",
+		1, argtypes, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	if (SPI_processed == 0)
+		return NULL;
+
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	map = palloc0(sizeof(GdprTableMap));
+	map->relid = relid;
+	map->kind = spi_text(tup, desc, 1);
+	map->subject_relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &(bool){false}));
+	map->key_column = spi_text(tup, desc, 3);
+	map->key_type = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &(bool){false}));
+	map->on_erase = spi_text(tup, desc, 5);
+	map->qualified_name = spi_text(tup, desc, 6);
+	MemoryContextSwitchTo(oldcxt);
+
+	ret = SPI_execute_with_args(
+		"SELECT path_name, relation = 'owner', subject_column::pg_catalog.text "
+		"  FROM gdpr.subject_path WHERE relid::pg_catalog.oid = $1 "
+		" ORDER BY relation <> 'owner', path_name NOT IN ('self', 'main'), path_name",
+		1, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		GdprPath   *path = palloc0(sizeof(GdprPath));
+
+		tup = SPI_tuptable->vals[i];
+		desc = SPI_tuptable->tupdesc;
+		path->name = spi_text(tup, desc, 1);
+		path->owner = DatumGetBool(SPI_getbinval(tup, desc, 2, &(bool){false}));
+		path->subject_column = spi_text(tup, desc, 3);
+		map->paths = lappend(map->paths, path);
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	ret = SPI_execute_with_args(
+		"SELECT path_name, from_cols::pg_catalog.text[], to_rel::pg_catalog.oid, "
+		"       to_cols::pg_catalog.text[], ops::pg_catalog.oid[], reverse "
+		"  FROM gdpr.path_step WHERE relid::pg_catalog.oid = $1 ORDER BY path_name, step",
+		1, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		GdprStep   *step = palloc0(sizeof(GdprStep));
+		GdprPath   *path;
+		char	   *name;
+		bool		isnull;
+
+		tup = SPI_tuptable->vals[i];
+		desc = SPI_tuptable->tupdesc;
+		name = spi_text(tup, desc, 1);
+		step->from_cols = text_array_to_list(SPI_getbinval(tup, desc, 2, &isnull));
+		step->to_rel = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		step->to_cols = text_array_to_list(SPI_getbinval(tup, desc, 4, &isnull));
+		step->ops = oid_array_to_list(SPI_getbinval(tup, desc, 5, &isnull));
+		step->reverse = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+		path = find_path(map->paths, name);
+		if (path == NULL)
+			elog(ERROR, "path \"%s\" of step not found", name);
+		path->steps = lappend(path->steps, step);
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	ret = SPI_execute_with_args(
+		"SELECT column_name::pg_catalog.text, category, erase "
+		"  FROM gdpr.column_class WHERE relid::pg_catalog.oid = $1 ORDER BY column_name",
+		1, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		GdprColumn *col = palloc0(sizeof(GdprColumn));
+
+		tup = SPI_tuptable->vals[i];
+		desc = SPI_tuptable->tupdesc;
+		col->name = spi_text(tup, desc, 1);
+		col->category = spi_text(tup, desc, 2);
+		col->erase = spi_text(tup, desc, 3);
+		map->columns = lappend(map->columns, col);
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	return map;
+}
+
+bool
+gdpr_column_is_secret(const GdprTableMap *map, const char *column)
+{
+	ListCell   *lc;
+
+	foreach(lc, map->columns)
+	{
+		GdprColumn *col = lfirst(lc);
+
+		if (strcmp(col->name, column) == 0)
+			return strcmp(col->category, "secret") == 0;
+	}
+	return false;
+}
+
+/*
+ * An SQL expression of type text giving the subject key a row reaches
+ * through one path, or NULL when it reaches none.  rowref is an expression
+ * of the table's row type, such as "$17".
+ *
+ * A chain of steps becomes a scalar subquery joining the tables of the path.
+ * When the last step is a foreign key onto the subject's key column, the key
+ * is already in the previous row and the subject table is not joined.
+ */
+char *
+gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowref)
+{
+	StringInfoData buf;
+	const GdprStep *last;
+	int			nsteps;
+	int			njoined;
+	bool		any_reverse = false;
+	const char *keysrc;
+	char		alias[32];
+	char		prev[64];
+	ListCell   *lc;
+
+	if (path->subject_column != NULL)
+		return psprintf("((%s).%s)::pg_catalog.text", rowref,
+						quote_identifier(path->subject_column));
+
+	nsteps = list_length(path->steps);
+	if (nsteps == 0)
+		return pstrdup("NULL::pg_catalog.text");
+
+	last = llast(path->steps);
+	njoined = nsteps;
+	keysrc = NULL;
+	if (!last->reverse && last->to_rel == map->subject_relid &&
+		list_length(last->to_cols) == 1 &&
+		strcmp(linitial(last->to_cols), map->key_column) == 0)
+	{
+		njoined = nsteps - 1;
+		keysrc = linitial(last->from_cols);
+	}
+
+	if (njoined == 0)
+		return psprintf("((%s).%s)::pg_catalog.text", rowref, quote_identifier(keysrc));
+
+	foreach(lc, path->steps)
+		any_reverse |= ((GdprStep *) lfirst(lc))->reverse;
+
+	initStringInfo(&buf);
+	if (keysrc != NULL)
+		appendStringInfo(&buf, "(SELECT (h%d.%s)::pg_catalog.text FROM ", njoined,
+						 quote_identifier(keysrc));
+	else
+		appendStringInfo(&buf, "(SELECT (h%d.%s)::pg_catalog.text FROM ", njoined,
+						 quote_identifier(map->key_column));
+
+	for (int i = 1; i <= njoined; i++)
+	{
+		const GdprStep *step = list_nth(path->steps, i - 1);
+		char	   *relname = get_rel_name(step->to_rel);
+		char	   *nspname = get_namespace_name(get_rel_namespace(step->to_rel));
+
+		if (relname == NULL || nspname == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("table with OID %u on a path of table \"%s\" does not exist",
+							step->to_rel, map->qualified_name),
+					 errhint("Register the table again with gdpr.unregister_table() and gdpr.register_table().")));
+		snprintf(alias, sizeof(alias), "h%d", i);
+		if (i > 1)
+			appendStringInfoString(&buf, " JOIN ");
+		appendStringInfo(&buf, "%s %s", quote_qualified_identifier(nspname, relname), alias);
+		if (i > 1)
+		{
+			appendStringInfoString(&buf, " ON ");
+			snprintf(prev, sizeof(prev), "h%d.", i - 1);
+			append_step_condition(&buf, step, prev, alias);
+		}
+	}
+	appendStringInfoString(&buf, " WHERE ");
+	snprintf(prev, sizeof(prev), "(%s).", rowref);
+	append_step_condition(&buf, linitial(path->steps), prev, "h1");
+	/* a reverse step may find several subject rows: take one, always the same */
+	if (any_reverse)
+		appendStringInfoString(&buf, " ORDER BY 1 LIMIT 1");
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+/*
+ * "right.to_col = left.from_col AND ...", with the foreign key's operator in
+ * the order the operator takes its arguments (referenced side first).
+ */
+static void
+append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
+					  const char *right_alias)
+{
+	ListCell   *fc,
+			   *tc,
+			   *oc;
+	bool		first = true;
+
+	forthree(fc, step->from_cols, tc, step->to_cols, oc, step->ops)
+	{
+		const char *from = quote_identifier(lfirst(fc));
+		const char *to = quote_identifier(lfirst(tc));
+		const char *op = qualified_operator(lfirst_oid(oc));
+
+		if (!first)
+			appendStringInfoString(buf, " AND ");
+		first = false;
+		if (step->reverse)
+			appendStringInfo(buf, "%s%s %s %s.%s", left, from, op, right_alias, to);
+		else
+			appendStringInfo(buf, "%s.%s %s %s%s", right_alias, to, op, left, from);
+	}
+}
+
+static const char *
+qualified_operator(Oid opid)
+{
+	HeapTuple	tup;
+	Form_pg_operator form;
+	char	   *result;
+
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opid));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("equality operator with OID %u of a subject path does not exist", opid),
+				 errhint("Register the table again so that its path is derived from the current foreign keys.")));
+	form = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(form->oprnamespace)),
+					  NameStr(form->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+static GdprPath *
+find_path(List *paths, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, paths)
+	{
+		GdprPath   *path = lfirst(lc);
+
+		if (strcmp(path->name, name) == 0)
+			return path;
+	}
+	return NULL;
+}
+
+static char *
+spi_text(HeapTuple tuple, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static List *
+text_array_to_list(Datum array)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	List	   *result = NIL;
+
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			result = lappend(result, TextDatumGetCString(elems[i]));
+	return result;
+}
+
+static List *
+oid_array_to_list(Datum array)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	List	   *result = NIL;
+
+	deconstruct_array(DatumGetArrayTypeP(array), OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			result = lappend_oid(result, DatumGetObjectId(elems[i]));
+	return result;
+}
