@@ -7,7 +7,7 @@ EXTENSION = gdpr
 DATA = gdpr--1.0.sql
 PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 
-REGRESS = setup map paths audit audit_settings ddl bad_input hostile
+REGRESS = setup map paths audit audit_settings ddl bad_input hostile cleanup
 REGRESS_OPTS = --inputdir=. --load-extension=gdpr
 
 ISOLATION = audit_concurrent

@@ -400,7 +400,7 @@ END
 $$;
 
 -- Statement triggers are not inherited by partitions, and TRUNCATE of one partition fires only
--- that partition's: every partition gets its own, now and whenever one is created or attached.
+-- that partition's: every partition gets its own, now and whenever one is created.
 CREATE FUNCTION gdpr._attach_truncate(tbl pg_catalog.regclass) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -719,7 +719,7 @@ BEGIN
         DELETE FROM gdpr.subject_path p WHERE p.relid = r.relid AND p.path_name = r.path_name;
         PERFORM gdpr._map_changed(r.relid);
         RAISE WARNING 'path "%" of table % went through %: it is dropped from the map', r.path_name,
-                      gdpr._qualified(r.relid), qualified
+                      COALESCE(gdpr._qualified(r.relid), r.relid::oid::text), qualified
             USING HINT = 'Check that the table still reaches its subject with SELECT * FROM gdpr.coverage_gaps.';
         PERFORM gdpr.log_event('MAP_PATH_DROPPED', NULL::text, true,
             pg_catalog.jsonb_build_object('path', r.path_name, 'reason', why), NULL, gdpr._qualified(r.relid));
@@ -783,10 +783,16 @@ SELECT r.relid AS table_name,
   JOIN gdpr.subject_kind sk ON sk.kind = r.kind
   LEFT JOIN gdpr.subject_path p ON p.relid = r.relid;
 
--- What looks uncovered: tables that reference a registered table but are not registered, and
--- unclassified columns whose names suggest personal data.
+-- What looks uncovered: registered tables that lost their path, tables that reference a
+-- registered table but are not registered, and unclassified columns whose names suggest
+-- personal data.
 CREATE VIEW gdpr.coverage_gaps AS
-SELECT e.src AS table_name, NULL::name AS column_name,
+SELECT r.relid AS table_name, NULL::name AS column_name,
+       'is registered but has no owner path to its subject: its rows are audited without a subject' AS reason
+  FROM gdpr.registered_table r
+ WHERE NOT EXISTS (SELECT 1 FROM gdpr.subject_path p WHERE p.relid = r.relid AND p.relation = 'owner')
+UNION ALL
+SELECT e.src, NULL::name AS column_name,
        pg_catalog.format('references registered table %s through (%s) but is not registered',
                          gdpr._qualified(e.dst), pg_catalog.array_to_string(e.src_cols, ', ')) AS reason
   FROM gdpr._fk_edge e
@@ -853,7 +859,7 @@ BEGIN
                  WHEN 'pg_catalog.pg_constraint'::regclass THEN
                      (SELECT c.conrelid FROM pg_catalog.pg_constraint c WHERE c.oid = r.objid)
              END;
-        CONTINUE WHEN t IS NULL OR r.command_tag = 'CREATE TABLE';
+        CONTINUE WHEN t IS NULL;
         reg := gdpr._registered_root(t);
         IF reg IS NOT NULL THEN
             PERFORM gdpr.log_event('DDL', NULL::text, true,
@@ -861,7 +867,9 @@ BEGIN
                                               'object', r.object_identity),
                 NULL, gdpr._qualified(reg));
             PERFORM gdpr._map_changed(reg);
-            IF r.command_tag IN ('CREATE TABLE', 'ALTER TABLE') THEN
+            -- Only a table created as a partition of a registered one: a restore from pg_dump
+            -- creates partitions standalone and brings the triggers itself.
+            IF r.command_tag = 'CREATE TABLE' AND r.objid <> reg::oid THEN
                 PERFORM gdpr._attach_truncate(reg);
             END IF;
         END IF;
@@ -890,7 +898,7 @@ BEGIN
                                   pg_catalog.quote_ident(r.address_names[2]));
         CONTINUE WHEN gdpr._registered_root(pg_catalog.to_regclass(qual)) IS NULL;
         PERFORM gdpr.log_event('DDL', NULL::text, true,
-            pg_catalog.jsonb_build_object('command', pg_catalog.tg_tag, 'object_type', 'trigger',
+            pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'trigger',
                                           'object', r.object_identity),
             NULL, gdpr._qualified(gdpr._registered_root(pg_catalog.to_regclass(qual))));
     END LOOP;
@@ -903,16 +911,20 @@ BEGIN
                                   pg_catalog.quote_ident(r.address_names[2]));
         IF r.object_type = 'table' THEN
             FOR k IN SELECT s.kind FROM gdpr.subject_kind s WHERE s.relid::oid = r.objid LOOP
-                FOR p IN SELECT t.relid FROM gdpr.registered_table t WHERE t.kind = k AND t.relid::oid <> r.objid LOOP
-                    RAISE WARNING 'table % is no longer registered: its subject table % was dropped',
-                                  gdpr._qualified(p.relid), qual;
-                    PERFORM gdpr._forget(p.relid, gdpr._qualified(p.relid), pg_catalog.format('subject table %s dropped', qual));
+                FOR p IN SELECT t.relid, COALESCE(gdpr._qualified(t.relid),
+                                    (SELECT pg_catalog.format('%s.%s', pg_catalog.quote_ident(d.address_names[1]),
+                                                              pg_catalog.quote_ident(d.address_names[2]))
+                                       FROM pg_catalog.pg_event_trigger_dropped_objects() d
+                                      WHERE d.objid = t.relid::oid AND d.object_type = 'table')) AS name
+                           FROM gdpr.registered_table t WHERE t.kind = k AND t.relid::oid <> r.objid LOOP
+                    RAISE WARNING 'table % is no longer registered: its subject table % was dropped', p.name, qual;
+                    PERFORM gdpr._forget(p.relid, p.name, pg_catalog.format('subject table %s dropped', qual));
                     PERFORM gdpr._map_changed(p.relid);
                 END LOOP;
             END LOOP;
             PERFORM gdpr._forget(r.objid, qual, pg_catalog.format('%s dropped', qual));
             PERFORM gdpr.log_event('DDL', NULL::text, true,
-                pg_catalog.jsonb_build_object('command', pg_catalog.tg_tag, 'object_type', 'table', 'object', qual),
+                pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table', 'object', qual),
                 NULL, qual);
             CONTINUE;
         END IF;
@@ -951,7 +963,7 @@ BEGIN
         END IF;
         IF EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid) THEN
             PERFORM gdpr.log_event('DDL', NULL::text, true,
-                pg_catalog.jsonb_build_object('command', pg_catalog.tg_tag, 'object_type', 'table column',
+                pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table column',
                                               'object', r.object_identity),
                 NULL, qual);
             PERFORM gdpr._map_changed(r.objid::regclass);

@@ -1,0 +1,85 @@
+# Read auditing (needs preloading), everything else without preloading, and a map and trail that
+# survive pg_dump and restore.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $schema = q{
+    CREATE EXTENSION gdpr;
+    CREATE TABLE users (id int PRIMARY KEY, email text, pw text);
+    CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total int);
+    SELECT gdpr.register_subject('users', 'id');
+    SELECT gdpr.register_table('orders');
+    SELECT gdpr.classify_column('users', 'email', 'contact');
+    SELECT gdpr.classify_column('users', 'pw', 'secret');
+    INSERT INTO users VALUES (1, 'ann@example.com', 'pw1'), (2, 'bob@example.com', 'pw2');
+    INSERT INTO orders VALUES (10, 1, 5), (11, 1, 7), (20, 2, 1);
+};
+
+# --- Preloaded: reads of registered tables go to the server log as JSON.
+my $node = PostgreSQL::Test::Cluster->new('preloaded');
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'gdpr'\ngdpr.audit_reads = on\n");
+$node->start;
+$node->safe_psql('postgres', $schema);
+
+my $offset = -s $node->logfile;
+$node->safe_psql('postgres', q{SET gdpr.actor = 'carol@app'; SELECT * FROM orders WHERE user_id = 1});
+my $log = slurp_file($node->logfile, $offset);
+like($log, qr/\{"gdpr_event": "READ", "role": "[^"]+", "session_role": "[^"]+", "actor": "carol\@app", "database": "postgres", "tables": \["public.orders"\], "rows": 2, "query_id": -?\d+\}/,
+	'a read of a registered table is one JSON line with role, actor, tables, rows and query id');
+
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', q{BEGIN READ ONLY; SELECT count(*) FROM users u JOIN orders o ON o.user_id = u.id; COMMIT;});
+$log = slurp_file($node->logfile, $offset);
+like($log, qr/"tables": \["public.users", "public.orders"\]|"tables": \["public.orders", "public.users"\]/,
+	'reads in a read-only transaction are recorded, every registered table named once');
+
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', q{CREATE TABLE plain (x int); SELECT * FROM plain; SELECT 1;});
+$log = slurp_file($node->logfile, $offset);
+unlike($log, qr/gdpr_event/, 'reads of unregistered tables are not recorded');
+
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+is($node->safe_psql('other', 'SELECT count(*) FROM pg_class WHERE relname = \'pg_class\''), '1',
+	'a database without the extension works with the library preloaded');
+
+$node->safe_psql('postgres', q{CREATE ROLE quiet SUPERUSER; ALTER ROLE quiet SET gdpr.audit_reads = off;});
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', q{SET ROLE quiet; SET gdpr.audit_reads = off; SELECT * FROM users;});
+$log = slurp_file($node->logfile, $offset);
+unlike($log, qr/gdpr_event/, 'gdpr.audit_reads = off records nothing');
+
+# --- pg_dump and restore keep the map, the trail and the triggers.
+my $dump = $node->basedir . '/dump.sql';
+$node->command_ok([ 'pg_dump', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump runs');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('restored'), '-f', $dump ],
+	'the dump restores');
+my $map_query = q{SELECT string_agg(format('%s|%s|%s|%s', table_name, subject_kind, path_name, path), ';' ORDER BY 1) FROM (SELECT table_name::text, subject_kind, path_name, path FROM gdpr.map) m};
+is($node->safe_psql('restored', $map_query), $node->safe_psql('postgres', $map_query), 'the map is restored');
+my $last_event = $node->safe_psql('postgres', 'SELECT max(event_id) FROM gdpr.audit_log');
+my $trail_query = q{SELECT string_agg(format('%s|%s|%s|%s', event_id, event, subject_id, new_values), ';' ORDER BY event_id) FROM gdpr.audit_log WHERE event_id <= } . $last_event;
+is($node->safe_psql('restored', $trail_query), $node->safe_psql('postgres', $trail_query), 'the trail is restored');
+$node->safe_psql('restored', 'INSERT INTO orders VALUES (30, 2, 9)');
+is($node->safe_psql('restored', q{SELECT subject_id FROM gdpr.audit_log WHERE event = 'INSERT' AND row_key = '{"id": 30}'}),
+	'2', 'the restored database audits with the restored map');
+is($node->safe_psql('restored', q{SELECT count(*) FROM gdpr.audit_log WHERE new_values::text LIKE '%pw1%'}),
+	'0', 'secrets stay out of the restored trail');
+$node->stop;
+
+# --- Without preloading, the map and the audit trail work all the same.
+my $plain = PostgreSQL::Test::Cluster->new('not_preloaded');
+$plain->init;
+$plain->start;
+$plain->safe_psql('postgres', $schema);
+is($plain->safe_psql('postgres', q{SELECT count(*) FROM gdpr.audit_log WHERE event = 'INSERT' AND subject_id = '1'}),
+	'3', 'audit capture works without shared_preload_libraries');
+$plain->safe_psql('postgres', q{SET gdpr.actor = 'dave@app'; UPDATE orders SET total = 6 WHERE id = 10});
+is($plain->safe_psql('postgres', q{SELECT actor FROM gdpr.audit_log WHERE event = 'UPDATE'}), 'dave@app',
+	'settings work without shared_preload_libraries');
+$plain->stop;
+
+done_testing();
