@@ -91,11 +91,17 @@ static HTAB *audit_plans = NULL;
 /* The plan for events without a row (TRUNCATE, log_event); NULL until first use */
 static SPIPlanPtr event_plan = NULL;
 
+/* gdpr.audit_log and its owner, the role audit inserts run as; reset by the relcache callback */
+static Oid	audit_log_relid = InvalidOid;
+static Oid	audit_log_owner = InvalidOid;
+
 static AuditPlan *get_row_plan(Relation rel);
 static void build_row_plan(AuditPlan *ap, Relation rel);
 static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
-static Datum names_array(const AuditPlan *ap, const bool *include);
+static bool *changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup,
+							 HeapTuple newtup);
+static Datum names_array(const AuditPlan *ap, const bool *which);
 static int64 insert_event(const char *event, bool success, const char *kind,
 						  const char *subject, const char *table_name, Jsonb *detail);
 
@@ -115,8 +121,9 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	AuditPlan  *ap;
 	Datum		values[ROW_NPARAMS];
 	char		nulls[ROW_NPARAMS];
-	bool	   *include;
+	bool	   *dropped;
 	bool	   *changed = NULL;
+	Datum		keyrow;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			ret;
@@ -167,64 +174,42 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	values[P_EVENT] = CStringGetTextDatum(event);
 	nulls[P_EVENT] = ' ';
 
-	/* which columns the row images keep: never secret ones, under "changed" only changed ones */
-	include = palloc(sizeof(bool) * ap->natts);
-	for (int i = 0; i < ap->natts; i++)
-		include[i] = !ap->secret[i];
-
 	nulls[P_CHANGED] = 'n';
 	values[P_CHANGED] = (Datum) 0;
 	if (oldtup != NULL && newtup != NULL)
 	{
-		changed = palloc0(sizeof(bool) * ap->natts);
-		for (int i = 0; i < ap->natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, i);
-			bool		oldnull,
-						newnull;
-			Datum		oldval,
-						newval;
-
-			if (att->attisdropped)
-				continue;
-			oldval = heap_getattr(oldtup, i + 1, desc, &oldnull);
-			newval = heap_getattr(newtup, i + 1, desc, &newnull);
-			if (oldnull != newnull)
-				changed[i] = true;
-			else if (!oldnull)
-				changed[i] = !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
-			if (gdpr_audit_values == GDPR_VALUES_CHANGED && !changed[i])
-				include[i] = false;
-		}
+		changed = changed_columns(ap, desc, oldtup, newtup);
 		values[P_CHANGED] = names_array(ap, changed);
 		nulls[P_CHANGED] = ' ';
 	}
 
+	/* the key row (subject and primary key) is the new row, or the old one of a DELETE */
+	keyrow = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
+	values[P_KEYROW] = keyrow;
+	nulls[P_KEYROW] = ' ';
 	nulls[P_OLD] = nulls[P_NEW] = 'n';
 	values[P_OLD] = values[P_NEW] = (Datum) 0;
 	if (gdpr_audit_values != GDPR_VALUES_NONE)
 	{
 		if (oldtup != NULL)
 		{
-			values[P_OLD] = heap_copy_tuple_as_datum(oldtup, desc);
+			values[P_OLD] = newtup != NULL ? heap_copy_tuple_as_datum(oldtup, desc) : keyrow;
 			nulls[P_OLD] = ' ';
 		}
 		if (newtup != NULL)
 		{
-			values[P_NEW] = heap_copy_tuple_as_datum(newtup, desc);
+			values[P_NEW] = keyrow;
 			nulls[P_NEW] = ' ';
 		}
 	}
-	{
-		bool	   *exclude = palloc(sizeof(bool) * ap->natts);
 
-		for (int i = 0; i < ap->natts; i++)
-			exclude[i] = !include[i];
-		values[P_EXCLUDE] = names_array(ap, exclude);
-		nulls[P_EXCLUDE] = ' ';
-	}
-	values[P_KEYROW] = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
-	nulls[P_KEYROW] = ' ';
+	/* what the row images leave out: secret columns, and unchanged ones under "changed" */
+	dropped = palloc(sizeof(bool) * ap->natts);
+	for (int i = 0; i < ap->natts; i++)
+		dropped[i] = ap->secret[i] ||
+			(changed != NULL && gdpr_audit_values == GDPR_VALUES_CHANGED && !changed[i]);
+	values[P_EXCLUDE] = names_array(ap, dropped);
+	nulls[P_EXCLUDE] = ' ';
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(audit_table_owner(),
@@ -362,7 +347,7 @@ gdpr_log_event(PG_FUNCTION_ARGS)
 
 /*
  * The relcache callback's part for audit plans: forget the plan of one
- * relation, or of all (InvalidOid).  Plans are freed when rebuilt, not here:
+ * relation, or of all (InvalidOid), and the audit table's owner.  Plans are freed when rebuilt, not here:
  * a callback may run while a plan is being executed.
  */
 void
@@ -371,6 +356,8 @@ gdpr_audit_invalidate(Oid relid)
 	HASH_SEQ_STATUS status;
 	AuditPlan  *ap;
 
+	if (!OidIsValid(relid) || relid == audit_log_relid)
+		audit_log_owner = InvalidOid;
 	if (audit_plans == NULL)
 		return;
 	if (OidIsValid(relid))
@@ -535,6 +522,36 @@ build_row_plan(AuditPlan *ap, Relation rel)
 	ap->plan = plan;
 }
 
+/*
+ * Which columns an UPDATE changed, by comparing the stored representations:
+ * a value rewritten to itself does not count, a toasted value left alone
+ * keeps its toast pointer and compares equal.
+ */
+static bool *
+changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
+{
+	bool	   *changed = palloc0(sizeof(bool) * ap->natts);
+
+	for (int i = 0; i < ap->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		oldnull,
+					newnull;
+		Datum		oldval,
+					newval;
+
+		if (att->attisdropped)
+			continue;
+		oldval = heap_getattr(oldtup, i + 1, desc, &oldnull);
+		newval = heap_getattr(newtup, i + 1, desc, &newnull);
+		if (oldnull != newnull)
+			changed[i] = true;
+		else if (!oldnull)
+			changed[i] = !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
+	}
+	return changed;
+}
+
 /* The names of the columns flagged in which, as a text[] datum */
 static Datum
 names_array(const AuditPlan *ap, const bool *which)
@@ -581,25 +598,30 @@ fill_context(Datum *values, char *nulls)
 	values[8] = TimestampTzGetDatum(gdpr_retention_until(now));
 }
 
+/*
+ * The owner of gdpr.audit_log, looked up once and forgotten by the relcache
+ * callback when the table changes (ALTER TABLE ... OWNER TO sends one).
+ */
 static Oid
 audit_table_owner(void)
 {
-	Oid			nsp = get_namespace_oid("gdpr", false);
-	Oid			relid = get_relname_relid("audit_log", nsp);
 	HeapTuple	tup;
-	Oid			owner;
 
-	if (!OidIsValid(relid))
+	if (OidIsValid(audit_log_owner))
+		return audit_log_owner;
+
+	audit_log_relid = get_relname_relid("audit_log", get_namespace_oid("gdpr", false));
+	if (!OidIsValid(audit_log_relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"gdpr.audit_log\" does not exist"),
 				 errhint("Install the extension with CREATE EXTENSION gdpr.")));
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(audit_log_relid));
 	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+		elog(ERROR, "cache lookup failed for relation %u", audit_log_relid);
+	audit_log_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
-	return owner;
+	return audit_log_owner;
 }
 
 /* One event without a row.  SPI must be connected.  Returns the event id. */

@@ -35,19 +35,20 @@ gdpr_free_port() {
 	echo 54399
 }
 
-# gdpr_start_server <datadir> <port> <socketdir> [extra postgresql.conf lines]
+# gdpr_start_server <datadir> <port> <socketdir> [extra postgresql.conf lines] [server env ...]
 gdpr_start_server() {
 	local data=$1 port=$2 sock=$3 extra=${4:-}
+	shift 4 2>/dev/null || shift $#
 	as_postgres "$PGBIN/initdb" -D "$data" -A trust -U postgres --no-sync >/dev/null || return 1
 	cat >>"$data/postgresql.conf" <<CONF
 port = $port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$sock'
-fsync = off
+fsync = ${GDPR_FSYNC:-off}
 log_min_messages = warning
 $extra
 CONF
-	as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -w start >/dev/null
+	as_postgres env "$@" "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -w start >/dev/null
 }
 
 gdpr_stop_server() {
