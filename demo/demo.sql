@@ -46,6 +46,12 @@ ALTER TABLE customer ADD COLUMN phone text;
 GRANT SELECT ON customer TO PUBLIC;
 SELECT event, table_name, detail FROM gdpr.audit_log WHERE event = 'DDL' ORDER BY event_id;
 
-\echo '== 5. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
+\echo '== 5. Art. 15: everything about customer 42, as JSONB'
+SELECT jsonb_pretty(gdpr_export(42) - 'audit');
+SELECT e->>'event' AS event, e->>'table' AS "table", e->>'actor' AS actor FROM jsonb_array_elements(gdpr_export(42)->'audit') e;
+\echo '   ... and where an index is missing for it'
+SELECT table_name, lookup, hint FROM gdpr.export_plan() WHERE NOT indexed;
+
+\echo '== 6. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
 SET gdpr.audit_reads = on;
 SELECT count(*) FROM customer c JOIN orders o ON o.customer_id = c.id;

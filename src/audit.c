@@ -102,8 +102,6 @@ static Oid	audit_table_owner(void);
 static bool *changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
 static Datum names_array(const AuditPlan *ap, const bool *which);
-static int64 insert_event(const char *event, bool success, const char *kind,
-						  const char *subject, const char *table_name, Jsonb *detail);
 
 /*
  * AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW on registered tables.
@@ -211,10 +209,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	values[P_EXCLUDE] = names_array(ap, dropped);
 	nulls[P_EXCLUDE] = ' ';
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(audit_table_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_NOFORCE_RLS);
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_plan(ap->plan, values, nulls, false, 0);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (ret != SPI_OK_INSERT)
@@ -267,7 +262,7 @@ gdpr_audit_truncate(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	insert_event("TRUNCATE", true, NULL, NULL, table_name, detail);
+	gdpr_audit_event("TRUNCATE", true, NULL, NULL, table_name, detail);
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }
@@ -340,7 +335,7 @@ gdpr_log_event(PG_FUNCTION_ARGS)
 					 errmsg("subject kind \"%s\" is not registered", kind),
 					 errhint("See SELECT kind FROM gdpr.subject_kind.")));
 	}
-	id = insert_event(event, success, kind, subject, table_name, detail);
+	id = gdpr_audit_event(event, success, kind, subject, table_name, detail);
 	SPI_finish();
 	PG_RETURN_INT64(id);
 }
@@ -624,9 +619,28 @@ audit_table_owner(void)
 	return audit_log_owner;
 }
 
-/* One event without a row.  SPI must be connected.  Returns the event id. */
-static int64
-insert_event(const char *event, bool success, const char *kind, const char *subject,
+/*
+ * Runs what follows as the owner of gdpr.audit_log, the only role that writes
+ * it; the caller switches back with SetUserIdAndSecContext(*save_userid,
+ * *save_sec_context).  An error in between needs nothing: transaction abort
+ * restores the user.
+ */
+void
+gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context)
+{
+	Oid			owner = audit_table_owner();
+
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_NOFORCE_RLS);
+}
+
+/*
+ * Records one event without a row (TRUNCATE, log_event, EXPORT, ...), as the
+ * audit table's owner.  SPI must be connected.  Returns the event id.
+ */
+int64
+gdpr_audit_event(const char *event, bool success, const char *kind, const char *subject,
 			 const char *table_name, Jsonb *detail)
 {
 	Datum		values[CONTEXT_NPARAMS + 6];
@@ -678,10 +692,7 @@ insert_event(const char *event, bool success, const char *kind, const char *subj
 	values[14] = table_name != NULL ? CStringGetTextDatum(table_name) : (Datum) 0;
 	nulls[14] = table_name != NULL ? ' ' : 'n';
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(audit_table_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_NOFORCE_RLS);
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_plan(event_plan, values, nulls, false, 1);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)

@@ -45,5 +45,6 @@ static void
 relcache_callback(Datum arg, Oid relid)
 {
 	gdpr_audit_invalidate(relid);
+	gdpr_export_invalidate(relid);
 	gdpr_reads_invalidate(relid);
 }

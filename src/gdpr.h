@@ -15,8 +15,17 @@
 #ifndef GDPR_H
 #define GDPR_H
 
+#include "fmgr.h"
 #include "nodes/pg_list.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
+
+/*
+ * Our own SQLSTATEs, class GD, documented in the README so applications can
+ * catch them.  GD100 and GD101 (no path, ambiguous path) are raised by the
+ * install script.
+ */
+#define ERRCODE_GDPR_SUBJECT_NOT_FOUND	MAKE_SQLSTATE('G','D','2','0','0')
 
 /* Event classes, for gdpr.audit_events */
 #define GDPR_EV_INSERT		0x0001
@@ -86,15 +95,47 @@ typedef struct GdprTableMap
 	List	   *columns;		/* GdprColumn *, classified columns */
 } GdprTableMap;
 
+/* The SQL of one path; see gdpr_path_sql */
+typedef struct GdprPathSql
+{
+	char	   *from;			/* joined tables, or "" when the key is in the row */
+	char	   *where;			/* ties the first joined table to the row */
+	char	   *key;			/* the subject key, of its own type */
+	bool		many;			/* a reverse step: several subject rows may match */
+} GdprPathSql;
+
+/* One data subject, as the rights functions take it */
+typedef struct GdprSubject
+{
+	char	   *kind;
+	Oid			relid;			/* the subject table */
+	char	   *key_column;
+	Oid			key_type;
+	Datum		key;			/* of key_type */
+	char	   *key_text;		/* canonical text form, as the audit trail records it */
+} GdprSubject;
+
 /* subject.c */
 extern Oid	gdpr_root_relid(Oid relid);
 extern GdprTableMap *gdpr_load_table_map(Oid relid, MemoryContext mcxt);	/* SPI */
+extern GdprPathSql gdpr_path_sql(const GdprTableMap *map, const GdprPath *path,
+								 const char *rowprefix);
 extern char *gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path,
 							  const char *rowref);
+extern GdprSubject *gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno,
+										 const char *kind, MemoryContext mcxt);	/* SPI */
+extern bool gdpr_subject_exists(const GdprSubject *subject);	/* SPI */
 extern bool gdpr_column_is_secret(const GdprTableMap *map, const char *column);
 
 /* audit.c */
 extern void gdpr_audit_invalidate(Oid relid);
+extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
+							  const char *subject, const char *table_name,
+							  Jsonb *detail);	/* SPI */
+extern void gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
+
+/* export.c */
+extern void gdpr_export_invalidate(Oid relid);
 
 /* reads.c */
 extern void gdpr_install_read_hook(void);

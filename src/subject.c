@@ -31,6 +31,7 @@ static List *text_array_to_list(Datum array);
 static List *oid_array_to_list(Datum array);
 static char *spi_text(HeapTuple tuple, TupleDesc desc, int col);
 static GdprPath *find_path(List *paths, const char *name);
+static char *qualified_table(const GdprTableMap *map, Oid relid);
 static const char *qualified_operator(Oid opid);
 static void append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
 								  const char *right_alias);
@@ -163,6 +164,133 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 	return map;
 }
 
+/*
+ * The subject a rights function is asked about: argument argno of fcinfo, of
+ * any type the function was declared with (text, bigint, uuid), read as a key
+ * of the subject kind named (or the only kind, or "default").  The result is
+ * allocated in mcxt.
+ */
+GdprSubject *
+gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno, const char *kind, MemoryContext mcxt)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	char		nulls[1];
+	GdprSubject *subject;
+	Oid			argtype;
+	Oid			typfunc;
+	Oid			typioparam;
+	bool		isvarlena;
+	char	   *argtext;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	MemoryContext oldcxt;
+	int			ret;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subject must not be NULL"),
+				 errhint("Pass the subject's key, such as 42, 'alice' or a uuid.")));
+
+	args[0] = kind != NULL ? CStringGetTextDatum(kind) : (Datum) 0;
+	nulls[0] = kind != NULL ? ' ' : 'n';
+	ret = SPI_execute_with_args(
+		"SELECT kind, relid::pg_catalog.oid, key_column::pg_catalog.text, key_type::pg_catalog.oid "
+		"  FROM gdpr.subject_kind "
+		" WHERE kind = COALESCE($1, (SELECT CASE WHEN pg_catalog.count(*) = 1 "
+		"                                        THEN pg_catalog.min(kind) ELSE 'default' END "
+		"                              FROM gdpr.subject_kind))",
+		1, argtypes, args, nulls, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	if (SPI_processed == 0)
+	{
+		if (kind != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("subject kind \"%s\" is not registered", kind),
+					 errhint("See SELECT kind FROM gdpr.subject_kind.")));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no subject kind to choose"),
+				 errdetail("Either no subject table is registered, or several are and none is of kind \"default\"."),
+				 errhint("Register one with gdpr.register_subject(), or pass kind => ...")));
+	}
+
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	subject = palloc(sizeof(GdprSubject));
+	subject->kind = spi_text(tup, desc, 1);
+	subject->key_column = spi_text(tup, desc, 3);
+	subject->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	subject->key_type = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+
+	argtype = get_fn_expr_argtype(fcinfo->flinfo, argno);
+	if (!OidIsValid(argtype))
+		argtype = TEXTOID;
+	if ((argtype == UUIDOID && subject->key_type != UUIDOID &&
+		 subject->key_type != TEXTOID && subject->key_type != VARCHAROID) ||
+		((argtype == INT2OID || argtype == INT4OID || argtype == INT8OID) &&
+		 subject->key_type == UUIDOID))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("a subject key of type %s cannot identify a subject of kind \"%s\"",
+						format_type_be(argtype), subject->kind),
+				 errdetail("Subjects of kind \"%s\" have keys of type %s.", subject->kind,
+						   format_type_be(subject->key_type)),
+				 errhint("Pass the key as %s or as text.", format_type_be(subject->key_type))));
+
+	getTypeOutputInfo(argtype, &typfunc, &isvarlena);
+	argtext = OidOutputFunctionCall(typfunc, PG_GETARG_DATUM(argno));
+
+	getTypeInputInfo(subject->key_type, &typfunc, &typioparam);
+	PG_TRY();
+	{
+		subject->key = OidInputFunctionCall(typfunc, argtext, typioparam, -1);
+	}
+	PG_CATCH();
+	{
+		/* the input function only parses: nothing to clean up but the error itself */
+		MemoryContextSwitchTo(mcxt);
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("\"%s\" is not a valid key for subjects of kind \"%s\"", argtext,
+						subject->kind),
+				 errdetail("Subjects of kind \"%s\" have keys of type %s.", subject->kind,
+						   format_type_be(subject->key_type)),
+				 errhint("Pass the key of the subject's row in %s.", get_rel_name(subject->relid))));
+	}
+	PG_END_TRY();
+
+	getTypeOutputInfo(subject->key_type, &typfunc, &isvarlena);
+	subject->key_text = OidOutputFunctionCall(typfunc, subject->key);
+	MemoryContextSwitchTo(oldcxt);
+	return subject;
+}
+
+/* Whether the subject's row exists, as the caller sees it */
+bool
+gdpr_subject_exists(const GdprSubject *subject)
+{
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+	char	   *sql;
+	int			ret;
+
+	sql = psprintf("SELECT 1 FROM %s WHERE %s OPERATOR(pg_catalog.=) $1",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(subject->relid)),
+											  get_rel_name(subject->relid)),
+				   quote_identifier(subject->key_column));
+	ret = SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	return SPI_processed > 0;
+}
+
 bool
 gdpr_column_is_secret(const GdprTableMap *map, const char *column)
 {
@@ -179,91 +307,100 @@ gdpr_column_is_secret(const GdprTableMap *map, const char *column)
 }
 
 /*
- * An SQL expression of type text giving the subject key a row reaches
- * through one path, or NULL when it reaches none.  rowref is an expression
- * of the table's row type, such as "$17".
+ * The SQL that follows one path from a row to its subject's key.  rowprefix
+ * names the row's columns: "($15)." for a row passed as a parameter, "t."
+ * for a table alias.
  *
- * A chain of steps becomes a scalar subquery joining the tables of the path.
- * When the last step is a foreign key onto the subject's key column, the key
- * is already in the previous row and the subject table is not joined.
+ * The result's "from" lists the joined tables ("s.orders h1 JOIN s.customer
+ * h2 ON ..."), empty when the key is in the row itself; "where" ties the
+ * first of them to the row; "key" is the subject key, of the key column's
+ * own type.  When the last step is a foreign key onto the subject's key
+ * column, the key is already in the previous row and the subject table is
+ * not joined.
  */
-char *
-gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowref)
+GdprPathSql
+gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix)
 {
-	StringInfoData buf;
+	GdprPathSql result = {NULL, NULL, NULL, false};
+	StringInfoData from;
 	const GdprStep *last;
-	int			nsteps;
-	int			njoined;
-	bool		any_reverse = false;
-	const char *keysrc;
-	char		alias[32];
+	int			nsteps = list_length(path->steps);
+	int			njoined = nsteps;
+	const char *keycol = map->key_column;
 	char		prev[64];
 	ListCell   *lc;
 
-	if (path->subject_column != NULL)
-		return psprintf("((%s).%s)::pg_catalog.text", rowref,
-						quote_identifier(path->subject_column));
-
-	nsteps = list_length(path->steps);
-	if (nsteps == 0)
-		return pstrdup("NULL::pg_catalog.text");
+	if (path->subject_column != NULL || nsteps == 0)
+	{
+		result.from = pstrdup("");
+		result.where = pstrdup("true");
+		result.key = path->subject_column != NULL
+			? psprintf("%s%s", rowprefix, quote_identifier(path->subject_column))
+			: pstrdup("NULL");
+		return result;
+	}
 
 	last = llast(path->steps);
-	njoined = nsteps;
-	keysrc = NULL;
 	if (!last->reverse && last->to_rel == map->subject_relid &&
 		list_length(last->to_cols) == 1 &&
 		strcmp(linitial(last->to_cols), map->key_column) == 0)
 	{
 		njoined = nsteps - 1;
-		keysrc = linitial(last->from_cols);
+		keycol = linitial(last->from_cols);
 	}
+	foreach(lc, path->steps)
+		result.many |= ((GdprStep *) lfirst(lc))->reverse;
 
 	if (njoined == 0)
-		return psprintf("((%s).%s)::pg_catalog.text", rowref, quote_identifier(keysrc));
+	{
+		result.from = pstrdup("");
+		result.where = pstrdup("true");
+		result.key = psprintf("%s%s", rowprefix, quote_identifier(keycol));
+		return result;
+	}
 
-	foreach(lc, path->steps)
-		any_reverse |= ((GdprStep *) lfirst(lc))->reverse;
-
-	initStringInfo(&buf);
-	if (keysrc != NULL)
-		appendStringInfo(&buf, "(SELECT (h%d.%s)::pg_catalog.text FROM ", njoined,
-						 quote_identifier(keysrc));
-	else
-		appendStringInfo(&buf, "(SELECT (h%d.%s)::pg_catalog.text FROM ", njoined,
-						 quote_identifier(map->key_column));
-
+	initStringInfo(&from);
 	for (int i = 1; i <= njoined; i++)
 	{
 		const GdprStep *step = list_nth(path->steps, i - 1);
-		char	   *relname = get_rel_name(step->to_rel);
-		char	   *nspname = get_namespace_name(get_rel_namespace(step->to_rel));
+		char		alias[32];
 
-		if (relname == NULL || nspname == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("table with OID %u on a path of table \"%s\" does not exist",
-							step->to_rel, map->qualified_name),
-					 errhint("Register the table again with gdpr.unregister_table() and gdpr.register_table().")));
 		snprintf(alias, sizeof(alias), "h%d", i);
 		if (i > 1)
-			appendStringInfoString(&buf, " JOIN ");
-		appendStringInfo(&buf, "%s %s", quote_qualified_identifier(nspname, relname), alias);
+			appendStringInfoString(&from, " JOIN ");
+		appendStringInfo(&from, "%s %s", qualified_table(map, step->to_rel), alias);
 		if (i > 1)
 		{
-			appendStringInfoString(&buf, " ON ");
+			appendStringInfoString(&from, " ON ");
 			snprintf(prev, sizeof(prev), "h%d.", i - 1);
-			append_step_condition(&buf, step, prev, alias);
+			append_step_condition(&from, step, prev, alias);
 		}
 	}
-	appendStringInfoString(&buf, " WHERE ");
-	snprintf(prev, sizeof(prev), "(%s).", rowref);
-	append_step_condition(&buf, linitial(path->steps), prev, "h1");
+	result.from = from.data;
+
+	initStringInfo(&from);
+	append_step_condition(&from, linitial(path->steps), rowprefix, "h1");
+	result.where = from.data;
+	result.key = psprintf("h%d.%s", njoined, quote_identifier(keycol));
+	return result;
+}
+
+/*
+ * An SQL expression of type text giving the subject key a row (rowref, an
+ * expression of the table's row type such as "$15") reaches through one
+ * path, or NULL when it reaches none.
+ */
+char *
+gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowref)
+{
+	char	   *prefix = psprintf("(%s).", rowref);
+	GdprPathSql p = gdpr_path_sql(map, path, prefix);
+
+	if (p.from[0] == '\0')
+		return psprintf("(%s)::pg_catalog.text", p.key);
 	/* a reverse step may find several subject rows: take one, always the same */
-	if (any_reverse)
-		appendStringInfoString(&buf, " ORDER BY 1 LIMIT 1");
-	appendStringInfoChar(&buf, ')');
-	return buf.data;
+	return psprintf("(SELECT (%s)::pg_catalog.text FROM %s WHERE %s%s)", p.key, p.from,
+					p.where, p.many ? " ORDER BY 1 LIMIT 1" : "");
 }
 
 /*
@@ -314,6 +451,22 @@ qualified_operator(Oid opid)
 					  NameStr(form->oprname));
 	ReleaseSysCache(tup);
 	return result;
+}
+
+/* The schema-qualified, quoted name of a table on a path */
+static char *
+qualified_table(const GdprTableMap *map, Oid relid)
+{
+	char	   *relname = get_rel_name(relid);
+	char	   *nspname = relname != NULL ? get_namespace_name(get_rel_namespace(relid)) : NULL;
+
+	if (relname == NULL || nspname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u on a path of table %s does not exist",
+						relid, map->qualified_name),
+				 errhint("Register the table again with gdpr.unregister_table() and gdpr.register_table().")));
+	return quote_qualified_identifier(nspname, relname);
 }
 
 static GdprPath *

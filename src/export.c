@@ -1,0 +1,673 @@
+/*-------------------------------------------------------------------------
+ *
+ * export.c
+ *		gdpr_export: everything held about one data subject as one JSONB
+ *		document (Art. 15), or only what they provided (Art. 20); and
+ *		gdpr_export_rows, the same rows as a stream.
+ *
+ * The rows of each registered table are found by following the map's paths
+ * backwards from the subject's key: one query per table, an index lookup at
+ * every step when the foreign-key columns are indexed (gdpr.export_plan
+ * says which are not), so the cost follows the subject's data, not the
+ * database's size.
+ *
+ * Table queries run as the caller, so privileges and row security apply.
+ * The subject's audit history is read as the audit table's owner, because
+ * applications may not read the trail directly; it carries no row values.
+ *
+ * Every export is recorded as an EXPORT event with its counts.  A failed
+ * export aborts its transaction and the event with it, so failures are
+ * written to the server log instead.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "gdpr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+
+PG_FUNCTION_INFO_V1(gdpr_export);
+PG_FUNCTION_INFO_V1(gdpr_export_rows);
+PG_FUNCTION_INFO_V1(gdpr_export_sql);
+
+#define GDPR_EXPORT_FORMAT "gdpr-export/1.0"
+
+/* What an export reads: the subject and the registered tables of its kind */
+typedef struct ExportTable
+{
+	Oid			relid;
+	char	   *name;			/* schema-qualified, the key in "data" */
+	bool		provided;		/* provided_by_subject: part of a portable export */
+} ExportTable;
+
+/*
+ * The prepared queries of one table, kept for the life of the backend and
+ * dropped by the relcache callback (gdpr_export_invalidate) when the table or
+ * its map changes.  A change to another table on a path invalidates the plan
+ * itself, through the plan cache.
+ */
+typedef struct ExportPlans
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	Oid			key_type;		/* the parameter type the plans were prepared for */
+	SPIPlanPtr	aggregate;		/* one jsonb array of all rows */
+	SPIPlanPtr	stream;			/* one jsonb row per row */
+} ExportPlans;
+
+static HTAB *export_plans = NULL;
+
+static ExportPlans *get_plans(Oid relid, Oid key_type);
+static SPIPlanPtr prepare_kept(const char *sql, Oid key_type);
+static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
+static List *export_tables(const GdprSubject *subject, bool portable);
+static char *rows_sql(Oid relid, bool aggregate);
+static void push_key(JsonbParseState **state, const char *key);
+static void push_jsonb(JsonbParseState **state, Jsonb *value);
+static void push_text(JsonbParseState **state, const char *value);
+static void push_int(JsonbParseState **state, int64 value);
+static Jsonb *query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner);
+static Jsonb *subject_key_jsonb(const GdprSubject *subject);
+static void record_export(const GdprSubject *subject, bool portable, bool streamed,
+						  List *tables, int64 *counts, int64 total);
+static void log_failure(const char *kind, const char *key);
+
+/*
+ * gdpr_export(subject, kind text DEFAULT NULL, portable boolean DEFAULT false)
+ */
+Datum
+gdpr_export(PG_FUNCTION_ARGS)
+{
+	char	   *kind = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	bool		portable = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	MemoryContext callercxt = CurrentMemoryContext;
+	GdprSubject *subject;
+	List	   *tables;
+	int64	   *counts;
+	int64		total = 0;
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+	Jsonb	   *doc;
+	ListCell   *lc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+	if (!gdpr_subject_exists(subject))
+	{
+		log_failure(subject->kind, subject->key_text);
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
+				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
+				 errdetail("No row of %s has %s = %s.", get_rel_name(subject->relid),
+						   subject->key_column, subject->key_text),
+				 errhint("Check the key; an access request about nobody has nothing to export.")));
+	}
+	tables = export_tables(subject, portable);
+	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_key(&state, "format");
+	push_text(&state, GDPR_EXPORT_FORMAT);
+	push_key(&state, "generated_at");
+	push_jsonb(&state, query_jsonb("SELECT pg_catalog.to_jsonb(pg_catalog.to_char("
+								   "pg_catalog.statement_timestamp() AT TIME ZONE 'UTC', "
+								   "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))", subject, false));
+	push_key(&state, "subject");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_key(&state, "kind");
+	push_text(&state, subject->kind);
+	push_key(&state, "key");
+	push_jsonb(&state, subject_key_jsonb(subject));
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	push_key(&state, "portable");
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = portable});
+
+	push_key(&state, "data");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	foreach(lc, tables)
+	{
+		ExportTable *t = lfirst(lc);
+		Jsonb	   *rows = table_rows(t, subject);
+
+		counts[foreach_current_index(lc)] = JsonContainerSize(&rows->root);
+		total += counts[foreach_current_index(lc)];
+		push_key(&state, t->name);
+		push_jsonb(&state, rows);
+	}
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	push_key(&state, "counts");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	foreach(lc, tables)
+	{
+		push_key(&state, ((ExportTable *) lfirst(lc))->name);
+		push_int(&state, counts[foreach_current_index(lc)]);
+	}
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	push_key(&state, "total_rows");
+	push_int(&state, total);
+
+	if (!portable)
+	{
+		/* Art. 15(1): what the data is for, on which basis, for how long, for whom */
+		push_key(&state, "processing");
+		push_jsonb(&state, query_jsonb(
+			"SELECT COALESCE(pg_catalog.jsonb_object_agg(gdpr._qualified(r.relid), "
+			"  pg_catalog.jsonb_build_object("
+			"    'categories', COALESCE((SELECT pg_catalog.jsonb_agg(DISTINCT c.category) "
+			"                              FROM gdpr.column_class c WHERE c.relid = r.relid), '[]'), "
+			"    'purpose', r.purpose, 'legal_basis', r.legal_basis, 'retention', r.retention, "
+			"    'recipients', COALESCE(pg_catalog.to_jsonb(r.recipients), '[]'), "
+			"    'provided_by_subject', r.provided_by_subject)), '{}') "
+			"  FROM gdpr.registered_table r WHERE r.kind = $2",
+			subject, false));
+		/* the subject's history: when, what, by whom; never the values */
+		push_key(&state, "audit");
+		push_jsonb(&state, query_jsonb(
+			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+			"    'time', pg_catalog.to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+			"    'event', event, 'success', success, 'table', table_name, "
+			"    'changed_columns', pg_catalog.to_jsonb(changed_columns), "
+			"    'actor', actor, 'application', application_name)) ORDER BY event_id), '[]') "
+			"  FROM gdpr.audit_log "
+			" WHERE subject_kind = $2 "
+			"   AND (subject_id = $3 OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3])",
+			subject, true));
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	record_export(subject, portable, false, tables, counts, total);
+
+	MemoryContextSwitchTo(callercxt);
+	doc = JsonbValueToJsonb(result);
+	SPI_finish();
+	PG_RETURN_JSONB_P(doc);
+}
+
+/*
+ * gdpr_export_rows(subject, kind, portable): one row per exported record,
+ * (table_name, row), table by table in primary-key order.  Rows go through a
+ * tuplestore, which spills to disk past work_mem: no single value holds the
+ * whole export.
+ */
+Datum
+gdpr_export_rows(PG_FUNCTION_ARGS)
+{
+	char	   *kind = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	bool		portable = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext callercxt = CurrentMemoryContext;
+	GdprSubject *subject;
+	List	   *tables;
+	int64	   *counts;
+	int64		total = 0;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+	if (!gdpr_subject_exists(subject))
+	{
+		log_failure(subject->kind, subject->key_text);
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
+				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
+				 errhint("Check the key; an access request about nobody has nothing to export.")));
+	}
+	tables = export_tables(subject, portable);
+	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
+
+	foreach(lc, tables)
+	{
+		ExportTable *t = lfirst(lc);
+		Datum		args[1] = {subject->key};
+		Portal		portal;
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		portal = SPI_cursor_open(NULL, get_plans(t->relid, subject->key_type)->stream, args, NULL,
+								 true);
+		values[0] = CStringGetTextDatum(t->name);
+		for (;;)
+		{
+			SPI_cursor_fetch(portal, true, 1000);
+			if (SPI_processed == 0)
+				break;
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				bool		isnull;
+
+				values[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
+			counts[foreach_current_index(lc)] += SPI_processed;
+			total += SPI_processed;
+			SPI_freetuptable(SPI_tuptable);
+			CHECK_FOR_INTERRUPTS();
+		}
+		SPI_cursor_close(portal);
+	}
+
+	record_export(subject, portable, true, tables, counts, total);
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * gdpr._export_sql(tbl regclass): the query an export runs for one table,
+ * with the subject key as $1.  For gdpr.export_plan.
+ */
+Datum
+gdpr_export_sql(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	MemoryContext callercxt = CurrentMemoryContext;
+	char	   *sql;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	sql = rows_sql(relid, false);
+	MemoryContextSwitchTo(callercxt);
+	sql = pstrdup(sql);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(sql));
+}
+
+/* The relcache callback's part for export: forget one table's plans, or all */
+void
+gdpr_export_invalidate(Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	ExportPlans *ep;
+
+	if (export_plans == NULL)
+		return;
+	if (OidIsValid(relid))
+	{
+		ep = hash_search(export_plans, &relid, HASH_FIND, NULL);
+		if (ep != NULL)
+			ep->valid = false;
+		return;
+	}
+	hash_seq_init(&status, export_plans);
+	while ((ep = hash_seq_search(&status)) != NULL)
+		ep->valid = false;
+}
+
+/* The kept plans of one table, prepared on first use.  SPI must be connected. */
+static ExportPlans *
+get_plans(Oid relid, Oid key_type)
+{
+	ExportPlans *ep;
+	bool		found;
+
+	if (export_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(ExportPlans);
+		ctl.hcxt = CacheMemoryContext;
+		export_plans = hash_create("gdpr export plans", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	ep = hash_search(export_plans, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		ep->valid = false;
+		ep->aggregate = ep->stream = NULL;
+	}
+	if (!ep->valid || ep->key_type != key_type)
+	{
+		if (ep->aggregate != NULL)
+			SPI_freeplan(ep->aggregate);
+		if (ep->stream != NULL)
+			SPI_freeplan(ep->stream);
+		ep->aggregate = ep->stream = NULL;
+		ep->aggregate = prepare_kept(rows_sql(relid, true), key_type);
+		ep->stream = prepare_kept(rows_sql(relid, false), key_type);
+		ep->key_type = key_type;
+		ep->valid = true;
+	}
+	return ep;
+}
+
+static SPIPlanPtr
+prepare_kept(const char *sql, Oid key_type)
+{
+	Oid			argtypes[1] = {key_type};
+	SPIPlanPtr	plan = SPI_prepare(sql, 1, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+/* All of a table's rows for the subject, as one jsonb array */
+static Jsonb *
+table_rows(const ExportTable *t, const GdprSubject *subject)
+{
+	Datum		args[1] = {subject->key};
+	bool		isnull;
+	Datum		d;
+	int			ret;
+
+	ret = SPI_execute_plan(get_plans(t->relid, subject->key_type)->aggregate, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return DatumGetJsonbPCopy(d);
+}
+
+/* The registered tables of the subject's kind, by name */
+static List *
+export_tables(const GdprSubject *subject, bool portable)
+{
+	Oid			argtypes[2] = {TEXTOID, BOOLOID};
+	Datum		args[2] = {CStringGetTextDatum(subject->kind), BoolGetDatum(portable)};
+	List	   *result = NIL;
+	int			ret;
+
+	ret = SPI_execute_with_args(
+		"SELECT r.relid::pg_catalog.oid, gdpr._qualified(r.relid), r.provided_by_subject "
+		"  FROM gdpr.registered_table r "
+		" WHERE r.kind = $1 AND (NOT $2 OR r.provided_by_subject) "
+		" ORDER BY 2",
+		2, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		ExportTable *t = palloc(sizeof(ExportTable));
+		bool		isnull;
+
+		t->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		t->name = SPI_getvalue(tup, desc, 2);
+		t->provided = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		result = lappend(result, t);
+	}
+	return result;
+}
+
+/*
+ * The query that selects a table's rows for the subject whose key is $1, as
+ * JSON objects without secret columns, bytea in base64, in primary-key
+ * order; aggregated into one array, or one row each.
+ *
+ * One path: a join from the table to the key.  Several: the primary keys
+ * each path reaches, united, so a row reached twice is exported once.
+ */
+static char *
+rows_sql(Oid relid, bool aggregate)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	GdprTableMap *map = gdpr_load_table_map(relid, cxt);
+	Relation	rel;
+	TupleDesc	desc;
+	StringInfoData rowexpr;
+	StringInfoData pk;
+	StringInfoData where;
+	StringInfoData secret;
+	List	   *pkcols = NIL;
+	GdprPathSql only = {0};
+	int			npaths = 0;
+	ListCell   *lc;
+
+	if (map == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table with OID %u is not registered", relid)));
+
+	rel = table_open(relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+
+	initStringInfo(&secret);
+	initStringInfo(&rowexpr);
+	foreach(lc, map->columns)
+	{
+		GdprColumn *col = lfirst(lc);
+
+		if (strcmp(col->category, "secret") == 0)
+			appendStringInfo(&secret, "%s%s", secret.len > 0 ? ", " : "",
+							 quote_literal_cstr(col->name));
+	}
+	appendStringInfoString(&rowexpr, "pg_catalog.to_jsonb(t)");
+	if (secret.len > 0)
+		appendStringInfo(&rowexpr, " OPERATOR(pg_catalog.-) ARRAY[%s]::pg_catalog.text[]", secret.data);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || att->atttypid != BYTEAOID ||
+			gdpr_column_is_secret(map, NameStr(att->attname)))
+			continue;
+		appendStringInfo(&rowexpr,
+						 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%s, "
+						 "pg_catalog.translate(pg_catalog.encode(t.%s, 'base64'), E'\\n', ''))",
+						 quote_literal_cstr(NameStr(att->attname)),
+						 quote_identifier(NameStr(att->attname)));
+	}
+
+	initStringInfo(&pk);
+	{
+		Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+		int			attno = -1;
+
+		while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+		{
+			const char *name = NameStr(TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1)->attname);
+
+			appendStringInfo(&pk, "%st.%s", pk.len > 0 ? ", " : "", quote_identifier(name));
+			pkcols = lappend(pkcols, pstrdup(name));
+		}
+	}
+	table_close(rel, NoLock);
+	if (pkcols == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has no primary key", map->qualified_name),
+				 errhint("Add a primary key: export orders and identifies rows by it.")));
+
+	initStringInfo(&where);
+	foreach(lc, map->paths)
+	{
+		GdprPathSql p = gdpr_path_sql(map, lfirst(lc), "t.");
+
+		if (strcmp(p.key, "NULL") == 0)
+			continue;
+		only = p;
+		if (npaths++ > 0)
+			appendStringInfoString(&where, " UNION ");
+		appendStringInfo(&where, "SELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
+						 pk.data, map->qualified_name, p.from[0] ? ", " : "", p.from,
+						 p.where, p.key);
+	}
+	if (npaths == 0)
+		appendStringInfo(&where, "SELECT %s FROM %s t WHERE false", pk.data, map->qualified_name);
+
+	if (npaths == 1)
+	{
+		/* the single path's join already selects the rows: select their images instead */
+		if (aggregate)
+			return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
+							"FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
+							rowexpr.data, pk.data, map->qualified_name, only.from[0] ? ", " : "",
+							only.from, only.where, only.key);
+		return psprintf("SELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1 ORDER BY %s",
+						rowexpr.data, map->qualified_name, only.from[0] ? ", " : "", only.from,
+						only.where, only.key, pk.data);
+	}
+	if (aggregate)
+		return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
+						"FROM %s t WHERE (%s) IN (%s)",
+						rowexpr.data, pk.data, map->qualified_name, pk.data, where.data);
+	return psprintf("SELECT %s FROM %s t WHERE (%s) IN (%s) ORDER BY %s",
+					rowexpr.data, map->qualified_name, pk.data, where.data, pk.data);
+}
+
+/*
+ * Runs a query returning one jsonb value, with $1 the subject key, $2 its kind
+ * and $3 its key as text.  as_owner: as the audit table's owner.
+ */
+static Jsonb *
+query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner)
+{
+	Oid			argtypes[3] = {subject->key_type, TEXTOID, TEXTOID};
+	Datum		args[3] = {subject->key, CStringGetTextDatum(subject->kind),
+	CStringGetTextDatum(subject->key_text)};
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		isnull;
+	Datum		d;
+	int			ret;
+
+	if (as_owner)
+		gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	ret = SPI_execute_with_args(sql, 3, argtypes, args, NULL, true, 1);
+	if (as_owner)
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("null")));
+	return DatumGetJsonbPCopy(d);
+}
+
+/* The key in its natural JSON form: a number for integer keys, else a string */
+static Jsonb *
+subject_key_jsonb(const GdprSubject *subject)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (subject->key_type == INT2OID || subject->key_type == INT4OID ||
+		subject->key_type == INT8OID)
+		appendStringInfoString(&buf, subject->key_text);
+	else
+		escape_json(&buf, subject->key_text);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+static void
+push_key(JsonbParseState **state, const char *key)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) key;
+	v.val.string.len = strlen(key);
+	pushJsonbValue(state, WJB_KEY, &v);
+}
+
+static void
+push_text(JsonbParseState **state, const char *value)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) value;
+	v.val.string.len = strlen(value);
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+static void
+push_int(JsonbParseState **state, int64 value)
+{
+	JsonbValue	v;
+
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(value);
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* A whole jsonb value as the value of the current key; scalars are unwrapped */
+static void
+push_jsonb(JsonbParseState **state, Jsonb *value)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(value))
+	{
+		if (!JsonbExtractScalar(&value->root, &v))
+			elog(ERROR, "could not extract a jsonb scalar");
+	}
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &value->root;
+		v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	}
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* The EXPORT event: who asked, how many rows of which table; never a value */
+static void
+record_export(const GdprSubject *subject, bool portable, bool streamed, List *tables,
+			  int64 *counts, int64 total)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *detail;
+	ListCell   *lc;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_key(&state, "portable");
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = portable});
+	push_key(&state, "streamed");
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = streamed});
+	push_key(&state, "total_rows");
+	push_int(&state, total);
+	push_key(&state, "counts");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	foreach(lc, tables)
+	{
+		push_key(&state, ((ExportTable *) lfirst(lc))->name);
+		push_int(&state, counts[foreach_current_index(lc)]);
+	}
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	detail = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	gdpr_audit_event("EXPORT", true, subject->kind, subject->key_text, NULL,
+					 JsonbValueToJsonb(detail));
+}
+
+/* The transaction of a failed export rolls back its event: leave a line in the server log */
+static void
+log_failure(const char *kind, const char *key)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"gdpr_event\": \"EXPORT\", \"success\": false, \"kind\": ");
+	escape_json(&buf, kind);
+	appendStringInfoString(&buf, ", \"subject\": ");
+	escape_json(&buf, key);
+	appendStringInfoString(&buf, ", \"role\": ");
+	escape_json(&buf, GetUserNameFromId(GetUserId(), false));
+	appendStringInfoString(&buf, ", \"actor\": ");
+	if (gdpr_actor != NULL && gdpr_actor[0] != '\0')
+		escape_json(&buf, gdpr_actor);
+	else
+		appendStringInfoString(&buf, "null");
+	appendStringInfoChar(&buf, '}');
+	ereport(LOG, (errmsg_internal("%s", buf.data), errhidestmt(true)));
+}

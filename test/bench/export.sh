@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Export benchmark: gdpr_export of one subject with about a thousand rows across eleven registered
+# tables (a two-hop path, a reverse path, a partitioned table), before and after the database
+# grows tenfold with other subjects' rows, against one hand-written json_agg query returning the
+# same rows.  Prints mean latencies (pgbench, 1 client, loopback) and the ratios.
+#   bash test/bench/export.sh [transactions-per-run] [rounds]
+set -eu
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PGVER=15
+PGBIN=/usr/lib/postgresql/$PGVER/bin
+PG_CONFIG=$PGBIN/pg_config
+TX=${1:-300}
+ROUNDS=${2:-5}
+export GDPR_FSYNC=on
+. "$ROOT/test/lib.sh"
+
+gdpr_install_deps
+gdpr_build_install >/dev/null
+
+WORK=$(mktemp -d /tmp/gdpr-bench.XXXXXX)
+chown postgres "$WORK"
+PORT=$(gdpr_free_port)
+gdpr_start_server "$WORK/data" "$PORT" "$WORK" "shared_buffers = '1GB'
+max_wal_size = '4GB'"
+trap 'gdpr_stop_server "$WORK/data"; rm -rf "$WORK"' EXIT
+psql_() { as_postgres "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+psql_ >/dev/null <<'SQL'
+CREATE EXTENSION gdpr;
+CREATE TABLE address (id bigint PRIMARY KEY, street text, city text);
+CREATE TABLE customer (id bigint PRIMARY KEY, email text UNIQUE, name text, address_id bigint REFERENCES address);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer, total numeric(10,2), placed timestamptz);
+CREATE TABLE order_item (order_id bigint REFERENCES orders, line int, product text, PRIMARY KEY (order_id, line));
+CREATE TABLE payment (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer, amount numeric(10,2));
+CREATE TABLE review (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer, stars int, body text);
+CREATE TABLE wishlist (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer, product text);
+CREATE TABLE session_log (id bigint, at date, customer_id bigint, ip inet, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE session_log_a PARTITION OF session_log FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE session_log_b PARTITION OF session_log FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+ALTER TABLE session_log_a ADD FOREIGN KEY (customer_id) REFERENCES customer;
+ALTER TABLE session_log_b ADD FOREIGN KEY (customer_id) REFERENCES customer;
+CREATE TABLE support_ticket (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer, subject text);
+CREATE TABLE ticket_message (id bigint PRIMARY KEY, ticket_id bigint REFERENCES support_ticket, body text);
+CREATE TABLE newsletter (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer, topic text);
+-- every lookup the export makes has an index (gdpr.export_plan lists them)
+CREATE INDEX ON orders (customer_id);
+CREATE INDEX ON payment (customer_id);
+CREATE INDEX ON review (customer_id);
+CREATE INDEX ON wishlist (customer_id);
+CREATE INDEX ON session_log (customer_id);
+CREATE INDEX ON support_ticket (customer_id);
+CREATE INDEX ON ticket_message (ticket_id);
+CREATE INDEX ON newsletter (customer_id);
+CREATE INDEX ON customer (address_id);
+
+SELECT gdpr.register_subject('customer', 'id');
+SELECT gdpr.register_table(t) FROM unnest(ARRAY['address', 'orders', 'order_item', 'payment', 'review',
+    'wishlist', 'session_log', 'support_ticket', 'ticket_message', 'newsletter']) t;
+SELECT gdpr.classify_column('customer', 'email', 'contact');
+
+-- Subjects first..last, each with the same shape: 931 rows about customer 1 in 11 tables.
+CREATE PROCEDURE load_subjects(first bigint, last bigint) LANGUAGE sql AS $$
+    INSERT INTO address SELECT c, 'street ' || c, 'city' FROM generate_series(first, last) c;
+    INSERT INTO customer SELECT c, 'user' || c || '@example.com', 'User ' || c, c FROM generate_series(first, last) c;
+    INSERT INTO orders SELECT c * 1000 + o, c, o, '2025-01-01' FROM generate_series(first, last) c, generate_series(1, 100) o;
+    INSERT INTO order_item SELECT c * 1000 + o, l, 'product ' || l FROM generate_series(first, last) c, generate_series(1, 100) o, generate_series(1, 3) l;
+    INSERT INTO payment SELECT c * 1000 + p, c, p FROM generate_series(first, last) c, generate_series(1, 100) p;
+    INSERT INTO review SELECT c * 1000 + r, c, 5, 'fine' FROM generate_series(first, last) c, generate_series(1, 50) r;
+    INSERT INTO wishlist SELECT c * 1000 + w, c, 'thing ' || w FROM generate_series(first, last) c, generate_series(1, 50) w;
+    INSERT INTO session_log SELECT c * 1000 + s, date '2024-01-01' + s * 2, c, '10.0.0.1' FROM generate_series(first, last) c, generate_series(1, 200) s;
+    INSERT INTO support_ticket SELECT c * 1000 + t, c, 'help ' || t FROM generate_series(first, last) c, generate_series(1, 20) t;
+    INSERT INTO ticket_message SELECT (c * 1000 + t) * 10 + m, c * 1000 + t, 'message' FROM generate_series(first, last) c, generate_series(1, 20) t, generate_series(1, 5) m;
+    INSERT INTO newsletter SELECT c * 1000 + n, c, 'topic ' || n FROM generate_series(first, last) c, generate_series(1, 10) n;
+$$;
+SET gdpr.audit_events = 'none';       -- loading is not what is measured
+CALL load_subjects(1, 200);
+VACUUM ANALYZE;
+SQL
+
+# The same rows, by hand: one query, one json_agg per table.
+cat >"$WORK/hand.sql" <<'SQL'
+SELECT jsonb_build_object(
+  'public.customer', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM customer t WHERE t.id = 1),
+  'public.address', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM address t JOIN customer c ON c.address_id = t.id WHERE c.id = 1),
+  'public.orders', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM orders t WHERE t.customer_id = 1),
+  'public.order_item', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.order_id, t.line) FROM order_item t JOIN orders o ON o.id = t.order_id WHERE o.customer_id = 1),
+  'public.payment', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM payment t WHERE t.customer_id = 1),
+  'public.review', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM review t WHERE t.customer_id = 1),
+  'public.wishlist', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM wishlist t WHERE t.customer_id = 1),
+  'public.session_log', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id, t.at) FROM session_log t WHERE t.customer_id = 1),
+  'public.support_ticket', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM support_ticket t WHERE t.customer_id = 1),
+  'public.ticket_message', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM ticket_message t JOIN support_ticket s ON s.id = t.ticket_id WHERE s.customer_id = 1),
+  'public.newsletter', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM newsletter t WHERE t.customer_id = 1));
+SQL
+echo "SELECT gdpr_export(1);" >"$WORK/export.sql"
+chown postgres "$WORK"/*.sql
+
+rows=$(psql_ -At -c "SELECT gdpr_export(1)->'total_rows'")
+psql_ -c "CREATE FUNCTION hand_export() RETURNS jsonb LANGUAGE sql AS \$\$ $(sed 's/;$//' "$WORK/hand.sql") \$\$"
+same=$(psql_ -At -c "SELECT gdpr_export(1)->'data' = hand_export()")
+unindexed=$(psql_ -At -c "SELECT count(*) FROM gdpr.export_plan() WHERE NOT indexed")
+
+# latency <script>: median over the rounds of pgbench's mean latency, in ms
+latency() {
+	local r out all=()
+	for r in $(seq "$ROUNDS"); do
+		psql_ -c "DELETE FROM gdpr.audit_log WHERE event = 'EXPORT'" >/dev/null
+		out=$(as_postgres "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -c 1 -t "$TX" -f "$1" postgres 2>&1)
+		all+=("$(printf '%s\n' "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')")
+	done
+	printf '%s\n' "${all[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+
+small_export=$(latency "$WORK/export.sql")
+small_hand=$(latency "$WORK/hand.sql")
+size_small=$(psql_ -At -c "SELECT pg_size_pretty(pg_database_size('postgres'))")
+psql_ -c "SET gdpr.audit_events = 'none'" -c "CALL load_subjects(201, 2000)" -c "VACUUM ANALYZE" >/dev/null
+size_large=$(psql_ -At -c "SELECT pg_size_pretty(pg_database_size('postgres'))")
+large_export=$(latency "$WORK/export.sql")
+large_hand=$(latency "$WORK/hand.sql")
+
+echo "export benchmark: subject 1 has $rows rows in 11 tables; hand-written query returns the same rows: $same"
+echo "lookups without an index (gdpr.export_plan): $unindexed"
+printf '%-28s %14s %14s %8s\n' "" "gdpr_export" "json_agg" "ratio"
+awk -v s="$size_small" -v e="$small_export" -v h="$small_hand" 'BEGIN { printf "%-28s %11.2f ms %11.2f ms %8.2f\n", "200 subjects (" s ")", e, h, e / h }'
+awk -v s="$size_large" -v e="$large_export" -v h="$large_hand" 'BEGIN { printf "%-28s %11.2f ms %11.2f ms %8.2f\n", "2000 subjects (" s ")", e, h, e / h }'
+awk -v a="$small_export" -v b="$large_export" 'BEGIN { printf "growth ratio (10x data), gdpr_export: %.2f\n", b / a }'
+echo "targets: growth ratio <= 1.2, gdpr_export/json_agg <= 1.5  (pgbench, 1 client, $TX exports x $ROUNDS rounds, median)"
