@@ -1,16 +1,16 @@
 # gdpr: PGXS build.  See README.md for the test command.
 
 MODULE_big = gdpr
-OBJS = src/gdpr.o src/guc.o src/subject.o src/audit.o src/reads.o src/ddl.o src/export.o
+OBJS = src/gdpr.o src/guc.o src/subject.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/erase.o
 
 EXTENSION = gdpr
 DATA = gdpr--1.0.sql
 PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 
-REGRESS = setup map paths audit audit_settings export ddl bad_input hostile cleanup
+REGRESS = setup map paths audit audit_settings export erase ddl bad_input hostile cleanup
 REGRESS_OPTS = --inputdir=. --load-extension=gdpr
 
-ISOLATION = audit_concurrent
+ISOLATION = audit_concurrent erase_concurrent
 ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso --load-extension=gdpr
 
 PG_CONFIG ?= pg_config

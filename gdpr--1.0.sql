@@ -123,6 +123,10 @@ CREATE TABLE gdpr.audit_log (
 CREATE INDEX audit_log_subject_idx ON gdpr.audit_log (subject_kind, subject_id);
 CREATE INDEX audit_log_related_idx ON gdpr.audit_log USING gin (related_subject_ids)
     WHERE related_subject_ids IS NOT NULL;
+-- Rows written before they could be attributed to a subject (an address inserted before the
+-- customer row that points to it): erasure finds their events by table and key.
+CREATE INDEX audit_log_unattributed_idx ON gdpr.audit_log (table_name, row_key)
+    WHERE subject_id IS NULL AND row_key IS NOT NULL;
 
 -- The map and the audit trail are data, not definitions: pg_dump must carry them.
 SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_kind', '');
@@ -1086,6 +1090,308 @@ END
 $$;
 
 ------------------------------------------------------------------------------------------------
+-- Erasure (Art. 17) and restriction (Art. 18)
+------------------------------------------------------------------------------------------------
+
+-- The pseudonym key.  Only the extension's owner reads it: with it, a pseudonym could be matched
+-- to a subject by trying keys.  Created on first use rather than here, so that a restore from
+-- pg_dump brings back the key the pseudonyms were made with instead of colliding with a new one.
+CREATE TABLE gdpr.secret (
+    name   text PRIMARY KEY,
+    value  bytea NOT NULL
+);
+CREATE FUNCTION gdpr._random_key() RETURNS bytea
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'gdpr_random_key';
+CREATE FUNCTION gdpr._pseudonym(seed text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'gdpr_pseudonym_sql';
+
+-- Rows matching a hold's condition keep the subject from being erased.
+CREATE TABLE gdpr.legal_hold (
+    hold_id     int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid       pg_catalog.regclass NOT NULL REFERENCES gdpr.registered_table ON DELETE CASCADE,
+    condition   text NOT NULL,
+    reason      text NOT NULL CHECK (reason <> ''),
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE (relid, condition)
+);
+
+-- Subjects whose processing is restricted: manually (Art. 18), while an erasure request waits
+-- out its grace period, or for good once erased with their row kept.
+CREATE TABLE gdpr.restriction (
+    kind           text NOT NULL,
+    subject_id     text COLLATE "C" NOT NULL,
+    source         text NOT NULL CHECK (source IN ('manual', 'erasure_request', 'erased')),
+    reason         text NOT NULL,
+    restricted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (kind, subject_id, source)
+);
+
+CREATE TABLE gdpr.erasure_request (
+    request_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind          text NOT NULL,
+    subject_id    text COLLATE "C" NOT NULL,
+    requested_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    due_at        timestamptz NOT NULL,
+    status        text NOT NULL DEFAULT 'pending'
+                  CHECK (status IN ('pending', 'done', 'cancelled', 'failed')),
+    finished_at   timestamptz,
+    error         text
+);
+CREATE UNIQUE INDEX erasure_request_pending_idx ON gdpr.erasure_request (kind, subject_id)
+    WHERE status = 'pending';
+CREATE INDEX erasure_request_due_idx ON gdpr.erasure_request (due_at) WHERE status = 'pending';
+
+-- Who was erased, by pseudonym only.
+CREATE TABLE gdpr.erasure (
+    kind        text NOT NULL,
+    pseudonym   text NOT NULL,
+    erased_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    report      jsonb NOT NULL,
+    PRIMARY KEY (kind, pseudonym)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('gdpr.secret', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.legal_hold', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.legal_hold_hold_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.restriction', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure_request', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure_request_request_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure', '');
+
+CREATE FUNCTION gdpr._check_condition(tbl pg_catalog.regclass, condition text) RETURNS void
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_check_condition';
+
+CREATE FUNCTION gdpr.add_legal_hold(tbl pg_catalog.regclass, condition text, reason text)
+    RETURNS int
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    id int;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.relid = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704', HINT = 'Holds apply to registered tables; register it with gdpr.register_table().';
+    END IF;
+    IF condition IS NULL OR btrim(condition) = '' THEN
+        RAISE EXCEPTION 'legal hold condition must not be empty' USING ERRCODE = '22023',
+              HINT = 'Write a boolean expression over the table''s columns, such as status = ''unpaid''.';
+    END IF;
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'legal hold reason must not be empty' USING ERRCODE = '22023',
+              HINT = 'Say why the law keeps these rows, such as ''unpaid invoices (commercial code)''.';
+    END IF;
+    PERFORM gdpr._check_condition(tbl, condition);
+    INSERT INTO gdpr.legal_hold (relid, condition, reason) VALUES (tbl, condition, reason)
+    RETURNING hold_id INTO id;
+    PERFORM gdpr._log_map('MAP_HOLD_ADDED', tbl,
+        jsonb_build_object('hold_id', id, 'condition', condition, 'reason', reason));
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION gdpr.drop_legal_hold(hold_id int) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    h gdpr.legal_hold;
+BEGIN
+    DELETE FROM gdpr.legal_hold l WHERE l.hold_id = drop_legal_hold.hold_id RETURNING * INTO h;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'legal hold % does not exist', hold_id USING ERRCODE = '42704',
+              HINT = 'See SELECT * FROM gdpr.legal_hold.';
+    END IF;
+    PERFORM gdpr._log_map('MAP_HOLD_DROPPED', h.relid,
+        jsonb_build_object('hold_id', h.hold_id, 'condition', h.condition, 'reason', h.reason));
+END
+$$;
+
+CREATE FUNCTION public.gdpr_erase(subject text, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+    RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
+CREATE FUNCTION public.gdpr_erase(subject bigint, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+    RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
+CREATE FUNCTION public.gdpr_erase(subject uuid, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+    RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
+CREATE FUNCTION public.gdpr_can_erase(subject text, kind text DEFAULT NULL)
+    RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_can_erase';
+CREATE FUNCTION public.gdpr_can_erase(subject bigint, kind text DEFAULT NULL)
+    RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_can_erase';
+CREATE FUNCTION public.gdpr_can_erase(subject uuid, kind text DEFAULT NULL)
+    RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_can_erase';
+
+-- The kind and canonical text of a subject key, as the rights functions take it.
+CREATE FUNCTION gdpr._subject_key(subject text, kind text, must_exist boolean,
+                                  OUT subject_kind text, OUT subject_key text)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k gdpr.subject_kind;
+    found boolean;
+BEGIN
+    IF subject IS NULL THEN
+        RAISE EXCEPTION 'subject must not be NULL' USING ERRCODE = '22004',
+              HINT = 'Pass the subject''s key, such as 42, ''alice'' or a uuid.';
+    END IF;
+    SELECT * INTO k FROM gdpr.subject_kind sk
+     WHERE sk.kind = COALESCE(_subject_key.kind, (SELECT CASE WHEN count(*) = 1 THEN min(s.kind) ELSE 'default' END
+                                                    FROM gdpr.subject_kind s));
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subject kind "%" is not registered', COALESCE(_subject_key.kind, 'default')
+            USING ERRCODE = '42704', HINT = 'See SELECT kind FROM gdpr.subject_kind.';
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT (%L::%s)::text', subject, k.key_type) INTO subject_key;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION '"%" is not a valid key for subjects of kind "%"', subject, k.kind
+            USING ERRCODE = '22P02', DETAIL = format('Subjects of kind "%s" have keys of type %s.', k.kind, k.key_type);
+    END;
+    subject_kind := k.kind;
+    IF must_exist THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = %L::%s)', k.relid, k.key_column,
+                       subject_key, k.key_type) INTO found;
+        IF NOT found THEN
+            RAISE EXCEPTION 'subject % of kind "%" does not exist', subject_key, k.kind
+                USING ERRCODE = 'GD200', HINT = 'Check the key.';
+        END IF;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.gdpr_restrict(subject text, reason text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record := gdpr._subject_key(subject, kind, true);
+BEGIN
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'a restriction needs a reason' USING ERRCODE = '22023',
+              HINT = 'Say why, such as ''accuracy contested (Art. 18(1)(a))''.';
+    END IF;
+    INSERT INTO gdpr.restriction (kind, subject_id, source, reason)
+    VALUES (k.subject_kind, k.subject_key, 'manual', reason)
+    ON CONFLICT ON CONSTRAINT restriction_pkey DO UPDATE SET reason = EXCLUDED.reason;
+    PERFORM gdpr._map_changed('gdpr.restriction');
+    PERFORM gdpr.log_event('RESTRICT', k.subject_key, true, jsonb_build_object('reason', reason), k.subject_kind);
+END
+$$;
+
+CREATE FUNCTION public.gdpr_unrestrict(subject text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record := gdpr._subject_key(subject, kind, false);
+BEGIN
+    DELETE FROM gdpr.restriction r WHERE r.kind = k.subject_kind AND r.subject_id = k.subject_key AND r.source = 'manual';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subject % of kind "%" is not restricted', k.subject_key, k.subject_kind
+            USING ERRCODE = '42704';
+    END IF;
+    PERFORM gdpr._map_changed('gdpr.restriction');
+    PERFORM gdpr.log_event('UNRESTRICT', k.subject_key, true, NULL, k.subject_kind);
+END
+$$;
+
+CREATE FUNCTION public.gdpr_request_erasure(subject text, grace interval DEFAULT '30 days', kind text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record := gdpr._subject_key(subject, kind, true);
+    id bigint;
+BEGIN
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'grace period must be zero or more' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM gdpr.erasure_request r
+                WHERE r.kind = k.subject_kind AND r.subject_id = k.subject_key AND r.status = 'pending') THEN
+        RAISE EXCEPTION 'an erasure of subject % of kind "%" is already requested', k.subject_key, k.subject_kind
+            USING ERRCODE = '42710', HINT = 'Cancel it with gdpr_cancel_erasure() to request another.';
+    END IF;
+    INSERT INTO gdpr.erasure_request (kind, subject_id, due_at)
+    VALUES (k.subject_kind, k.subject_key, now() + grace) RETURNING request_id INTO id;
+    INSERT INTO gdpr.restriction (kind, subject_id, source, reason)
+    VALUES (k.subject_kind, k.subject_key, 'erasure_request', format('erasure requested (request %s)', id))
+    ON CONFLICT DO NOTHING;
+    PERFORM gdpr._map_changed('gdpr.restriction');
+    PERFORM gdpr.log_event('ERASURE_REQUESTED', k.subject_key, true,
+        jsonb_build_object('request_id', id, 'grace', grace::text), k.subject_kind);
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION public.gdpr_cancel_erasure(subject text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record := gdpr._subject_key(subject, kind, false);
+BEGIN
+    UPDATE gdpr.erasure_request r SET status = 'cancelled', finished_at = now()
+     WHERE r.kind = k.subject_kind AND r.subject_id = k.subject_key AND r.status = 'pending';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no erasure of subject % of kind "%" is pending', k.subject_key, k.subject_kind
+            USING ERRCODE = '42704';
+    END IF;
+    DELETE FROM gdpr.restriction r
+     WHERE r.kind = k.subject_kind AND r.subject_id = k.subject_key AND r.source = 'erasure_request';
+    PERFORM gdpr._map_changed('gdpr.restriction');
+    PERFORM gdpr.log_event('ERASURE_CANCELLED', k.subject_key, true, NULL, k.subject_kind);
+END
+$$;
+
+-- The same for keys of type bigint and uuid.
+CREATE FUNCTION public.gdpr_restrict(subject bigint, reason text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_restrict(subject::text, reason, kind) $$;
+CREATE FUNCTION public.gdpr_unrestrict(subject bigint, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_unrestrict(subject::text, kind) $$;
+CREATE FUNCTION public.gdpr_request_erasure(subject bigint, grace interval DEFAULT '30 days', kind text DEFAULT NULL)
+    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_request_erasure(subject::text, grace, kind) $$;
+CREATE FUNCTION public.gdpr_cancel_erasure(subject bigint, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_cancel_erasure(subject::text, kind) $$;
+CREATE FUNCTION public.gdpr_restrict(subject uuid, reason text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_restrict(subject::text, reason, kind) $$;
+CREATE FUNCTION public.gdpr_unrestrict(subject uuid, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_unrestrict(subject::text, kind) $$;
+CREATE FUNCTION public.gdpr_request_erasure(subject uuid, grace interval DEFAULT '30 days', kind text DEFAULT NULL)
+    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_request_erasure(subject::text, grace, kind) $$;
+CREATE FUNCTION public.gdpr_cancel_erasure(subject uuid, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_cancel_erasure(subject::text, kind) $$;
+
+-- Carries out the erasure requests whose grace period is over, each in its own subtransaction:
+-- one that fails (a legal hold, say) is recorded as failed and the others go on.
+CREATE FUNCTION gdpr.run_due_erasures() RETURNS TABLE (request_id bigint, status text, detail jsonb)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r gdpr.erasure_request;
+    report jsonb;
+BEGIN
+    FOR r IN SELECT * FROM gdpr.erasure_request q
+              WHERE q.status = 'pending' AND q.due_at <= now()
+              ORDER BY q.due_at FOR UPDATE SKIP LOCKED LOOP
+        BEGIN
+            report := public.gdpr_erase(r.subject_id, false, r.kind);
+            UPDATE gdpr.erasure_request q SET status = 'done', finished_at = now()
+             WHERE q.request_id = r.request_id;
+            request_id := r.request_id; status := 'done'; detail := report;
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE gdpr.erasure_request q SET status = 'failed', finished_at = now(), error = SQLERRM
+             WHERE q.request_id = r.request_id;
+            request_id := r.request_id; status := 'failed';
+            detail := jsonb_build_object('error', SQLERRM, 'sqlstate', SQLSTATE);
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------------------------
 
@@ -1108,6 +1414,40 @@ REVOKE EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean), public.gdpr_
                            public.gdpr_export_rows(uuid, text, boolean)
     FROM PUBLIC;
 -- Exports reveal everything about a person and their history: gdpr_admin decides who runs them.
+REVOKE EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text), public.gdpr_erase(bigint, boolean, text),
+                           public.gdpr_erase(uuid, boolean, text), public.gdpr_can_erase(text, text),
+                           public.gdpr_can_erase(bigint, text), public.gdpr_can_erase(uuid, text),
+                           public.gdpr_restrict(text, text, text), public.gdpr_unrestrict(text, text),
+                           public.gdpr_request_erasure(text, interval, text),
+                           public.gdpr_cancel_erasure(text, text),
+                           public.gdpr_restrict(bigint, text, text), public.gdpr_unrestrict(bigint, text),
+                           public.gdpr_request_erasure(bigint, interval, text),
+                           public.gdpr_cancel_erasure(bigint, text),
+                           public.gdpr_restrict(uuid, text, text), public.gdpr_unrestrict(uuid, text),
+                           public.gdpr_request_erasure(uuid, interval, text),
+                           public.gdpr_cancel_erasure(uuid, text)
+    FROM PUBLIC;
+REVOKE ALL ON gdpr.secret FROM PUBLIC;
+GRANT SELECT ON gdpr.legal_hold TO PUBLIC;
+GRANT INSERT, DELETE ON gdpr.legal_hold TO gdpr_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON gdpr.restriction, gdpr.erasure_request TO gdpr_admin;
+GRANT SELECT ON gdpr.erasure TO gdpr_admin, gdpr_auditor;
+GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text), public.gdpr_erase(bigint, boolean, text),
+                          public.gdpr_erase(uuid, boolean, text), public.gdpr_can_erase(text, text),
+                          public.gdpr_can_erase(bigint, text), public.gdpr_can_erase(uuid, text),
+                          public.gdpr_restrict(text, text, text), public.gdpr_unrestrict(text, text),
+                          public.gdpr_request_erasure(text, interval, text),
+                          public.gdpr_cancel_erasure(text, text),
+                          public.gdpr_restrict(bigint, text, text), public.gdpr_unrestrict(bigint, text),
+                          public.gdpr_request_erasure(bigint, interval, text),
+                          public.gdpr_cancel_erasure(bigint, text),
+                          public.gdpr_restrict(uuid, text, text), public.gdpr_unrestrict(uuid, text),
+                          public.gdpr_request_erasure(uuid, interval, text),
+                          public.gdpr_cancel_erasure(uuid, text),
+                          gdpr.run_due_erasures(), gdpr.add_legal_hold(pg_catalog.regclass, text, text),
+                          gdpr.drop_legal_hold(int), gdpr._check_condition(pg_catalog.regclass, text),
+                          gdpr._pseudonym(text), gdpr._subject_key(text, text, boolean)
+    TO gdpr_admin;
 GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean), public.gdpr_export(bigint, text, boolean),
                           public.gdpr_export(uuid, text, boolean),
                           public.gdpr_export_rows(text, text, boolean),

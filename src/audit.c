@@ -37,6 +37,7 @@
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -79,10 +80,12 @@ typedef struct AuditPlan
 	Oid			relid;			/* hash key: the relation the trigger fires on */
 	bool		valid;			/* false once invalidated; rebuilt on next use */
 	SPIPlanPtr	plan;
+	SPIPlanPtr	restrict_plan;	/* the row's subject's restrictions, or NULL: no subject */
 	int			natts;
 	bool	   *secret;			/* by attribute number - 1: never leaves the table */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
-	MemoryContext mcxt;			/* holds secret, attnames */
+	char	   *kind;			/* the subject kind, when the table has an owner path */
+	MemoryContext mcxt;			/* holds secret, attnames, kind */
 } AuditPlan;
 
 /* Row plans by relation; created on first use, lives for the backend */
@@ -90,6 +93,15 @@ static HTAB *audit_plans = NULL;
 
 /* The plan for events without a row (TRUNCATE, log_event); NULL until first use */
 static SPIPlanPtr event_plan = NULL;
+
+/*
+ * Whether any subject is restricted at all: while none is, writes skip the
+ * per-row check.  Reset by the relcache callback for gdpr.restriction, which
+ * every function changing that table invalidates.
+ */
+static bool restrictions_known = false;
+static bool any_restrictions = false;
+static Oid	restriction_relid = InvalidOid;
 
 /* gdpr.audit_log and its owner, the role audit inserts run as; reset by the relcache callback */
 static Oid	audit_log_relid = InvalidOid;
@@ -99,6 +111,8 @@ static AuditPlan *get_row_plan(Relation rel);
 static void build_row_plan(AuditPlan *ap, Relation rel);
 static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
+static bool restrictions_exist(void);
+static void check_restriction(AuditPlan *ap, Datum row, bool erased_only);
 static bool *changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
 static Datum names_array(const AuditPlan *ap, const bool *which);
@@ -158,11 +172,29 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("gdpr.audit_row() fired for an unsupported event")));
 
-	if (!gdpr_event_wanted(event_class))
-		return PointerGetDatum(NULL);
-
 	rel = trigdata->tg_relation;
 	desc = RelationGetDescr(rel);
+
+	/*
+	 * Restrictions hold whatever is audited; erasure itself is exempt.  A
+	 * writer that waited for a row lock (an erasure's) has not read the
+	 * invalidations sent meanwhile: read them now.
+	 */
+	AcceptInvalidationMessages();
+	if (!gdpr_erasing && restrictions_exist())
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		ap = get_row_plan(rel);
+		if (oldtup != NULL)
+			check_restriction(ap, heap_copy_tuple_as_datum(oldtup, desc), false);
+		if (newtup != NULL)
+			check_restriction(ap, heap_copy_tuple_as_datum(newtup, desc), true);
+		SPI_finish();
+	}
+
+	if (!gdpr_event_wanted(event_class))
+		return PointerGetDatum(NULL);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -353,6 +385,8 @@ gdpr_audit_invalidate(Oid relid)
 
 	if (!OidIsValid(relid) || relid == audit_log_relid)
 		audit_log_owner = InvalidOid;
+	if (!OidIsValid(relid) || relid == restriction_relid)
+		restrictions_known = false;
 	if (audit_plans == NULL)
 		return;
 	if (OidIsValid(relid))
@@ -388,17 +422,18 @@ get_row_plan(Relation rel)
 	if (!found)
 	{
 		ap->valid = false;
-		ap->plan = NULL;
+		ap->plan = ap->restrict_plan = NULL;
 		ap->mcxt = AllocSetContextCreate(CacheMemoryContext, "gdpr audit plan",
 										 ALLOCSET_SMALL_SIZES);
 	}
 	if (!ap->valid)
 	{
 		if (ap->plan != NULL)
-		{
 			SPI_freeplan(ap->plan);
-			ap->plan = NULL;
-		}
+		if (ap->restrict_plan != NULL)
+			SPI_freeplan(ap->restrict_plan);
+		ap->plan = ap->restrict_plan = NULL;
+		ap->kind = NULL;
 		MemoryContextReset(ap->mcxt);
 		build_row_plan(ap, rel);
 		ap->valid = true;
@@ -421,10 +456,7 @@ build_row_plan(AuditPlan *ap, Relation rel)
 	GdprTableMap *map;
 	StringInfoData sql;
 	Oid			argtypes[ROW_NPARAMS];
-	Bitmapset  *pkattrs;
 	char	   *table_name;
-	int			attno;
-	bool		first;
 	int			nrelated = 0;
 	ListCell   *lc;
 	SPIPlanPtr	plan;
@@ -471,19 +503,7 @@ build_row_plan(AuditPlan *ap, Relation rel)
 		appendStringInfoString(&sql, "NULL");
 
 	/* row_key: the primary key columns as a JSON object */
-	appendStringInfoString(&sql, ", pg_catalog.jsonb_build_object(");
-	pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	attno = -1;
-	first = true;
-	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
-	{
-		const char *name = NameStr(TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1)->attname);
-
-		appendStringInfo(&sql, "%s%s, ($15).%s", first ? "" : ", ",
-						 quote_literal_cstr(name), quote_identifier(name));
-		first = false;
-	}
-	appendStringInfoString(&sql, "))");
+	appendStringInfo(&sql, ", %s)", gdpr_pk_json(rel, "($15)."));
 
 	memcpy(argtypes, context_types, sizeof(context_types));
 	argtypes[P_EVENT] = TEXTOID;
@@ -499,6 +519,20 @@ build_row_plan(AuditPlan *ap, Relation rel)
 			 SPI_result_code_string(SPI_result));
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "SPI_keepplan failed");
+
+	if (map != NULL && map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+	{
+		char	   *check = psprintf("SELECT s, pg_catalog.bool_or(source = 'erased'), pg_catalog.min(reason) "
+									 "  FROM (SELECT %s AS s) k JOIN gdpr.restriction r "
+									 "    ON r.kind = %s AND r.subject_id = k.s GROUP BY s",
+									 gdpr_subject_sql(map, linitial(map->paths), "$1"),
+									 quote_literal_cstr(map->kind));
+
+		ap->restrict_plan = SPI_prepare(check, 1, &argtypes[P_KEYROW]);
+		if (ap->restrict_plan == NULL || SPI_keepplan(ap->restrict_plan) != 0)
+			elog(ERROR, "SPI_prepare failed for \"%s\"", check);
+		ap->kind = MemoryContextStrdup(ap->mcxt, map->kind);
+	}
 
 	MemoryContextSwitchTo(ap->mcxt);
 	ap->natts = desc->natts;
@@ -591,6 +625,68 @@ fill_context(Datum *values, char *nulls)
 	else
 		nulls[7] = 'n';
 	values[8] = TimestampTzGetDatum(gdpr_retention_until(now));
+}
+
+static bool
+restrictions_exist(void)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		isnull;
+
+	if (restrictions_known)
+		return any_restrictions;
+	restriction_relid = get_relname_relid("restriction", get_namespace_oid("gdpr", false));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM gdpr.restriction)", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	any_restrictions = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	restrictions_known = true;
+	return any_restrictions;
+}
+
+/*
+ * Refuses a change to a row whose subject is restricted (Art. 18), or any
+ * write of a row for a subject that was erased.  SPI must be connected.
+ */
+static void
+check_restriction(AuditPlan *ap, Datum row, bool erased_only)
+{
+	Datum		values[1] = {row};
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		isnull;
+	bool		erased;
+	int			ret;
+
+	if (ap->restrict_plan == NULL)
+		return;
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	/* a fresh snapshot: an erasure this statement waited for has committed its marker */
+	ret = SPI_execute_plan(ap->restrict_plan, values, NULL, false, 1);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+	if (SPI_processed == 0)
+		return;
+	erased = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (erased)
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_ERASED),
+				 errmsg("subject %s of kind \"%s\" was erased",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), ap->kind),
+				 errhint("An erased subject's row is kept anonymized; write nothing new about them.")));
+	if (!erased_only)
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_RESTRICTED),
+				 errmsg("processing of subject %s of kind \"%s\" is restricted",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), ap->kind),
+				 errdetail("Reason: %s.", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3)),
+				 errhint("Rows of a restricted subject can be read, exported and erased, not changed; lift it with gdpr_unrestrict().")));
 }
 
 /*

@@ -424,10 +424,9 @@ rows_sql(Oid relid, bool aggregate)
 	Relation	rel;
 	TupleDesc	desc;
 	StringInfoData rowexpr;
-	StringInfoData pk;
-	StringInfoData where;
 	StringInfoData secret;
-	List	   *pkcols = NIL;
+	char	   *pk;
+	char	   *where;
 	GdprPathSql only = {0};
 	int			npaths = 0;
 	ListCell   *lc;
@@ -467,27 +466,14 @@ rows_sql(Oid relid, bool aggregate)
 						 quote_identifier(NameStr(att->attname)));
 	}
 
-	initStringInfo(&pk);
-	{
-		Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-		int			attno = -1;
-
-		while ((attno = bms_next_member(pkattrs, attno)) >= 0)
-		{
-			const char *name = NameStr(TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1)->attname);
-
-			appendStringInfo(&pk, "%st.%s", pk.len > 0 ? ", " : "", quote_identifier(name));
-			pkcols = lappend(pkcols, pstrdup(name));
-		}
-	}
+	pk = gdpr_pk_list(rel, "t.");
 	table_close(rel, NoLock);
-	if (pkcols == NIL)
+	if (pk == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table %s has no primary key", map->qualified_name),
 				 errhint("Add a primary key: export orders and identifies rows by it.")));
 
-	initStringInfo(&where);
 	foreach(lc, map->paths)
 	{
 		GdprPathSql p = gdpr_path_sql(map, lfirst(lc), "t.");
@@ -495,33 +481,31 @@ rows_sql(Oid relid, bool aggregate)
 		if (strcmp(p.key, "NULL") == 0)
 			continue;
 		only = p;
-		if (npaths++ > 0)
-			appendStringInfoString(&where, " UNION ");
-		appendStringInfo(&where, "SELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
-						 pk.data, map->qualified_name, p.from[0] ? ", " : "", p.from,
-						 p.where, p.key);
+		npaths++;
 	}
 	if (npaths == 0)
-		appendStringInfo(&where, "SELECT %s FROM %s t WHERE false", pk.data, map->qualified_name);
-
+		return pstrdup(aggregate ? "SELECT '[]'::pg_catalog.jsonb"
+					   : "SELECT NULL::pg_catalog.jsonb WHERE false");
 	if (npaths == 1)
 	{
-		/* the single path's join already selects the rows: select their images instead */
+		/* one path's join selects the rows themselves */
 		if (aggregate)
 			return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
 							"FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
-							rowexpr.data, pk.data, map->qualified_name, only.from[0] ? ", " : "",
+							rowexpr.data, pk, map->qualified_name, only.from[0] ? ", " : "",
 							only.from, only.where, only.key);
 		return psprintf("SELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1 ORDER BY %s",
 						rowexpr.data, map->qualified_name, only.from[0] ? ", " : "", only.from,
-						only.where, only.key, pk.data);
+						only.where, only.key, pk);
 	}
+	/* several: the primary keys each path reaches, united, so a row reached twice comes once */
+	where = gdpr_path_rows_sql(map, pk, GDPR_PATHS_ALL);
 	if (aggregate)
 		return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
 						"FROM %s t WHERE (%s) IN (%s)",
-						rowexpr.data, pk.data, map->qualified_name, pk.data, where.data);
+						rowexpr.data, pk, map->qualified_name, pk, where);
 	return psprintf("SELECT %s FROM %s t WHERE (%s) IN (%s) ORDER BY %s",
-					rowexpr.data, map->qualified_name, pk.data, where.data, pk.data);
+					rowexpr.data, map->qualified_name, pk, where, pk);
 }
 
 /*

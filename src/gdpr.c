@@ -46,5 +46,6 @@ relcache_callback(Datum arg, Oid relid)
 {
 	gdpr_audit_invalidate(relid);
 	gdpr_export_invalidate(relid);
+	gdpr_anonymize_invalidate(relid);
 	gdpr_reads_invalidate(relid);
 }

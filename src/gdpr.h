@@ -15,9 +15,11 @@
 #ifndef GDPR_H
 #define GDPR_H
 
+#include "catalog/pg_attribute.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 
 /*
@@ -26,6 +28,10 @@
  * install script.
  */
 #define ERRCODE_GDPR_SUBJECT_NOT_FOUND	MAKE_SQLSTATE('G','D','2','0','0')
+#define ERRCODE_GDPR_LEGAL_HOLD			MAKE_SQLSTATE('G','D','3','0','0')
+#define ERRCODE_GDPR_RESTRICTED			MAKE_SQLSTATE('G','D','3','0','1')
+#define ERRCODE_GDPR_ERASED				MAKE_SQLSTATE('G','D','3','0','2')
+#define ERRCODE_GDPR_ERASE_IMPOSSIBLE	MAKE_SQLSTATE('G','D','3','0','3')
 
 /* Event classes, for gdpr.audit_events */
 #define GDPR_EV_INSERT		0x0001
@@ -120,6 +126,12 @@ extern Oid	gdpr_root_relid(Oid relid);
 extern GdprTableMap *gdpr_load_table_map(Oid relid, MemoryContext mcxt);	/* SPI */
 extern GdprPathSql gdpr_path_sql(const GdprTableMap *map, const GdprPath *path,
 								 const char *rowprefix);
+#define GDPR_PATHS_OWNER		1
+#define GDPR_PATHS_CONCERNED	2
+#define GDPR_PATHS_ALL			3
+extern char *gdpr_pk_list(Relation rel, const char *prefix);
+extern char *gdpr_pk_json(Relation rel, const char *prefix);
+extern char *gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which);
 extern char *gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path,
 							  const char *rowref);
 extern GdprSubject *gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno,
@@ -133,6 +145,16 @@ extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
 							  const char *subject, const char *table_name,
 							  Jsonb *detail);	/* SPI */
 extern void gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
+
+/* anonymize.c */
+extern char *gdpr_pseudonym(const char *seed, size_t len);
+extern char *gdpr_subject_pseudonym(const char *kind, const char *key);
+extern char *gdpr_anonymize_expr(Form_pg_attribute att, const char *strategy, const char *seed,
+								 const char **error);
+extern void gdpr_anonymize_invalidate(Oid relid);
+
+/* erase.c: true while gdpr_erase changes a subject's rows (restrictions do not apply) */
+extern bool gdpr_erasing;
 
 /* export.c */
 extern void gdpr_export_invalidate(Oid relid);

@@ -19,12 +19,14 @@
 #include "catalog/partition.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "nodes/bitmapset.h"
 #include "executor/spi.h"
 #include "gdpr.h"
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 
 static List *text_array_to_list(Datum array);
@@ -383,6 +385,82 @@ gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowpref
 	result.where = from.data;
 	result.key = psprintf("h%d.%s", njoined, quote_identifier(keycol));
 	return result;
+}
+
+/*
+ * The primary key of rel as a column list with every name prefixed ("t.a,
+ * t.b"), or NULL when it has none.
+ */
+char *
+gdpr_pk_list(Relation rel, const char *prefix)
+{
+	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData buf;
+	int			attno = -1;
+
+	initStringInfo(&buf);
+	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1);
+
+		appendStringInfo(&buf, "%s%s%s", buf.len > 0 ? ", " : "", prefix,
+						 quote_identifier(NameStr(att->attname)));
+	}
+	return buf.len > 0 ? buf.data : NULL;
+}
+
+/* The primary key of a row of rel as an SQL expression of a JSON object */
+char *
+gdpr_pk_json(Relation rel, const char *prefix)
+{
+	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData buf;
+	int			attno = -1;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "pg_catalog.jsonb_build_object(");
+	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+	{
+		const char *name = NameStr(TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1)->attname);
+
+		appendStringInfo(&buf, "%s%s, %s%s", buf.data[buf.len - 1] == '(' ? "" : ", ",
+						 quote_literal_cstr(name), prefix, quote_identifier(name));
+	}
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+/*
+ * A query selecting the primary key (pk, as "t.a, t.b") of the rows of the
+ * map's table that reach the subject whose key is $1, through the owner paths
+ * (GDPR_PATHS_OWNER), the concerned ones (GDPR_PATHS_CONCERNED) or both;
+ * NULL when the table has no such path.
+ */
+char *
+gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, map->paths)
+	{
+		GdprPath   *path = lfirst(lc);
+		GdprPathSql p;
+
+		if ((path->owner && !(which & GDPR_PATHS_OWNER)) ||
+			(!path->owner && !(which & GDPR_PATHS_CONCERNED)))
+			continue;
+		p = gdpr_path_sql(map, path, "t.");
+		if (strcmp(p.key, "NULL") == 0)
+			continue;
+		appendStringInfo(&buf, "%sSELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
+						 buf.len > 0 ? " UNION " : "", pk, map->qualified_name,
+						 p.from[0] ? ", " : "", p.from, p.where, p.key);
+	}
+	return buf.len > 0 ? buf.data : NULL;
 }
 
 /*

@@ -1,6 +1,6 @@
 -- The extension's objects, privileges and dump configuration.
 BEGIN;
-SELECT plan(23);
+SELECT plan(25);
 
 SELECT has_schema('gdpr');
 SELECT has_table('gdpr', t, 'table gdpr.' || t) FROM unnest(ARRAY['subject_kind', 'registered_table',
@@ -16,7 +16,8 @@ SELECT set_eq(
     $$SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg
        WHERE e.extname = 'gdpr'$$,
     ARRAY['subject_kind', 'registered_table', 'subject_path', 'path_step', 'column_class',
-          'audit_log', 'audit_log_event_id_seq'],
+          'audit_log', 'audit_log_event_id_seq', 'secret', 'legal_hold', 'legal_hold_hold_id_seq',
+          'restriction', 'erasure_request', 'erasure_request_request_id_seq', 'erasure'],
     'the map and the trail are dumped by pg_dump');
 SELECT ok(NOT has_table_privilege('public', 'gdpr.audit_log', 'SELECT'), 'PUBLIC cannot read the trail');
 SELECT ok(NOT has_table_privilege('public', 'gdpr.audit_log', 'INSERT'), 'PUBLIC cannot write the trail');
@@ -26,6 +27,8 @@ SELECT ok(NOT has_function_privilege('public', 'gdpr.register_table(regclass, na
           'PUBLIC cannot change the map');
 SELECT ok(has_function_privilege('gdpr_admin', 'gdpr.register_table(regclass, name, text, text, text[])', 'EXECUTE'),
           'gdpr_admin changes the map');
+SELECT ok(NOT has_table_privilege('gdpr_admin', 'gdpr.secret', 'SELECT'), 'nobody but the owner reads the pseudonym key');
+SELECT ok(NOT has_function_privilege('public', 'gdpr._pseudonym(text)', 'EXECUTE'), 'PUBLIC cannot compute pseudonyms');
 SELECT is((SELECT count(*)::int FROM pg_event_trigger WHERE evtname LIKE 'gdpr%'), 2, 'two event triggers keep the map true');
 SELECT is_empty($$SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                    WHERE n.nspname = 'gdpr' AND p.prosecdef

@@ -1,0 +1,1036 @@
+/*-------------------------------------------------------------------------
+ *
+ * erase.c
+ *		The right to erasure (Art. 17) and its checks: gdpr_erase,
+ *		gdpr_can_erase, legal holds, and the validation of hold conditions.
+ *
+ * An erasure is planned completely before anything changes: the subject's
+ * row is locked (FOR UPDATE: a concurrent insert referencing it waits, a
+ * second erasure waits and then finds the subject erased), legal holds are
+ * checked, the tables are put in an order where children come before their
+ * parents, and every foreign key that would stop a DELETE, or cascade into
+ * rows the law says to keep, is found.  Only then are rows deleted or
+ * anonymized, each with plain DML so that foreign keys, their actions and
+ * triggers behave as for any other statement.  Everything happens in the
+ * caller's transaction: it completes or changes nothing.
+ *
+ * A dry run executes the same statements in a subtransaction and rolls it
+ * back, so its counts are exactly what an erasure would do.
+ *
+ * Afterwards the audit trail keeps the subject's events but loses their
+ * values, and the subject's key there becomes its keyed pseudonym.  The
+ * erasure itself is remembered by pseudonym only (gdpr.erasure).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "gdpr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+
+PG_FUNCTION_INFO_V1(gdpr_erase);
+PG_FUNCTION_INFO_V1(gdpr_can_erase);
+PG_FUNCTION_INFO_V1(gdpr_check_condition);
+
+bool		gdpr_erasing = false;
+
+/* One registered table in an erasure */
+typedef struct EraseTable
+{
+	Oid			relid;
+	char	   *name;			/* schema-qualified */
+	GdprTableMap *map;
+	char	   *pk;				/* "t.a, t.b" */
+	char	   *pk_r;			/* "r.a, r.b" */
+	char	   *pk_json;		/* the key of row t as a JSON object */
+	char	   *owned;			/* query of the subject's rows' keys (owner paths), or NULL */
+	char	   *concerned;		/* query of rows only about the subject, or NULL */
+	char	   *shared;			/* condition: row t is also used by someone else, or NULL */
+	bool		delete;			/* delete the owned rows, else rewrite them */
+	char	   *set;			/* SET list that anonymizes an owned row, or NULL */
+	char	   *concerned_set;	/* SET list for the columns about the subject, or NULL */
+	int64		deleted;
+	int64		anonymized;
+	int64		concerned_rows;
+	List	   *shared_keys;	/* jsonb keys of rows left alone because shared */
+	char	   *keys;			/* jsonb array of the keys of the rows erased */
+} EraseTable;
+
+static bool subject_erased(const GdprSubject *subject, Jsonb **record);
+static List *parse_condition(const char *condition, const char *sql);
+static bool lock_subject(const GdprSubject *subject);
+static List *holds(const GdprSubject *subject);
+static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
+static List *order_tables(List *tables);
+static void check_foreign_keys(List *tables, const GdprSubject *subject);
+static void execute_table(EraseTable *t, const GdprSubject *subject);
+static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables);
+static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
+							   bool keep_subject_row, Jsonb *report);
+static Jsonb *report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run,
+						   List *tables, int64 scrubbed);
+static Jsonb *holds_jsonb(List *held);
+static int64 exec_count(const char *sql, const GdprSubject *subject, bool read_only);
+static char *anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject,
+						   List *only_columns);
+static const char *strategy_of(const GdprTableMap *map, const char *column);
+static void push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s);
+static void push_binary(JsonbParseState **state, Jsonb *value);
+
+/* A legal hold that applies to the subject */
+typedef struct Held
+{
+	char	   *table;
+	char	   *reason;
+	int64		rows;
+} Held;
+
+/*
+ * gdpr_erase(subject, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+ */
+Datum
+gdpr_erase(PG_FUNCTION_ARGS)
+{
+	bool		dry_run = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+	char	   *kind = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	MemoryContext callercxt = CurrentMemoryContext;
+	ResourceOwner callerowner = CurrentResourceOwner;
+	MemoryContext spicxt;
+	GdprSubject *subject;
+	char	   *pseudonym;
+	Jsonb	   *record;
+	Jsonb	   *report;
+	List	   *held;
+	List	   *tables;
+	bool		keep_subject_row;
+	int64		scrubbed = 0;
+	ListCell   *lc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	spicxt = CurrentMemoryContext;
+	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+	pseudonym = gdpr_subject_pseudonym(subject->kind, subject->key_text);
+
+	/* the lock comes first: a concurrent erasure of the same subject waits here */
+	if (!lock_subject(subject) || subject_erased(subject, &record))
+	{
+		JsonbParseState *state = NULL;
+		JsonbValue *v;
+		Jsonb	   *result;
+
+		if (!subject_erased(subject, &record))
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
+					 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
+					 errhint("Check the key: there is nothing to erase.")));
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		push_string(&state, WJB_KEY, "status");
+		push_string(&state, WJB_VALUE, "already_erased");
+		push_string(&state, WJB_KEY, "erasure");
+		push_binary(&state, record);
+		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+		MemoryContextSwitchTo(callercxt);
+		result = JsonbValueToJsonb(v);
+		SPI_finish();
+		PG_RETURN_JSONB_P(result);
+	}
+
+	held = holds(subject);
+	if (held != NIL)
+	{
+		StringInfoData detail;
+
+		initStringInfo(&detail);
+		foreach(lc, held)
+		{
+			Held	   *h = lfirst(lc);
+
+			appendStringInfo(&detail, "%s%s: %s (" INT64_FORMAT " row%s)", detail.len ? "; " : "",
+							 h->table, h->reason, h->rows, h->rows == 1 ? "" : "s");
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_LEGAL_HOLD),
+				 errmsg("subject %s of kind \"%s\" cannot be erased: %d legal hold%s",
+						subject->key_text, subject->kind, list_length(held),
+						list_length(held) == 1 ? " applies" : "s apply"),
+				 errdetail("%s.", detail.data),
+				 errhint("Erase once the holds no longer match (see gdpr_can_erase()), or remove a hold with gdpr.drop_legal_hold().")));
+	}
+
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1] = {CStringGetTextDatum(subject->kind)};
+		bool		isnull;
+
+		if (SPI_execute_with_args("SELECT on_erase = 'anonymize' FROM gdpr.subject_kind WHERE kind = $1",
+								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "subject kind lookup failed");
+		keep_subject_row = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+
+	tables = order_tables(plan_tables(subject, keep_subject_row));
+	check_foreign_keys(tables, subject);
+
+	if (dry_run)
+	{
+		/* statements run in our own memory context, so the counts outlive the rollback */
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(spicxt);
+	}
+	gdpr_erasing = true;
+	PG_TRY();
+	{
+		foreach(lc, tables)
+			execute_table(lfirst(lc), subject);
+		scrubbed = scrub_audit(subject, pseudonym, tables);
+	}
+	PG_FINALLY();
+	{
+		gdpr_erasing = false;
+	}
+	PG_END_TRY();
+
+	if (dry_run)
+	{
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(spicxt);
+		CurrentResourceOwner = callerowner;
+	}
+	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed);
+	if (dry_run)
+	{
+		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
+	}
+	else
+	{
+		finish_bookkeeping(subject, pseudonym, keep_subject_row, report);
+		gdpr_audit_event("ERASE", true, subject->kind, pseudonym, NULL, report);
+	}
+
+	MemoryContextSwitchTo(callercxt);
+	report = DatumGetJsonbPCopy(JsonbPGetDatum(report));
+	SPI_finish();
+	PG_RETURN_JSONB_P(report);
+}
+
+/*
+ * gdpr_can_erase(subject, kind text DEFAULT NULL): whether an erasure would
+ * go ahead, and the legal holds that stop it.  Recorded as ERASE_CHECK.
+ */
+Datum
+gdpr_can_erase(PG_FUNCTION_ARGS)
+{
+	char	   *kind = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	MemoryContext callercxt = CurrentMemoryContext;
+	GdprSubject *subject;
+	JsonbParseState *state = NULL;
+	JsonbValue *v;
+	Jsonb	   *result;
+	Jsonb	   *record;
+	Jsonb	   *holdsj;
+	List	   *held;
+	bool		erased;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+	erased = subject_erased(subject, &record);
+	if (!erased && !gdpr_subject_exists(subject))
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
+				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
+				 errhint("Check the key: there is nothing to erase.")));
+	held = erased ? NIL : holds(subject);
+	holdsj = holds_jsonb(held);
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_string(&state, WJB_KEY, "can_erase");
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = !erased && held == NIL});
+	push_string(&state, WJB_KEY, "already_erased");
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = erased});
+	push_string(&state, WJB_KEY, "holds");
+	push_binary(&state, holdsj);
+	v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	result = JsonbValueToJsonb(v);
+
+	gdpr_audit_event("ERASE_CHECK", true, subject->kind,
+					 erased ? gdpr_subject_pseudonym(subject->kind, subject->key_text) : subject->key_text,
+					 NULL, result);
+	MemoryContextSwitchTo(callercxt);
+	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
+	SPI_finish();
+	PG_RETURN_JSONB_P(result);
+}
+
+/*
+ * gdpr._check_condition(tbl regclass, condition text): refuses anything but
+ * one boolean expression over the table's rows.  The condition is parsed on
+ * its own, as PL/pgSQL parses an expression, so that it cannot close our
+ * parentheses or add a statement; then planned against the table.
+ */
+Datum
+gdpr_check_condition(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *condition = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	List	   *raw;
+	SelectStmt *select;
+	char	   *sql;
+
+	raw = parse_condition(condition, NULL);
+	select = list_length(raw) == 1 ? (SelectStmt *) ((RawStmt *) linitial(raw))->stmt : NULL;
+	if (select == NULL || !IsA(select, SelectStmt) ||
+		list_length(select->targetList) != 1 || select->fromClause != NIL ||
+		select->whereClause != NULL || select->groupClause != NIL ||
+		select->havingClause != NULL || select->windowClause != NIL ||
+		select->sortClause != NIL || select->limitCount != NULL ||
+		select->limitOffset != NULL || select->lockingClause != NIL ||
+		select->distinctClause != NIL || select->withClause != NULL ||
+		((ResTarget *) linitial(select->targetList))->name != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("legal hold condition must be exactly one expression"),
+				 errdetail("Got: %s", condition),
+				 errhint("Write a boolean expression over the table's columns, such as status = 'unpaid'.")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	sql = psprintf("SELECT 1 FROM %s WHERE (\n%s\n) LIMIT 0",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)),
+				   condition);
+	(void) parse_condition(condition, sql);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Parses a hold condition on its own (sql NULL) or plans and runs, read-only,
+ * the query that embeds it.  Either error is reported as a bad condition:
+ * the input functions and the parser leave nothing to clean up before the
+ * error is raised again.
+ */
+static List *
+parse_condition(const char *condition, const char *sql)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *raw = NIL;
+
+	PG_TRY();
+	{
+		if (sql == NULL)
+			raw = raw_parser(condition, RAW_PARSE_PLPGSQL_EXPR);
+		else if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed");
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
+						 : ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid legal hold condition: %s", edata->message),
+				 errdetail("Condition: %s", condition),
+				 errhint("Write one boolean expression over the table's columns, such as status = 'unpaid'.")));
+	}
+	PG_END_TRY();
+	return raw;
+}
+
+/* Locks the subject's row against concurrent erasure and inserts; false if there is none */
+static bool
+lock_subject(const GdprSubject *subject)
+{
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+	char	   *sql;
+	int			ret;
+
+	sql = psprintf("SELECT 1 FROM %s WHERE %s OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(subject->relid)),
+											  get_rel_name(subject->relid)),
+				   quote_identifier(subject->key_column));
+	ret = SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	return SPI_processed > 0;
+}
+
+/* Whether the subject was erased before; *record is the erasure's record */
+static bool
+subject_erased(const GdprSubject *subject, Jsonb **record)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {CStringGetTextDatum(subject->kind),
+	CStringGetTextDatum(gdpr_subject_pseudonym(subject->kind, subject->key_text))};
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		isnull;
+	int			ret;
+
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	ret = SPI_execute_with_args(
+		"SELECT pg_catalog.jsonb_build_object('erased_at', erased_at, 'pseudonym', pseudonym) "
+		"  FROM gdpr.erasure WHERE kind = $1 AND pseudonym = $2",
+		2, argtypes, args, NULL, false, 1);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	if (SPI_processed == 0)
+		return false;
+	*record = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return true;
+}
+
+/*
+ * The legal holds that match some of the subject's rows.  Conditions run
+ * read-only, over the table alone: the subject's rows are selected by
+ * primary key in a subquery, so a condition's column names cannot be
+ * captured by the tables of a path.
+ */
+static List *
+holds(const GdprSubject *subject)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(subject->kind)};
+	SPITupleTable *tuptable;
+	uint64		n;
+	List	   *result = NIL;
+	int			ret;
+
+	ret = SPI_execute_with_args(
+		"SELECT h.relid::pg_catalog.oid, h.condition, h.reason, gdpr._qualified(h.relid) "
+		"  FROM gdpr.legal_hold h JOIN gdpr.registered_table r ON r.relid = h.relid "
+		" WHERE r.kind = $1 ORDER BY gdpr._qualified(h.relid), h.hold_id",
+		1, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	tuptable = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 1, &isnull));
+		char	   *condition = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 2);
+		GdprTableMap *map = gdpr_load_table_map(relid, CurrentMemoryContext);
+		Relation	rel;
+		char	   *pk;
+		char	   *rows;
+		int64		count;
+
+		if (map == NULL)
+			continue;
+		rel = table_open(relid, AccessShareLock);
+		pk = gdpr_pk_list(rel, "t.");
+		rows = gdpr_path_rows_sql(map, pk, GDPR_PATHS_OWNER);
+		{
+			char	   *outerpk = gdpr_pk_list(rel, "");
+
+			table_close(rel, NoLock);
+			if (rows == NULL)
+				continue;
+			count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE (\n%s\n) AND (%s) IN (%s)",
+										map->qualified_name, condition, outerpk, rows),
+							   subject, true);
+		}
+		if (count > 0)
+		{
+			Held	   *h = palloc(sizeof(Held));
+
+			h->table = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 4);
+			h->reason = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 3);
+			h->rows = count;
+			result = lappend(result, h);
+		}
+	}
+	return result;
+}
+
+/*
+ * What happens to each registered table of the kind: rows owned by the
+ * subject are deleted or anonymized per on_erase; rows only about the subject
+ * lose the columns about them; rows the subject's row points to that others
+ * use too are left alone.  A table the subject row points to is anonymized
+ * rather than deleted when the subject row stays (it still references it).
+ */
+static List *
+plan_tables(const GdprSubject *subject, bool keep_subject_row)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(subject->kind)};
+	SPITupleTable *tuptable;
+	uint64		n;
+	List	   *result = NIL;
+	int			ret;
+
+	ret = SPI_execute_with_args(
+		"SELECT r.relid::pg_catalog.oid, gdpr._qualified(r.relid), r.on_erase = 'delete', "
+		"       EXISTS (SELECT 1 FROM gdpr.path_step s WHERE s.relid = r.relid AND s.reverse), "
+		"       (SELECT pg_catalog.string_agg(pg_catalog.format('EXISTS (SELECT 1 FROM %s r WHERE %s%s)', "
+		"                  gdpr._qualified(e.src), "
+		"                  (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I = t.%I', sc, dc), ' AND ') "
+		"                     FROM unnest(e.src_cols, e.dst_cols) AS u(sc, dc)), "
+		"                  CASE WHEN e.src = sk.relid "
+		"                       THEN pg_catalog.format(' AND r.%I IS DISTINCT FROM $1', sk.key_column) ELSE '' END), "
+		"                ' OR ') "
+		"          FROM gdpr._fk_edge e WHERE e.dst = r.relid) "
+		"  FROM gdpr.registered_table r JOIN gdpr.subject_kind sk ON sk.kind = r.kind "
+		" WHERE r.kind = $1 ORDER BY 2",
+		1, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	tuptable = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tuptable->vals[i];
+		TupleDesc	desc = tuptable->tupdesc;
+		EraseTable *t = palloc0(sizeof(EraseTable));
+		bool		isnull;
+		bool		reverse;
+		Relation	rel;
+		List	   *about = NIL;
+
+		t->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		t->name = SPI_getvalue(tup, desc, 2);
+		t->delete = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		reverse = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		t->shared = reverse ? SPI_getvalue(tup, desc, 5) : NULL;
+		t->map = gdpr_load_table_map(t->relid, CurrentMemoryContext);
+		if (t->relid == subject->relid)
+			t->delete = !keep_subject_row;
+		else if (reverse && keep_subject_row)
+			t->delete = false;
+
+		rel = table_open(t->relid, AccessShareLock);
+		t->pk = gdpr_pk_list(rel, "t.");
+		t->owned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_OWNER);
+		t->concerned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_CONCERNED);
+		if (!t->delete)
+			t->set = anonymize_set(t, rel, subject, NIL);
+		if (t->concerned != NULL)
+		{
+			Oid			pargtypes[2] = {OIDOID, TEXTOID};
+			Datum		pargs[2] = {ObjectIdGetDatum(t->relid), (Datum) 0};
+
+			if (SPI_execute_with_args("SELECT DISTINCT c FROM gdpr.subject_path p, pg_catalog.unnest(p.about_columns) c "
+									  " WHERE p.relid::pg_catalog.oid = $1 AND p.relation = 'concerned'",
+									  2, pargtypes, pargs, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "SPI_execute_with_args failed");
+			for (uint64 j = 0; j < SPI_processed; j++)
+				about = lappend(about, SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1));
+			if (about != NIL)
+				t->concerned_set = anonymize_set(t, rel, subject, about);
+		}
+		t->pk_r = gdpr_pk_list(rel, "r.");
+		t->pk_json = gdpr_pk_json(rel, "t.");
+		table_close(rel, NoLock);
+		result = lappend(result, t);
+	}
+	return result;
+}
+
+/*
+ * The SET list that anonymizes a row of t: every classified column with its
+ * strategy, or (only_columns) those columns with theirs, or the default of
+ * their type.  Refuses, before anything changes, a column no strategy fits.
+ */
+static char *
+anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject, List *only_columns)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+		const char *strategy = strategy_of(t->map, name);
+		const char *error;
+		char	   *seed;
+		char	   *expr;
+		ListCell   *lc;
+		bool		wanted = false;
+
+		if (att->attisdropped || att->attgenerated)
+			continue;
+		if (only_columns != NIL)
+		{
+			foreach(lc, only_columns)
+				wanted |= strcmp(lfirst(lc), name) == 0;
+			if (!wanted)
+				continue;
+			if (strategy == NULL)
+				strategy = att->attnotnull ? "redact" : "null";
+		}
+		if (strategy == NULL)
+			continue;
+		seed = psprintf("%s || %s || (%s)::pg_catalog.text",
+						quote_literal_cstr(psprintf("%s\x1f%s\x1f%s\x1f%s\x1f", subject->kind,
+													subject->key_text, t->name, name)),
+						"''", psprintf("ROW(%s)", t->pk));
+		expr = gdpr_anonymize_expr(att, strategy, seed, &error);
+		if (error != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("cannot erase subject %s of kind \"%s\": %s in table %s", subject->key_text,
+							subject->kind, error, t->name),
+					 errhint("Classify the column with erase => 'keep', or make it nullable.")));
+		if (expr != NULL)
+			appendStringInfo(&buf, "%s%s = %s", buf.len ? ", " : "", quote_identifier(name), expr);
+	}
+	return buf.len > 0 ? buf.data : NULL;
+}
+
+static const char *
+strategy_of(const GdprTableMap *map, const char *column)
+{
+	ListCell   *lc;
+
+	foreach(lc, map->columns)
+	{
+		GdprColumn *col = lfirst(lc);
+
+		if (strcmp(col->name, column) == 0)
+			return col->erase;
+	}
+	return NULL;
+}
+
+/*
+ * Children before parents: a table comes before every table it references,
+ * so deletes never violate a foreign key among the subject's tables.  A
+ * cycle (other than a table referencing itself) has no such order and is
+ * refused before anything changes.
+ */
+static List *
+order_tables(List *tables)
+{
+	int			n = list_length(tables);
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+	bool	  **refs = palloc(sizeof(bool *) * Max(n, 1));
+	List	   *result = NIL;
+
+	for (int i = 0; i < n; i++)
+	{
+		refs[i] = palloc0(sizeof(bool) * n);
+		for (int j = 0; j < n; j++)
+		{
+			Oid			argtypes[2] = {OIDOID, OIDOID};
+			Datum		args[2] = {ObjectIdGetDatum(((EraseTable *) list_nth(tables, i))->relid),
+			ObjectIdGetDatum(((EraseTable *) list_nth(tables, j))->relid)};
+
+			if (i == j)
+				continue;
+			if (SPI_execute_with_args("SELECT 1 FROM gdpr._fk_edge WHERE src::pg_catalog.oid = $1 "
+									  "AND dst::pg_catalog.oid = $2",
+									  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "SPI_execute_with_args failed");
+			refs[i][j] = SPI_processed > 0;
+		}
+	}
+
+	while (list_length(result) < n)
+	{
+		bool		progress = false;
+
+		for (int i = 0; i < n; i++)
+		{
+			bool		referenced = false;
+
+			if (done[i])
+				continue;
+			/* i may go once no table still waiting references it */
+			for (int j = 0; j < n; j++)
+				if (!done[j] && j != i && refs[j][i])
+					referenced = true;
+			if (referenced)
+				continue;
+			done[i] = true;
+			progress = true;
+			result = lappend(result, list_nth(tables, i));
+		}
+		if (!progress)
+		{
+			StringInfoData cycle;
+
+			initStringInfo(&cycle);
+			for (int i = 0; i < n; i++)
+				if (!done[i])
+					appendStringInfo(&cycle, "%s%s", cycle.len ? ", " : "",
+									 ((EraseTable *) list_nth(tables, i))->name);
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("cannot plan the erasure: foreign keys form a cycle"),
+					 errdetail("Tables in the cycle: %s.", cycle.data),
+					 errhint("Make one of the foreign keys DEFERRABLE or ON DELETE SET NULL, or register one of the tables with on_erase => 'anonymize'.")));
+		}
+	}
+	return result;
+}
+
+/*
+ * Every foreign key into a table whose rows will be deleted, from rows that
+ * stay: NO ACTION and RESTRICT would stop the DELETE, CASCADE would delete
+ * rows registered to be kept.  Found before anything changes.
+ */
+static void
+check_foreign_keys(List *tables, const GdprSubject *subject)
+{
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		Oid			argtypes[1] = {OIDOID};
+		Datum		args[1] = {ObjectIdGetDatum(t->relid)};
+		SPITupleTable *tuptable;
+		uint64		n;
+
+		if (!t->delete || t->owned == NULL)
+			continue;
+		if (SPI_execute_with_args(
+				"SELECT gdpr._qualified(c.conrelid::pg_catalog.regclass), c.conname, c.confdeltype, "
+				"       c.conrelid::pg_catalog.oid, "
+				"       (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I', a.attname), ', ' ORDER BY k.n) "
+				"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
+				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), "
+				"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
+				"          FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(attnum, n) "
+				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum), "
+				"       COALESCE((SELECT r.on_erase = 'anonymize' FROM gdpr.registered_table r "
+				"                  WHERE r.relid::pg_catalog.oid = COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)), false) "
+				"  FROM pg_catalog.pg_constraint c "
+				" WHERE c.contype = 'f' AND c.conparentid = 0 "
+				"   AND COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid) = $1",
+				1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		tuptable = SPI_tuptable;
+		n = SPI_processed;
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	tup = tuptable->vals[i];
+			TupleDesc	desc = tuptable->tupdesc;
+			char	   *from = SPI_getvalue(tup, desc, 1);
+			char	   *conname = SPI_getvalue(tup, desc, 2);
+			char		action = *SPI_getvalue(tup, desc, 3);
+			bool		isnull;
+			Oid			fromrel = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+			char	   *fkcols = SPI_getvalue(tup, desc, 5);
+			char	   *refcols = SPI_getvalue(tup, desc, 6);
+			bool		kept_by_law = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+			EraseTable *referencing = NULL;
+			ListCell   *lc2;
+			char	   *sql;
+			int64		count;
+
+			foreach(lc2, tables)
+				if (((EraseTable *) lfirst(lc2))->relid == gdpr_root_relid(fromrel))
+					referencing = lfirst(lc2);
+			/* rows that reference the subject's rows and are not deleted by this erasure */
+			sql = psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (SELECT %s FROM %s t WHERE (%s) IN (%s))%s",
+						   from, fkcols, refcols, t->map->qualified_name, t->pk, t->owned,
+						   referencing != NULL && referencing->delete && referencing->owned != NULL
+						   ? psprintf(" AND (%s) NOT IN (%s)", referencing->pk_r, referencing->owned)
+						   : "");
+			if (action == 'n' || action == 'd')
+				continue;
+			if (action == 'c' && !kept_by_law)
+				continue;
+			count = exec_count(sql, subject, true);
+			if (count == 0)
+				continue;
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("cannot erase subject %s of kind \"%s\": " INT64_FORMAT " row%s of %s reference%s rows of %s that would be deleted",
+							subject->key_text, subject->kind, count, count == 1 ? "" : "s", from,
+							count == 1 ? "s" : "", t->name),
+					 errdetail(action == 'c'
+							   ? "Foreign key %s is ON DELETE CASCADE, and %s is registered to be kept (on_erase = 'anonymize')."
+							   : "Foreign key %s (%s) would stop the DELETE.",
+							   conname, action == 'c' ? from : (action == 'r' ? "ON DELETE RESTRICT" : "ON DELETE NO ACTION")),
+					 errhint("Register %s with on_erase => 'anonymize' so its rows are kept, or change the foreign key's ON DELETE action.",
+							 t->name)));
+		}
+	}
+}
+
+/* Deletes or rewrites one table's rows of the subject */
+static void
+execute_table(EraseTable *t, const GdprSubject *subject)
+{
+	char	   *notshared = t->shared != NULL ? psprintf(" AND NOT (%s)", t->shared) : "";
+
+	if (t->shared != NULL && t->owned != NULL)
+	{
+		Oid			argtypes[1] = {subject->key_type};
+		Datum		args[1] = {subject->key};
+		char	   *sql = psprintf("SELECT (%s)::pg_catalog.text FROM %s t WHERE (%s) IN (%s) AND (%s)",
+								   t->pk_json, t->map->qualified_name, t->pk, t->owned, t->shared);
+
+		if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+			t->shared_keys = lappend(t->shared_keys, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	}
+
+	if (t->owned != NULL)
+	{
+		Oid			argtypes[1] = {subject->key_type};
+		Datum		args[1] = {subject->key};
+
+		if (SPI_execute_with_args(psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s), '[]')::pg_catalog.text "
+										   "FROM %s t WHERE (%s) IN (%s)%s",
+										   t->pk_json, t->map->qualified_name, t->pk, t->owned, notshared),
+								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		t->keys = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		if (t->delete)
+			t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t WHERE (%s) IN (%s)%s RETURNING 1) "
+											 "SELECT pg_catalog.count(*) FROM d",
+											 t->map->qualified_name, t->pk, t->owned, notshared),
+									subject, false);
+		else if (t->set != NULL)
+			t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN (%s)%s RETURNING 1) "
+												"SELECT pg_catalog.count(*) FROM u",
+												t->map->qualified_name, t->set, t->pk, t->owned, notshared),
+									   subject, false);
+	}
+	if (t->concerned != NULL && t->concerned_set != NULL)
+		t->concerned_rows = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN (%s)%s RETURNING 1) "
+												"SELECT pg_catalog.count(*) FROM u",
+												t->map->qualified_name, t->concerned_set, t->pk,
+												t->concerned,
+												t->owned != NULL ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned) : ""),
+									   subject, false);
+}
+
+/*
+ * The subject's events stay, without values; their key becomes the
+ * pseudonym.  Events where the subject is only related lose their values
+ * too, and the key in their list of related subjects.  So do events of the
+ * erased rows that were written before the row could be attributed (an
+ * address inserted before the customer row pointing to it), found by table
+ * and key through the index on unattributed events.
+ */
+static int64
+scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
+{
+	ListCell   *lc;
+	int64		unattributed = 0;
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(subject->key_text),
+		CStringGetTextDatum(pseudonym),
+	CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(subject->relid)),
+												   get_rel_name(subject->relid)))};
+	Oid			save_userid;
+	int			save_sec_context;
+	int64		n;
+	int			ret;
+
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	ret = SPI_execute_with_args(
+		"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
+		"       subject_id = $3, "
+		"       row_key = CASE WHEN table_name = $4 THEN NULL ELSE row_key END, "
+		"       related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
+		" WHERE subject_kind = $1 AND subject_id = $2",
+		4, argtypes, args, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	n = SPI_processed;
+	ret = SPI_execute_with_args(
+		"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, "
+		"       related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
+		" WHERE subject_kind = $1 AND related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2]",
+		4, argtypes, args, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	n += SPI_processed;
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		Oid			targtypes[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+		Datum		targs[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(t->name),
+			CStringGetTextDatum(pseudonym),
+		DirectFunctionCall1(jsonb_in, CStringGetDatum(t->keys))};
+
+		if (t->keys == NULL || strcmp(t->keys, "[]") == 0)
+			continue;
+		ret = SPI_execute_with_args(
+			"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
+			"       subject_kind = $1, subject_id = $3 "
+			" WHERE subject_id IS NULL AND table_name = $2 "
+			"   AND row_key = ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements($4)))",
+			4, targtypes, targs, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+		unattributed += SPI_processed;
+	}
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return n + unattributed;
+}
+
+/*
+ * The erasure is remembered by pseudonym; requests and restrictions about the
+ * subject lose the key; a kept subject row is marked so that nothing new is
+ * written for it.
+ */
+static void
+finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_subject_row,
+				   Jsonb *report)
+{
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+	Datum		args[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(subject->key_text),
+	CStringGetTextDatum(pseudonym), JsonbPGetDatum(report)};
+	Oid			save_userid;
+	int			save_sec_context;
+
+	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	if (SPI_execute_with_args("INSERT INTO gdpr.erasure (kind, pseudonym, report) VALUES ($1, $3, $4)",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT ||
+		SPI_execute_with_args("UPDATE gdpr.erasure_request SET subject_id = $3, "
+							  "       status = CASE WHEN status = 'pending' THEN 'done' ELSE status END, "
+							  "       finished_at = COALESCE(finished_at, pg_catalog.now()) "
+							  " WHERE kind = $1 AND subject_id = $2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_execute_with_args("DELETE FROM gdpr.restriction WHERE kind = $1 AND subject_id = $2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "erasure bookkeeping failed");
+	if (keep_subject_row &&
+		SPI_execute_with_args("INSERT INTO gdpr.restriction (kind, subject_id, source, reason) "
+							  "VALUES ($1, $2, 'erased', 'the subject was erased')",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "erasure bookkeeping failed");
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+}
+
+static void
+push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) s;
+	v.val.string.len = strlen(s);
+	pushJsonbValue(state, token, &v);
+}
+
+static void
+push_binary(JsonbParseState **state, Jsonb *value)
+{
+	JsonbValue	v;
+
+	v.type = jbvBinary;
+	v.val.binary.data = &value->root;
+	v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* Runs a query whose one column is a count, with the subject key as $1 */
+static int64
+exec_count(const char *sql, const GdprSubject *subject, bool read_only)
+{
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+	bool		isnull;
+	int			ret;
+
+	ret = SPI_execute_with_args(sql, 1, argtypes, args, NULL, read_only, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static Jsonb *
+holds_jsonb(List *held)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	foreach(lc, held)
+	{
+		Held	   *h = lfirst(lc);
+
+		appendStringInfoString(&buf, foreach_current_index(lc) ? ", {\"table\": " : "{\"table\": ");
+		escape_json(&buf, h->table);
+		appendStringInfoString(&buf, ", \"reason\": ");
+		escape_json(&buf, h->reason);
+		appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT "}", h->rows);
+	}
+	appendStringInfoChar(&buf, ']');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* What an erasure did (or, dry, would do): counts and shared rows, never values */
+static Jsonb *
+report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, List *tables,
+			 int64 scrubbed)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"status\": ");
+	appendStringInfoString(&buf, dry_run ? "\"dry_run\"" : "\"erased\"");
+	appendStringInfoString(&buf, ", \"subject\": {\"kind\": ");
+	escape_json(&buf, subject->kind);
+	appendStringInfoString(&buf, ", \"pseudonym\": ");
+	escape_json(&buf, pseudonym);
+	appendStringInfoString(&buf, "}, \"tables\": {");
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+
+		appendStringInfoString(&buf, foreach_current_index(lc) ? ", " : "");
+		escape_json(&buf, t->name);
+		appendStringInfo(&buf, ": {\"action\": \"%s\", \"deleted\": " INT64_FORMAT
+						 ", \"anonymized\": " INT64_FORMAT ", \"concerned_anonymized\": " INT64_FORMAT
+						 ", \"shared_kept\": %d}",
+						 t->delete ? "delete" : (t->set != NULL ? "anonymize" : "keep"),
+						 t->deleted, t->anonymized, t->concerned_rows, list_length(t->shared_keys));
+	}
+	appendStringInfoString(&buf, "}, \"shared\": [");
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		ListCell   *k;
+
+		foreach(k, t->shared_keys)
+		{
+			appendStringInfoString(&buf, first ? "{\"table\": " : ", {\"table\": ");
+			first = false;
+			escape_json(&buf, t->name);
+			appendStringInfo(&buf, ", \"key\": %s, \"reason\": \"also used by other rows\"}",
+							 (char *) lfirst(k));
+		}
+	}
+	appendStringInfo(&buf, "], \"audit_events_scrubbed\": " INT64_FORMAT "}", scrubbed);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
