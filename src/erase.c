@@ -35,6 +35,7 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -59,6 +60,8 @@ typedef struct EraseTable
 	char	   *pk_r;			/* "r.a, r.b" */
 	char	   *pk_json;		/* the key of row t as a JSON object */
 	char	   *owned;			/* query of the subject's rows' keys (owner paths), or NULL */
+	char	   *owned_from;		/* with one owner path: its joined tables ("" for none) */
+	char	   *owned_where;	/* with one owner path: the condition that selects the rows */
 	char	   *concerned;		/* query of rows only about the subject, or NULL */
 	char	   *shared;			/* condition: row t is also used by someone else, or NULL */
 	bool		delete;			/* delete the owned rows, else rewrite them */
@@ -79,6 +82,8 @@ static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
+static void set_owned_join(EraseTable *t);
+static char *owned_rows(const EraseTable *t, const char *join_keyword);
 static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables);
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
 							   bool keep_subject_row, Jsonb *report);
@@ -525,6 +530,7 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 		rel = table_open(t->relid, AccessShareLock);
 		t->pk = gdpr_pk_list(rel, "t.");
 		t->owned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_OWNER);
+		set_owned_join(t);
 		t->concerned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_CONCERNED);
 		if (!t->delete)
 			t->set = anonymize_set(t, rel, subject, NIL);
@@ -632,22 +638,39 @@ order_tables(List *tables)
 	bool	  **refs = palloc(sizeof(bool *) * Max(n, 1));
 	List	   *result = NIL;
 
-	for (int i = 0; i < n; i++)
 	{
-		refs[i] = palloc0(sizeof(bool) * n);
-		for (int j = 0; j < n; j++)
-		{
-			Oid			argtypes[2] = {OIDOID, OIDOID};
-			Datum		args[2] = {ObjectIdGetDatum(((EraseTable *) list_nth(tables, i))->relid),
-			ObjectIdGetDatum(((EraseTable *) list_nth(tables, j))->relid)};
+		Datum	   *relids = palloc(sizeof(Datum) * Max(n, 1));
+		Oid			argtypes[1] = {OIDARRAYOID};
+		Datum		args[1];
 
-			if (i == j)
-				continue;
-			if (SPI_execute_with_args("SELECT 1 FROM gdpr._fk_edge WHERE src::pg_catalog.oid = $1 "
-									  "AND dst::pg_catalog.oid = $2",
-									  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-				elog(ERROR, "SPI_execute_with_args failed");
-			refs[i][j] = SPI_processed > 0;
+		for (int i = 0; i < n; i++)
+		{
+			refs[i] = palloc0(sizeof(bool) * n);
+			relids[i] = ObjectIdGetDatum(((EraseTable *) list_nth(tables, i))->relid);
+		}
+		args[0] = PointerGetDatum(construct_array(relids, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+		if (SPI_execute_with_args("SELECT DISTINCT src::pg_catalog.oid, dst::pg_catalog.oid FROM gdpr._fk_edge "
+								  " WHERE src::pg_catalog.oid = ANY ($1) AND dst::pg_catalog.oid = ANY ($1) "
+								  "   AND src <> dst",
+								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		for (uint64 e = 0; e < SPI_processed; e++)
+		{
+			bool		isnull;
+			Oid			src = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[e], SPI_tuptable->tupdesc, 1, &isnull));
+			Oid			dst = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[e], SPI_tuptable->tupdesc, 2, &isnull));
+			int			i = -1,
+						j = -1;
+
+			for (int k = 0; k < n; k++)
+			{
+				if (((EraseTable *) list_nth(tables, k))->relid == src)
+					i = k;
+				if (((EraseTable *) list_nth(tables, k))->relid == dst)
+					j = k;
+			}
+			if (i >= 0 && j >= 0)
+				refs[i][j] = true;
 		}
 	}
 
@@ -720,7 +743,10 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 				"          FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(attnum, n) "
 				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum), "
 				"       COALESCE((SELECT r.on_erase = 'anonymize' FROM gdpr.registered_table r "
-				"                  WHERE r.relid::pg_catalog.oid = COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)), false) "
+				"                  WHERE r.relid::pg_catalog.oid = COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)), false), "
+				"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
+				"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
+				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) "
 				"  FROM pg_catalog.pg_constraint c "
 				" WHERE c.contype = 'f' AND c.conparentid = 0 "
 				"   AND COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid) = $1",
@@ -742,23 +768,31 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 			bool		kept_by_law = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 			EraseTable *referencing = NULL;
 			ListCell   *lc2;
-			char	   *sql;
+			char	   *fkcols_t = SPI_getvalue(tup, desc, 8);
+			char	   *refs;
 			int64		count;
 
 			foreach(lc2, tables)
 				if (((EraseTable *) lfirst(lc2))->relid == gdpr_root_relid(fromrel))
 					referencing = lfirst(lc2);
-			/* rows that reference the subject's rows and are not deleted by this erasure */
-			sql = psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (SELECT %s FROM %s t WHERE (%s) IN (%s))%s",
-						   from, fkcols, refcols, t->map->qualified_name, t->pk, t->owned,
-						   referencing != NULL && referencing->delete && referencing->owned != NULL
-						   ? psprintf(" AND (%s) NOT IN (%s)", referencing->pk_r, referencing->owned)
-						   : "");
 			if (action == 'n' || action == 'd')
 				continue;
 			if (action == 'c' && !kept_by_law)
 				continue;
-			count = exec_count(sql, subject, true);
+			/*
+			 * Rows referencing the subject's rows, less those this erasure
+			 * deletes anyway: two counts, each driven by the indexes of the
+			 * path and of the foreign key.
+			 */
+			refs = psprintf("SELECT %s FROM %s t%s", refcols, t->map->qualified_name,
+							owned_rows(t, ","));
+			count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (%s)",
+										from, fkcols, refs),
+							   subject, true);
+			if (count > 0 && referencing != NULL && referencing->delete && referencing->owned != NULL)
+				count -= exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND (%s) IN (%s)",
+											 from, owned_rows(referencing, ","), fkcols_t, refs),
+									subject, true);
 			if (count == 0)
 				continue;
 			ereport(ERROR,
@@ -776,6 +810,54 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 	}
 }
 
+/*
+ * With a single owner path, statements join the path's tables directly
+ * (DELETE ... USING, UPDATE ... FROM) rather than matching primary keys
+ * against a subquery, so each step stays an index lookup however large the
+ * table grows.
+ */
+static void
+set_owned_join(EraseTable *t)
+{
+	ListCell   *lc;
+	GdprPath   *only = NULL;
+	int			n = 0;
+	GdprPathSql p;
+
+	foreach(lc, t->map->paths)
+	{
+		GdprPath   *path = lfirst(lc);
+
+		if (path->owner)
+		{
+			only = path;
+			n++;
+		}
+	}
+	if (n != 1)
+		return;
+	p = gdpr_path_sql(t->map, only, "t.");
+	if (strcmp(p.key, "NULL") == 0)
+		return;
+	t->owned_from = p.from;
+	t->owned_where = psprintf("%s AND %s OPERATOR(pg_catalog.=) $1", p.where, p.key);
+}
+
+/*
+ * The part of a statement on "t" that restricts it to the subject's owned
+ * rows: " <join_keyword> <path tables> WHERE <condition>" (join_keyword is
+ * USING, FROM, or "," in a SELECT's FROM list), or " WHERE (pk) IN (...)".
+ */
+static char *
+owned_rows(const EraseTable *t, const char *join_keyword)
+{
+	if (t->owned_where == NULL)
+		return psprintf(" WHERE (%s) IN (%s)", t->pk, t->owned);
+	if (t->owned_from[0] == '\0')
+		return psprintf(" WHERE %s", t->owned_where);
+	return psprintf(" %s %s WHERE %s", join_keyword, t->owned_from, t->owned_where);
+}
+
 /* Deletes or rewrites one table's rows of the subject */
 static void
 execute_table(EraseTable *t, const GdprSubject *subject)
@@ -786,8 +868,8 @@ execute_table(EraseTable *t, const GdprSubject *subject)
 	{
 		Oid			argtypes[1] = {subject->key_type};
 		Datum		args[1] = {subject->key};
-		char	   *sql = psprintf("SELECT (%s)::pg_catalog.text FROM %s t WHERE (%s) IN (%s) AND (%s)",
-								   t->pk_json, t->map->qualified_name, t->pk, t->owned, t->shared);
+		char	   *sql = psprintf("SELECT (%s)::pg_catalog.text FROM %s t%s AND (%s)",
+								   t->pk_json, t->map->qualified_name, owned_rows(t, ","), t->shared);
 
 		if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed");
@@ -801,20 +883,20 @@ execute_table(EraseTable *t, const GdprSubject *subject)
 		Datum		args[1] = {subject->key};
 
 		if (SPI_execute_with_args(psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s), '[]')::pg_catalog.text "
-										   "FROM %s t WHERE (%s) IN (%s)%s",
-										   t->pk_json, t->map->qualified_name, t->pk, t->owned, notshared),
+										   "FROM %s t%s%s",
+										   t->pk_json, t->map->qualified_name, owned_rows(t, ","), notshared),
 								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed");
 		t->keys = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		if (t->delete)
-			t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t WHERE (%s) IN (%s)%s RETURNING 1) "
+			t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t%s%s RETURNING 1) "
 											 "SELECT pg_catalog.count(*) FROM d",
-											 t->map->qualified_name, t->pk, t->owned, notshared),
+											 t->map->qualified_name, owned_rows(t, "USING"), notshared),
 									subject, false);
 		else if (t->set != NULL)
-			t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN (%s)%s RETURNING 1) "
+			t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s%s RETURNING 1) "
 												"SELECT pg_catalog.count(*) FROM u",
-												t->map->qualified_name, t->set, t->pk, t->owned, notshared),
+												t->map->qualified_name, t->set, owned_rows(t, "FROM"), notshared),
 									   subject, false);
 	}
 	if (t->concerned != NULL && t->concerned_set != NULL)
