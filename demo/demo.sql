@@ -52,6 +52,17 @@ SELECT e->>'event' AS event, e->>'table' AS "table", e->>'actor' AS actor FROM j
 \echo '   ... and where an index is missing for it'
 SELECT table_name, lookup, hint FROM gdpr.export_plan() WHERE NOT indexed;
 
-\echo '== 6. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
+\echo '== 6. Art. 17: erase customer 42 -- a legal hold first, then the erasure'
+INSERT INTO invoice VALUES (1001, 42, 19.90);
+SELECT gdpr.add_legal_hold('invoice', 'total > 100', 'invoices over 100 are kept 10 years (tax law)');
+SELECT gdpr_can_erase(42);
+SELECT jsonb_pretty(gdpr_erase(42, dry_run => true) -> 'tables');
+SELECT gdpr_erase(42) ->> 'status' AS status;
+SELECT * FROM customer;
+SELECT * FROM invoice;                                   -- kept by law, anonymized where classified
+SELECT event, table_name, subject_id, old_values, new_values FROM gdpr.audit_log
+ WHERE subject_kind = 'default' ORDER BY event_id;        -- the history stays, without values
+
+\echo '== 7. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
 SET gdpr.audit_reads = on;
 SELECT count(*) FROM customer c JOIN orders o ON o.customer_id = c.id;
