@@ -988,11 +988,14 @@ CREATE EVENT TRIGGER gdpr_sql_drop ON sql_drop
 -- unqualified with the default search_path.
 ------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION public.gdpr_export(subject text, kind text DEFAULT NULL, portable boolean DEFAULT false)
+CREATE FUNCTION public.gdpr_export(subject text, kind text DEFAULT NULL, portable boolean DEFAULT false,
+                                   request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_export';
-CREATE FUNCTION public.gdpr_export(subject bigint, kind text DEFAULT NULL, portable boolean DEFAULT false)
+CREATE FUNCTION public.gdpr_export(subject bigint, kind text DEFAULT NULL, portable boolean DEFAULT false,
+                                   request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_export';
-CREATE FUNCTION public.gdpr_export(subject uuid, kind text DEFAULT NULL, portable boolean DEFAULT false)
+CREATE FUNCTION public.gdpr_export(subject uuid, kind text DEFAULT NULL, portable boolean DEFAULT false,
+                                   request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_export';
 
 CREATE FUNCTION public.gdpr_export_rows(subject text, kind text DEFAULT NULL, portable boolean DEFAULT false)
@@ -1207,11 +1210,14 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.gdpr_erase(subject text, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+CREATE FUNCTION public.gdpr_erase(subject text, dry_run boolean DEFAULT false, kind text DEFAULT NULL,
+                                  request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
-CREATE FUNCTION public.gdpr_erase(subject bigint, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+CREATE FUNCTION public.gdpr_erase(subject bigint, dry_run boolean DEFAULT false, kind text DEFAULT NULL,
+                                  request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
-CREATE FUNCTION public.gdpr_erase(subject uuid, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+CREATE FUNCTION public.gdpr_erase(subject uuid, dry_run boolean DEFAULT false, kind text DEFAULT NULL,
+                                  request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
 CREATE FUNCTION public.gdpr_can_erase(subject text, kind text DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_can_erase';
@@ -1392,6 +1398,793 @@ END
 $$;
 
 ------------------------------------------------------------------------------------------------
+-- Consent (Art. 6(1)(a), 7), objection (Art. 21), privacy notices (Art. 13, 14), data subject
+-- requests (Art. 12), breaches (Art. 33, 34) and the record of processing (Art. 30)
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE gdpr.purpose (
+    name         text PRIMARY KEY CHECK (name <> ''),
+    description  text NOT NULL,
+    legal_basis  text NOT NULL CHECK (legal_basis IN ('consent', 'contract', 'legal_obligation',
+                                                      'vital_interests', 'public_task',
+                                                      'legitimate_interests')),
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+CREATE TABLE gdpr.consent (
+    consent_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind          text COLLATE "C" NOT NULL,
+    subject_id    text COLLATE "C" NOT NULL,
+    purpose       text COLLATE "C" NOT NULL REFERENCES gdpr.purpose ON UPDATE CASCADE,
+    version       text NOT NULL CHECK (version <> ''),
+    granted_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    granted_by    text NOT NULL,
+    client_addr   inet,
+    detail        jsonb,
+    withdrawn_at  timestamptz,
+    withdrawn_by  text
+);
+-- One active consent per subject and purpose; gdpr_has_consent is one probe of this index.
+CREATE UNIQUE INDEX consent_active_idx ON gdpr.consent (purpose, subject_id, kind) WHERE withdrawn_at IS NULL;
+CREATE INDEX consent_subject_idx ON gdpr.consent (kind, subject_id);
+
+CREATE TABLE gdpr.objection (
+    objection_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind          text NOT NULL,
+    subject_id    text COLLATE "C" NOT NULL,
+    purpose       text NOT NULL REFERENCES gdpr.purpose ON UPDATE CASCADE,
+    objected_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    detail        jsonb
+);
+CREATE INDEX objection_subject_idx ON gdpr.objection (kind, subject_id);
+
+-- Where a row may only exist with the subject's consent (gdpr.require_consent).
+CREATE TABLE gdpr.consent_requirement (
+    relid           pg_catalog.regclass NOT NULL,
+    subject_column  name NOT NULL,
+    purpose         text NOT NULL REFERENCES gdpr.purpose ON UPDATE CASCADE,
+    kind            text NOT NULL REFERENCES gdpr.subject_kind ON DELETE CASCADE,
+    trigger_name    name NOT NULL,
+    PRIMARY KEY (relid, purpose)
+);
+
+CREATE TABLE gdpr.privacy_policy (
+    version       text PRIMARY KEY CHECK (version <> ''),
+    effective_at  timestamptz NOT NULL,
+    url           text,
+    body          text,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (url IS NOT NULL OR body IS NOT NULL)
+);
+
+CREATE TABLE gdpr.policy_acceptance (
+    kind         text NOT NULL,
+    subject_id   text COLLATE "C" NOT NULL,
+    version      text NOT NULL REFERENCES gdpr.privacy_policy ON UPDATE CASCADE,
+    accepted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (kind, subject_id, version)
+);
+
+CREATE TABLE gdpr.request (
+    request_id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind                 text NOT NULL,
+    subject_id           text COLLATE "C" NOT NULL,
+    "right"              text NOT NULL CHECK ("right" IN ('access', 'rectification', 'erasure',
+                                                          'restriction', 'portability', 'objection')),
+    received_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    due_at               timestamptz NOT NULL,
+    verified_at          timestamptz,
+    verified_by          text,
+    verification_method  text,
+    extended_at          timestamptz,
+    extension_reason     text,
+    status               text NOT NULL DEFAULT 'open'
+                         CHECK (status IN ('open', 'completed', 'rejected')),
+    closed_at            timestamptz,
+    outcome              text,
+    detail               jsonb
+);
+CREATE INDEX request_open_idx ON gdpr.request (due_at) WHERE status = 'open';
+CREATE INDEX request_subject_idx ON gdpr.request (kind, subject_id);
+
+CREATE TABLE gdpr.breach (
+    breach_id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    detected_at            timestamptz NOT NULL,
+    occurred_from          timestamptz,
+    occurred_to            timestamptz,
+    nature                 text NOT NULL CHECK (nature <> ''),
+    categories             text[] NOT NULL DEFAULT '{}',
+    approx_subjects        int CHECK (approx_subjects >= 0),
+    consequences           text,
+    measures               text,
+    authority_notified_at  timestamptz,
+    subjects_notified_at   timestamptz,
+    recorded_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (occurred_from IS NULL OR occurred_to IS NULL OR occurred_from <= occurred_to)
+);
+
+CREATE TABLE gdpr.processor (
+    name                text PRIMARY KEY CHECK (name <> ''),
+    service             text NOT NULL,
+    country             text NOT NULL,
+    transfer_safeguard  text,
+    dpa_signed          boolean NOT NULL DEFAULT false,
+    recipients_of       text[] NOT NULL DEFAULT '{}',
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('gdpr.purpose', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.consent', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.consent_consent_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.objection', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.objection_objection_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.consent_requirement', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.privacy_policy', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.policy_acceptance', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.request', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.request_request_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.breach', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.breach_breach_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.processor', '');
+
+CREATE FUNCTION gdpr._check_legal_basis(legal_basis text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF legal_basis IS NULL OR legal_basis NOT IN ('consent', 'contract', 'legal_obligation',
+            'vital_interests', 'public_task', 'legitimate_interests') THEN
+        RAISE EXCEPTION 'invalid legal basis "%"', legal_basis USING ERRCODE = '22023',
+              HINT = 'Use one of consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests (Art. 6(1)).';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION gdpr._purpose(name text) RETURNS gdpr.purpose
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p gdpr.purpose;
+BEGIN
+    SELECT * INTO p FROM gdpr.purpose q WHERE q.name = _purpose.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'purpose "%" is not in the catalogue', name USING ERRCODE = '42704',
+              HINT = 'Add it with gdpr.add_purpose(name, description, legal_basis); see SELECT * FROM gdpr.purpose.';
+    END IF;
+    RETURN p;
+END
+$$;
+
+-- Who acts: the application's user when it says so, else the database role.
+CREATE FUNCTION gdpr._actor() RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT COALESCE(NULLIF(current_setting('gdpr.actor', true), ''), session_user::text)
+$$;
+
+CREATE FUNCTION gdpr.add_purpose(name text, description text, legal_basis text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL OR btrim(name) = '' OR description IS NULL OR btrim(description) = '' THEN
+        RAISE EXCEPTION 'a purpose needs a name and a description' USING ERRCODE = '22023';
+    END IF;
+    PERFORM gdpr._check_legal_basis(legal_basis);
+    INSERT INTO gdpr.purpose (name, description, legal_basis) VALUES (name, description, legal_basis)
+    ON CONFLICT ON CONSTRAINT purpose_pkey
+    DO UPDATE SET description = EXCLUDED.description, legal_basis = EXCLUDED.legal_basis;
+    PERFORM gdpr.log_event('MAP_PURPOSE', NULL::text, true,
+        jsonb_build_object('purpose', name, 'legal_basis', legal_basis));
+END
+$$;
+
+CREATE FUNCTION public.gdpr_grant_consent(subject text, purpose text, version text, detail jsonb DEFAULT NULL,
+                                          kind text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k  record := gdpr._subject_key(subject, kind, true);
+    p  gdpr.purpose := gdpr._purpose(purpose);
+    id bigint;
+BEGIN
+    IF p.legal_basis <> 'consent' THEN
+        RAISE EXCEPTION 'purpose "%" rests on %, not on consent', p.name, p.legal_basis USING ERRCODE = '22023',
+              HINT = 'Consent is recorded only for purposes whose legal basis is consent.';
+    END IF;
+    IF version IS NULL OR btrim(version) = '' THEN
+        RAISE EXCEPTION 'consent needs the version of the text the subject agreed to' USING ERRCODE = '22023';
+    END IF;
+    -- a new grant supersedes the active one: the history keeps both
+    UPDATE gdpr.consent c SET withdrawn_at = now(), withdrawn_by = gdpr._actor()
+     WHERE c.purpose = p.name AND c.subject_id = k.subject_key AND c.kind = k.subject_kind
+       AND c.withdrawn_at IS NULL;
+    INSERT INTO gdpr.consent (kind, subject_id, purpose, version, granted_by, client_addr, detail)
+    VALUES (k.subject_kind, k.subject_key, p.name, version, gdpr._actor(),
+            COALESCE(NULLIF(current_setting('gdpr.client_addr', true), '')::inet, inet_client_addr()), detail)
+    RETURNING consent_id INTO id;
+    PERFORM gdpr.log_event('CONSENT_GRANTED', k.subject_key, true,
+        jsonb_build_object('purpose', p.name, 'version', version, 'consent_id', id), k.subject_kind);
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION public.gdpr_withdraw_consent(subject text, purpose text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record := gdpr._subject_key(subject, kind, false);
+    p gdpr.purpose := gdpr._purpose(purpose);
+BEGIN
+    UPDATE gdpr.consent c SET withdrawn_at = now(), withdrawn_by = gdpr._actor()
+     WHERE c.purpose = p.name AND c.subject_id = k.subject_key AND c.kind = k.subject_kind
+       AND c.withdrawn_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subject % of kind "%" has no consent to withdraw for purpose "%"',
+                        k.subject_key, k.subject_kind, p.name
+            USING ERRCODE = '42704', HINT = 'See the history with SELECT * FROM gdpr.consent.';
+    END IF;
+    PERFORM gdpr.log_event('CONSENT_WITHDRAWN', k.subject_key, true,
+        jsonb_build_object('purpose', p.name), k.subject_kind);
+END
+$$;
+
+-- One probe of consent_active_idx per call, in C: cheap enough for a WHERE clause over every
+-- subject.  For set-based work, join gdpr.active_consent instead.
+CREATE FUNCTION public.gdpr_has_consent(subject text, purpose text, kind text DEFAULT NULL) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'gdpr_has_consent';
+CREATE FUNCTION public.gdpr_has_consent(subject bigint, purpose text, kind text DEFAULT NULL) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'gdpr_has_consent';
+CREATE FUNCTION public.gdpr_has_consent(subject uuid, purpose text, kind text DEFAULT NULL) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'gdpr_has_consent';
+
+CREATE VIEW gdpr.active_consent AS
+SELECT c.kind, c.subject_id, c.purpose, c.version, c.granted_at
+  FROM gdpr.consent c WHERE c.withdrawn_at IS NULL;
+
+CREATE FUNCTION public.gdpr_object(subject text, purpose text, detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k  record := gdpr._subject_key(subject, kind, true);
+    p  gdpr.purpose := gdpr._purpose(purpose);
+    id bigint;
+BEGIN
+    IF p.legal_basis NOT IN ('legitimate_interests', 'public_task') THEN
+        RAISE EXCEPTION 'purpose "%" rests on %: objection applies to legitimate interests and public tasks',
+                        p.name, p.legal_basis
+            USING ERRCODE = '22023', HINT = 'For a purpose based on consent, withdraw the consent instead.';
+    END IF;
+    INSERT INTO gdpr.objection (kind, subject_id, purpose, detail)
+    VALUES (k.subject_kind, k.subject_key, p.name, detail) RETURNING objection_id INTO id;
+    PERFORM gdpr.log_event('OBJECTION', k.subject_key, true,
+        jsonb_build_object('purpose', p.name, 'objection_id', id), k.subject_kind);
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION gdpr.consent_check() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'gdpr_consent_check';
+
+CREATE FUNCTION gdpr.require_consent(tbl pg_catalog.regclass, subject_column name, purpose text,
+                                     kind text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p  gdpr.purpose := gdpr._purpose(purpose);
+    k  text;
+    tg name;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM gdpr._check_column(tbl, subject_column);
+    IF p.legal_basis <> 'consent' THEN
+        RAISE EXCEPTION 'purpose "%" rests on %, not on consent', p.name, p.legal_basis USING ERRCODE = '22023';
+    END IF;
+    SELECT s.kind INTO k FROM gdpr.subject_kind s
+     WHERE s.kind = COALESCE(require_consent.kind, (SELECT CASE WHEN count(*) = 1 THEN min(q.kind) ELSE 'default' END
+                                                      FROM gdpr.subject_kind q));
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subject kind "%" is not registered', COALESCE(require_consent.kind, 'default')
+            USING ERRCODE = '42704';
+    END IF;
+    IF EXISTS (SELECT 1 FROM gdpr.consent_requirement r WHERE r.relid = tbl AND r.purpose = p.name) THEN
+        RAISE EXCEPTION 'table % already requires consent for purpose "%"', gdpr._qualified(tbl), p.name
+            USING ERRCODE = '42710';
+    END IF;
+    tg := 'gdpr_consent_' || left(md5(p.name), 12);
+    EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.consent_check(%L, %L, %L)',
+                   tg, subject_column, tbl, k, subject_column, p.name);
+    INSERT INTO gdpr.consent_requirement (relid, subject_column, purpose, kind, trigger_name)
+    VALUES (tbl, subject_column, p.name, k, tg);
+    PERFORM gdpr._log_map('MAP_REQUIRE_CONSENT', tbl,
+        jsonb_build_object('column', subject_column, 'purpose', p.name, 'kind', k));
+END
+$$;
+
+CREATE FUNCTION gdpr.add_policy_version(version text, effective_at timestamptz DEFAULT now(),
+                                        url text DEFAULT NULL, body text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF version IS NULL OR btrim(version) = '' THEN
+        RAISE EXCEPTION 'a policy version needs a name' USING ERRCODE = '22023';
+    END IF;
+    IF url IS NULL AND body IS NULL THEN
+        RAISE EXCEPTION 'a privacy policy needs its text or a URL' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM gdpr.privacy_policy p WHERE p.version = add_policy_version.version) THEN
+        RAISE EXCEPTION 'privacy policy version "%" already exists', version USING ERRCODE = '42710',
+              HINT = 'Versions are immutable once published: add a new version.';
+    END IF;
+    INSERT INTO gdpr.privacy_policy (version, effective_at, url, body) VALUES (version, effective_at, url, body);
+    PERFORM gdpr.log_event('POLICY_PUBLISHED', NULL::text, true,
+        jsonb_build_object('version', version, 'effective_at', effective_at));
+END
+$$;
+
+CREATE FUNCTION public.gdpr_accept_policy(subject text, version text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record := gdpr._subject_key(subject, kind, true);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gdpr.privacy_policy p WHERE p.version = gdpr_accept_policy.version) THEN
+        RAISE EXCEPTION 'privacy policy version "%" does not exist', version USING ERRCODE = '42704',
+              HINT = 'See SELECT version, effective_at FROM gdpr.privacy_policy.';
+    END IF;
+    INSERT INTO gdpr.policy_acceptance (kind, subject_id, version)
+    VALUES (k.subject_kind, k.subject_key, version) ON CONFLICT DO NOTHING;
+    PERFORM gdpr.log_event('POLICY_ACCEPTED', k.subject_key, true, jsonb_build_object('version', version),
+                           k.subject_kind);
+END
+$$;
+
+CREATE FUNCTION public.gdpr_policy_status(subject text, kind text DEFAULT NULL) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k       record := gdpr._subject_key(subject, kind, true);
+    current gdpr.privacy_policy;
+    last    record;
+BEGIN
+    SELECT * INTO current FROM gdpr.privacy_policy p WHERE p.effective_at <= now()
+     ORDER BY p.effective_at DESC LIMIT 1;
+    SELECT a.version, a.accepted_at INTO last FROM gdpr.policy_acceptance a JOIN gdpr.privacy_policy p USING (version)
+     WHERE a.kind = k.subject_kind AND a.subject_id = k.subject_key
+     ORDER BY p.effective_at DESC LIMIT 1;
+    RETURN jsonb_build_object(
+        'current_version', current.version,
+        'accepted_version', last.version,
+        'accepted_at', last.accepted_at,
+        'must_accept', current.version IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM gdpr.policy_acceptance a
+             WHERE a.kind = k.subject_kind AND a.subject_id = k.subject_key AND a.version = current.version));
+END
+$$;
+
+-- Requests (Art. 12(3)): one month from receipt, extendable once by up to two months.
+CREATE FUNCTION gdpr.open_request(subject text, "right" text, received_at timestamptz DEFAULT now(),
+                                  detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k  record := gdpr._subject_key(subject, kind, true);
+    id bigint;
+BEGIN
+    IF "right" IS NULL OR "right" NOT IN ('access', 'rectification', 'erasure', 'restriction', 'portability', 'objection') THEN
+        RAISE EXCEPTION 'unknown right "%"', "right" USING ERRCODE = '22023',
+              HINT = 'Use access, rectification, erasure, restriction, portability or objection.';
+    END IF;
+    IF received_at IS NULL OR received_at > now() THEN
+        RAISE EXCEPTION 'a request is received now or in the past' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO gdpr.request (kind, subject_id, "right", received_at, due_at, detail)
+    VALUES (k.subject_kind, k.subject_key, "right", received_at, received_at + interval '1 month', detail)
+    RETURNING request_id INTO id;
+    PERFORM gdpr.log_event('REQUEST_RECEIVED', k.subject_key, true,
+        jsonb_build_object('request_id', id, 'right', "right"), k.subject_kind);
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION gdpr._open_request(request_id bigint) RETURNS gdpr.request
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r gdpr.request;
+BEGIN
+    SELECT * INTO r FROM gdpr.request q WHERE q.request_id = _open_request.request_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'request % does not exist', request_id USING ERRCODE = '42704';
+    END IF;
+    IF r.status <> 'open' THEN
+        RAISE EXCEPTION 'request % is already %', request_id, r.status USING ERRCODE = '55000';
+    END IF;
+    RETURN r;
+END
+$$;
+
+CREATE FUNCTION gdpr.verify_request(request_id bigint, method text, verified_by text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r gdpr.request := gdpr._open_request(request_id);
+BEGIN
+    IF method IS NULL OR btrim(method) = '' THEN
+        RAISE EXCEPTION 'say how the identity was verified' USING ERRCODE = '22023',
+              HINT = 'For example ''logged-in session'' or ''ID document checked''.';
+    END IF;
+    UPDATE gdpr.request q SET verified_at = now(), verification_method = method,
+                              verified_by = COALESCE(verify_request.verified_by, gdpr._actor())
+     WHERE q.request_id = r.request_id;
+    PERFORM gdpr.log_event('REQUEST_VERIFIED', r.subject_id, true,
+        jsonb_build_object('request_id', r.request_id, 'method', method), r.kind);
+END
+$$;
+
+CREATE FUNCTION gdpr.extend_request(request_id bigint, reason text, by interval DEFAULT '2 months') RETURNS timestamptz
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r gdpr.request := gdpr._open_request(request_id);
+BEGIN
+    IF r.extended_at IS NOT NULL THEN
+        RAISE EXCEPTION 'request % was already extended', request_id USING ERRCODE = '55000',
+              HINT = 'Art. 12(3) allows one extension of at most two further months.';
+    END IF;
+    IF by IS NULL OR by <= interval '0' OR by > interval '2 months' THEN
+        RAISE EXCEPTION 'an extension is of at most two months' USING ERRCODE = '22023',
+              HINT = 'Art. 12(3): the deadline is one month from receipt, plus at most two.';
+    END IF;
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'an extension needs its reason, which the subject must be told' USING ERRCODE = '22023';
+    END IF;
+    UPDATE gdpr.request q SET due_at = q.due_at + by, extended_at = now(), extension_reason = reason
+     WHERE q.request_id = r.request_id RETURNING due_at INTO r.due_at;
+    PERFORM gdpr.log_event('REQUEST_EXTENDED', r.subject_id, true,
+        jsonb_build_object('request_id', r.request_id, 'reason', reason, 'due_at', r.due_at), r.kind);
+    RETURN r.due_at;
+END
+$$;
+
+CREATE FUNCTION gdpr.close_request(request_id bigint, status text, outcome text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r gdpr.request := gdpr._open_request(request_id);
+BEGIN
+    IF status IS NULL OR status NOT IN ('completed', 'rejected') THEN
+        RAISE EXCEPTION 'a request closes as completed or rejected, not "%"', status USING ERRCODE = '22023';
+    END IF;
+    IF status = 'completed' AND r.verified_at IS NULL THEN
+        RAISE EXCEPTION 'request % is not verified', request_id USING ERRCODE = '55000',
+              HINT = 'Verify the requester''s identity first with gdpr.verify_request().';
+    END IF;
+    UPDATE gdpr.request q SET status = close_request.status, closed_at = now(), outcome = close_request.outcome
+     WHERE q.request_id = r.request_id;
+    PERFORM gdpr.log_event('REQUEST_' || upper(status), r.subject_id, true,
+        jsonb_build_object('request_id', r.request_id, 'outcome', outcome), r.kind);
+END
+$$;
+
+-- Completes a request with what gdpr_export or gdpr_erase did; checks it is about that subject.
+CREATE FUNCTION gdpr._complete_request(request_id bigint, kind text, subject_key text, rights text[], outcome text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r gdpr.request := gdpr._open_request(request_id);
+BEGIN
+    IF r.kind <> kind OR r.subject_id <> subject_key THEN
+        RAISE EXCEPTION 'request % is about another subject', request_id USING ERRCODE = '22023';
+    END IF;
+    IF NOT r."right" = ANY (rights) THEN
+        RAISE EXCEPTION 'request % is a request for %, not %', request_id, r."right", array_to_string(rights, ' or ')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM gdpr.close_request(request_id, 'completed', outcome);
+END
+$$;
+
+CREATE VIEW gdpr.open_requests AS
+SELECT r.request_id, r.kind, r.subject_id, r."right", r.received_at, r.due_at,
+       r.verified_at IS NOT NULL AS verified, r.extended_at IS NOT NULL AS extended,
+       (r.due_at::date - pg_catalog.now()::date) AS days_left,
+       r.due_at < pg_catalog.now() AS overdue
+  FROM gdpr.request r
+ WHERE r.status = 'open'
+ ORDER BY r.due_at;
+
+-- Breaches (Art. 33, 34)
+CREATE FUNCTION gdpr.record_breach(detected_at timestamptz, nature text, occurred_from timestamptz DEFAULT NULL,
+                                   occurred_to timestamptz DEFAULT NULL, categories text[] DEFAULT '{}',
+                                   approx_subjects int DEFAULT NULL, consequences text DEFAULT NULL,
+                                   measures text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    id bigint;
+BEGIN
+    IF detected_at IS NULL OR nature IS NULL OR btrim(nature) = '' THEN
+        RAISE EXCEPTION 'a breach needs when it was detected and its nature' USING ERRCODE = '22023';
+    END IF;
+    IF occurred_from > occurred_to THEN
+        RAISE EXCEPTION 'a breach cannot end before it starts' USING ERRCODE = '22023';
+    END IF;
+    IF approx_subjects < 0 THEN
+        RAISE EXCEPTION 'the number of subjects cannot be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO gdpr.breach (detected_at, occurred_from, occurred_to, nature, categories, approx_subjects,
+                             consequences, measures)
+    VALUES (detected_at, occurred_from, occurred_to, nature, COALESCE(categories, '{}'), approx_subjects,
+            consequences, measures)
+    RETURNING breach_id INTO id;
+    PERFORM gdpr.log_event('BREACH_RECORDED', NULL::text, true, jsonb_build_object('breach_id', id));
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION gdpr.notify_breach(breach_id bigint, authority_at timestamptz DEFAULT NULL,
+                                   subjects_at timestamptz DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF authority_at IS NULL AND subjects_at IS NULL THEN
+        RAISE EXCEPTION 'say whom was notified and when' USING ERRCODE = '22023';
+    END IF;
+    UPDATE gdpr.breach b SET authority_notified_at = COALESCE(notify_breach.authority_at, b.authority_notified_at),
+                             subjects_notified_at = COALESCE(notify_breach.subjects_at, b.subjects_notified_at)
+     WHERE b.breach_id = notify_breach.breach_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'breach % does not exist', breach_id USING ERRCODE = '42704';
+    END IF;
+    PERFORM gdpr.log_event('BREACH_NOTIFIED', NULL::text, true,
+        jsonb_strip_nulls(jsonb_build_object('breach_id', breach_id, 'authority_at', authority_at, 'subjects_at', subjects_at)));
+END
+$$;
+
+CREATE VIEW gdpr.breach_deadlines AS
+SELECT b.breach_id, b.detected_at, b.nature,
+       b.detected_at + interval '72 hours' AS authority_deadline,
+       b.authority_notified_at,
+       CASE WHEN b.authority_notified_at IS NOT NULL THEN b.authority_notified_at <= b.detected_at + interval '72 hours'
+            WHEN pg_catalog.now() > b.detected_at + interval '72 hours' THEN false
+       END AS deadline_met,
+       CASE WHEN b.authority_notified_at IS NULL
+            THEN pg_catalog.round(extract(epoch FROM b.detected_at + interval '72 hours' - pg_catalog.now()) / 3600, 1)
+       END AS hours_left,
+       b.subjects_notified_at
+  FROM gdpr.breach b
+ ORDER BY b.detected_at;
+
+-- Whose data was touched in a window, by whom: the subjects to notify (Art. 34).
+CREATE FUNCTION public.gdpr_breach_subjects(from_time timestamptz, to_time timestamptz, by_role text DEFAULT NULL,
+                                            by_actor text DEFAULT NULL)
+    RETURNS TABLE (subject_kind text, subject_id text, events bigint, first_event timestamptz,
+                   last_event timestamptz, tables text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF from_time IS NULL OR to_time IS NULL OR from_time > to_time THEN
+        RAISE EXCEPTION 'give a window: from_time <= to_time' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT a.subject_kind::text, a.subject_id::text, count(*), min(a.event_time), max(a.event_time),
+           array_agg(DISTINCT a.table_name ORDER BY a.table_name) FILTER (WHERE a.table_name IS NOT NULL)
+      FROM gdpr.audit_log a
+     WHERE a.event_time BETWEEN from_time AND to_time
+       AND a.subject_id IS NOT NULL
+       AND (by_role IS NULL OR a.session_role = by_role OR a.effective_role = by_role)
+       AND (by_actor IS NULL OR a.actor = by_actor)
+     GROUP BY a.subject_kind, a.subject_id
+     ORDER BY a.subject_kind, a.subject_id;
+END
+$$;
+
+-- Repeated failed logins from one address within a window (logged with gdpr.log_event).
+CREATE FUNCTION gdpr.suspicious_logins(threshold int DEFAULT 5, within interval DEFAULT '15 minutes')
+    RETURNS TABLE (client_addr inet, failures bigint, first_failure timestamptz, last_failure timestamptz,
+                   subjects text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF threshold IS NULL OR threshold < 1 OR within IS NULL OR within <= interval '0' THEN
+        RAISE EXCEPTION 'threshold must be at least 1 and the window positive' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH f AS (
+        SELECT a.client_addr AS addr, a.event_time, a.subject_id,
+               count(*) OVER (PARTITION BY a.client_addr ORDER BY a.event_time
+                              RANGE BETWEEN within PRECEDING AND CURRENT ROW) AS n
+          FROM gdpr.audit_log a
+         WHERE a.event LIKE '%LOGIN%' AND NOT a.success AND a.client_addr IS NOT NULL
+    )
+    SELECT f.addr, max(f.n), min(f.event_time), max(f.event_time),
+           array_agg(DISTINCT f.subject_id::text) FILTER (WHERE f.subject_id IS NOT NULL)
+      FROM f GROUP BY f.addr HAVING max(f.n) >= threshold
+     ORDER BY 2 DESC, 1;
+END
+$$;
+
+-- Records of processing (Art. 30)
+CREATE FUNCTION gdpr.add_processor(name text, service text, country text, transfer_safeguard text DEFAULT NULL,
+                                   dpa_signed boolean DEFAULT false, recipients_of text[] DEFAULT '{}')
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL OR btrim(name) = '' OR service IS NULL OR country IS NULL THEN
+        RAISE EXCEPTION 'a processor needs a name, a service and a country' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO gdpr.processor (name, service, country, transfer_safeguard, dpa_signed, recipients_of)
+    VALUES (name, service, country, transfer_safeguard, dpa_signed, COALESCE(recipients_of, '{}'))
+    ON CONFLICT ON CONSTRAINT processor_pkey DO UPDATE
+       SET service = EXCLUDED.service, country = EXCLUDED.country,
+           transfer_safeguard = EXCLUDED.transfer_safeguard, dpa_signed = EXCLUDED.dpa_signed,
+           recipients_of = EXCLUDED.recipients_of;
+    PERFORM gdpr.log_event('MAP_PROCESSOR', NULL::text, true,
+        jsonb_build_object('processor', name, 'country', country, 'dpa_signed', dpa_signed));
+END
+$$;
+
+-- Countries of the EU and the EEA: transfers elsewhere need a safeguard (Art. 44-49).
+CREATE FUNCTION gdpr._in_eea(country text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT upper(country) = ANY (ARRAY['AT','BE','BG','HR','CY','CZ','DK','EE','FI','FR','DE','GR','HU','IE',
+        'IT','LV','LT','LU','MT','NL','PL','PT','RO','SK','SI','ES','SE','IS','LI','NO'])
+$$;
+
+CREATE FUNCTION public.gdpr_processing_record(format text DEFAULT 'json') RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    doc jsonb;
+    md  text;
+    a   jsonb;
+    p   jsonb;
+BEGIN
+    IF format IS NULL OR format NOT IN ('json', 'markdown') THEN
+        RAISE EXCEPTION 'unknown format "%"', format USING ERRCODE = '22023', HINT = 'Use json or markdown.';
+    END IF;
+    WITH activity AS (
+        SELECT COALESCE(r.purpose, '(purpose not recorded)') AS purpose,
+               (SELECT q.description FROM gdpr.purpose q WHERE q.name = r.purpose) AS description,
+               COALESCE(r.legal_basis, (SELECT q.legal_basis FROM gdpr.purpose q WHERE q.name = r.purpose)) AS legal_basis,
+               r.kind, gdpr._qualified(r.relid) AS table_name, r.retention, r.recipients,
+               ARRAY(SELECT DISTINCT c.category FROM gdpr.column_class c WHERE c.relid = r.relid ORDER BY 1) AS categories
+          FROM gdpr.registered_table r
+        UNION ALL
+        SELECT q.name, q.description, q.legal_basis, NULL, NULL, NULL, NULL, '{}'
+          FROM gdpr.purpose q
+         WHERE NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.purpose = q.name)
+    ), grouped AS (
+        SELECT purpose, max(description) AS description,
+               array_agg(DISTINCT legal_basis) FILTER (WHERE legal_basis IS NOT NULL) AS legal_bases,
+               array_agg(DISTINCT kind) FILTER (WHERE kind IS NOT NULL) AS subject_kinds,
+               array_agg(DISTINCT table_name) FILTER (WHERE table_name IS NOT NULL) AS tables,
+               array_agg(DISTINCT cat) FILTER (WHERE cat IS NOT NULL) AS categories,
+               array_agg(DISTINCT rec) FILTER (WHERE rec IS NOT NULL) AS recipients,
+               array_agg(DISTINCT retention) FILTER (WHERE retention IS NOT NULL) AS retention
+          FROM activity LEFT JOIN LATERAL unnest(categories) cat ON true
+                        LEFT JOIN LATERAL unnest(recipients) rec ON true
+         GROUP BY purpose
+    )
+    SELECT jsonb_build_object(
+        'controller', current_database(),
+        'generated_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'activities', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                'purpose', g.purpose, 'description', g.description,
+                'legal_bases', COALESCE(to_jsonb(g.legal_bases), '[]'),
+                'categories_of_subjects', COALESCE(to_jsonb(g.subject_kinds), '[]'),
+                'categories_of_data', COALESCE(to_jsonb(g.categories), '[]'),
+                'tables', COALESCE(to_jsonb(g.tables), '[]'),
+                'recipients', COALESCE(to_jsonb(g.recipients), '[]'),
+                'processors', COALESCE((SELECT jsonb_agg(pr.name ORDER BY pr.name) FROM gdpr.processor pr
+                                         WHERE g.purpose = ANY (pr.recipients_of)
+                                            OR pr.name = ANY (COALESCE(g.recipients, '{}'))), '[]'),
+                'retention', COALESCE(to_jsonb(g.retention), '[]')) ORDER BY g.purpose) FROM grouped g), '[]'),
+        'processors', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                'name', pr.name, 'service', pr.service, 'country', pr.country,
+                'transfer', NOT gdpr._in_eea(pr.country),
+                'transfer_safeguard', pr.transfer_safeguard, 'dpa_signed', pr.dpa_signed) ORDER BY pr.name)
+              FROM gdpr.processor pr), '[]'),
+        'security_measures', jsonb_build_array('audit trail of every change to personal data (gdpr.audit_log)',
+                                               'erasure with keyed pseudonyms (gdpr_erase)'))
+      INTO doc;
+    IF format = 'json' THEN
+        RETURN jsonb_pretty(doc);
+    END IF;
+
+    md := format(E'# Record of processing activities (Art. 30 GDPR)\n\nController: %s  \nGenerated: %s\n',
+                 doc->>'controller', doc->>'generated_at');
+    FOR a IN SELECT * FROM jsonb_array_elements(doc->'activities') LOOP
+        md := md || format(E'\n## %s\n\n', a->>'purpose');
+        IF a->>'description' IS NOT NULL THEN
+            md := md || (a->>'description') || E'\n\n';
+        END IF;
+        md := md || format(E'| | |\n|---|---|\n| Legal basis | %s |\n| Categories of data subjects | %s |\n'
+                           '| Categories of personal data | %s |\n| Recipients | %s |\n| Processors | %s |\n'
+                           '| Retention | %s |\n| Tables | %s |\n',
+            COALESCE((SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(a->'legal_bases') x), 'not recorded'),
+            COALESCE((SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(a->'categories_of_subjects') x), '-'),
+            COALESCE((SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(a->'categories_of_data') x), '-'),
+            COALESCE((SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(a->'recipients') x), '-'),
+            COALESCE((SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(a->'processors') x), '-'),
+            COALESCE((SELECT string_agg(x, '; ') FROM jsonb_array_elements_text(a->'retention') x), 'not recorded'),
+            COALESCE((SELECT string_agg('`' || x || '`', ', ') FROM jsonb_array_elements_text(a->'tables') x), '-'));
+    END LOOP;
+    md := md || E'\n## Processors and transfers\n\n| Processor | Service | Country | Transfer outside the EEA | Safeguard | DPA signed |\n|---|---|---|---|---|---|\n';
+    FOR p IN SELECT * FROM jsonb_array_elements(doc->'processors') LOOP
+        md := md || format(E'| %s | %s | %s | %s | %s | %s |\n', p->>'name', p->>'service', p->>'country',
+                           CASE WHEN (p->>'transfer')::boolean THEN 'yes' ELSE 'no' END,
+                           COALESCE(p->>'transfer_safeguard', '-'),
+                           CASE WHEN (p->>'dpa_signed')::boolean THEN 'yes' ELSE 'no' END);
+    END LOOP;
+    RETURN md;
+END
+$$;
+
+-- The same for keys of type bigint and uuid.
+CREATE FUNCTION public.gdpr_grant_consent(subject bigint, purpose text, version text, detail jsonb DEFAULT NULL,
+                                          kind text DEFAULT NULL) RETURNS bigint
+    LANGUAGE sql AS $$ SELECT public.gdpr_grant_consent(subject::text, purpose, version, detail, kind) $$;
+CREATE FUNCTION public.gdpr_withdraw_consent(subject bigint, purpose text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_withdraw_consent(subject::text, purpose, kind) $$;
+CREATE FUNCTION public.gdpr_object(subject bigint, purpose text, detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
+    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_object(subject::text, purpose, detail, kind) $$;
+CREATE FUNCTION public.gdpr_accept_policy(subject bigint, version text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_accept_policy(subject::text, version, kind) $$;
+CREATE FUNCTION public.gdpr_policy_status(subject bigint, kind text DEFAULT NULL) RETURNS jsonb
+    LANGUAGE sql STABLE AS $$ SELECT public.gdpr_policy_status(subject::text, kind) $$;
+CREATE FUNCTION gdpr.open_request(subject bigint, "right" text, received_at timestamptz DEFAULT now(),
+                                  detail jsonb DEFAULT NULL, kind text DEFAULT NULL) RETURNS bigint
+    LANGUAGE sql AS $$ SELECT gdpr.open_request(subject::text, "right", received_at, detail, kind) $$;
+CREATE FUNCTION public.gdpr_grant_consent(subject uuid, purpose text, version text, detail jsonb DEFAULT NULL,
+                                          kind text DEFAULT NULL) RETURNS bigint
+    LANGUAGE sql AS $$ SELECT public.gdpr_grant_consent(subject::text, purpose, version, detail, kind) $$;
+CREATE FUNCTION public.gdpr_withdraw_consent(subject uuid, purpose text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_withdraw_consent(subject::text, purpose, kind) $$;
+CREATE FUNCTION public.gdpr_object(subject uuid, purpose text, detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
+    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_object(subject::text, purpose, detail, kind) $$;
+CREATE FUNCTION public.gdpr_accept_policy(subject uuid, version text, kind text DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS $$ SELECT public.gdpr_accept_policy(subject::text, version, kind) $$;
+CREATE FUNCTION public.gdpr_policy_status(subject uuid, kind text DEFAULT NULL) RETURNS jsonb
+    LANGUAGE sql STABLE AS $$ SELECT public.gdpr_policy_status(subject::text, kind) $$;
+CREATE FUNCTION gdpr.open_request(subject uuid, "right" text, received_at timestamptz DEFAULT now(),
+                                  detail jsonb DEFAULT NULL, kind text DEFAULT NULL) RETURNS bigint
+    LANGUAGE sql AS $$ SELECT gdpr.open_request(subject::text, "right", received_at, detail, kind) $$;
+
+------------------------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------------------------
 
@@ -1407,15 +2200,29 @@ GRANT INSERT, UPDATE, DELETE ON gdpr.subject_kind, gdpr.registered_table, gdpr.s
 GRANT SELECT ON gdpr.audit_log TO gdpr_auditor;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA gdpr FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean), public.gdpr_export(bigint, text, boolean),
-                           public.gdpr_export(uuid, text, boolean),
+REVOKE EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),
+                           public.gdpr_export(uuid, text, boolean, bigint),
                            public.gdpr_export_rows(text, text, boolean),
                            public.gdpr_export_rows(bigint, text, boolean),
                            public.gdpr_export_rows(uuid, text, boolean)
     FROM PUBLIC;
 -- Exports reveal everything about a person and their history: gdpr_admin decides who runs them.
-REVOKE EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text), public.gdpr_erase(bigint, boolean, text),
-                           public.gdpr_erase(uuid, boolean, text), public.gdpr_can_erase(text, text),
+REVOKE EXECUTE ON FUNCTION public.gdpr_grant_consent(text, text, text, jsonb, text),
+                           public.gdpr_grant_consent(bigint, text, text, jsonb, text),
+                           public.gdpr_grant_consent(uuid, text, text, jsonb, text),
+                           public.gdpr_withdraw_consent(text, text, text),
+                           public.gdpr_withdraw_consent(bigint, text, text),
+                           public.gdpr_withdraw_consent(uuid, text, text),
+                           public.gdpr_object(text, text, jsonb, text), public.gdpr_object(bigint, text, jsonb, text),
+                           public.gdpr_object(uuid, text, jsonb, text),
+                           public.gdpr_accept_policy(text, text, text), public.gdpr_accept_policy(bigint, text, text),
+                           public.gdpr_accept_policy(uuid, text, text),
+                           public.gdpr_policy_status(text, text), public.gdpr_policy_status(bigint, text),
+                           public.gdpr_policy_status(uuid, text),
+                           public.gdpr_breach_subjects(timestamptz, timestamptz, text, text)
+    FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public.gdpr_erase(bigint, boolean, text, bigint),
+                           public.gdpr_erase(uuid, boolean, text, bigint), public.gdpr_can_erase(text, text),
                            public.gdpr_can_erase(bigint, text), public.gdpr_can_erase(uuid, text),
                            public.gdpr_restrict(text, text, text), public.gdpr_unrestrict(text, text),
                            public.gdpr_request_erasure(text, interval, text),
@@ -1428,12 +2235,23 @@ REVOKE EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text), public.gdpr_e
                            public.gdpr_cancel_erasure(uuid, text)
     FROM PUBLIC;
 REVOKE ALL ON gdpr.secret FROM PUBLIC;
+-- Everyone may see which consents are active (as gdpr_has_consent tells), not from where or with
+-- which detail.
+GRANT SELECT (kind, subject_id, purpose, withdrawn_at) ON gdpr.consent TO PUBLIC;
+GRANT SELECT ON gdpr.active_consent TO gdpr_admin, gdpr_auditor;
+GRANT SELECT ON gdpr.consent, gdpr.objection, gdpr.policy_acceptance, gdpr.request, gdpr.breach,
+                gdpr.open_requests, gdpr.breach_deadlines TO gdpr_admin, gdpr_auditor;
+GRANT SELECT ON gdpr.purpose, gdpr.privacy_policy, gdpr.processor, gdpr.consent_requirement TO PUBLIC;
+GRANT EXECUTE ON FUNCTION public.gdpr_has_consent(text, text, text), public.gdpr_has_consent(bigint, text, text),
+                          public.gdpr_has_consent(uuid, text, text), public.gdpr_processing_record(text),
+                          gdpr._in_eea(text), gdpr.consent_check()
+    TO PUBLIC;
 GRANT SELECT ON gdpr.legal_hold TO PUBLIC;
 GRANT INSERT, DELETE ON gdpr.legal_hold TO gdpr_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON gdpr.restriction, gdpr.erasure_request TO gdpr_admin;
 GRANT SELECT ON gdpr.erasure TO gdpr_admin, gdpr_auditor;
-GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text), public.gdpr_erase(bigint, boolean, text),
-                          public.gdpr_erase(uuid, boolean, text), public.gdpr_can_erase(text, text),
+GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public.gdpr_erase(bigint, boolean, text, bigint),
+                          public.gdpr_erase(uuid, boolean, text, bigint), public.gdpr_can_erase(text, text),
                           public.gdpr_can_erase(bigint, text), public.gdpr_can_erase(uuid, text),
                           public.gdpr_restrict(text, text, text), public.gdpr_unrestrict(text, text),
                           public.gdpr_request_erasure(text, interval, text),
@@ -1446,10 +2264,37 @@ GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text), public.gdpr_er
                           public.gdpr_cancel_erasure(uuid, text),
                           gdpr.run_due_erasures(), gdpr.add_legal_hold(pg_catalog.regclass, text, text),
                           gdpr.drop_legal_hold(int), gdpr._check_condition(pg_catalog.regclass, text),
-                          gdpr._pseudonym(text), gdpr._subject_key(text, text, boolean)
+                          gdpr._pseudonym(text), gdpr._subject_key(text, text, boolean),
+                          gdpr.add_purpose(text, text, text), gdpr._purpose(text), gdpr._actor(),
+                          gdpr._check_legal_basis(text),
+                          public.gdpr_grant_consent(text, text, text, jsonb, text),
+                          public.gdpr_grant_consent(bigint, text, text, jsonb, text),
+                          public.gdpr_grant_consent(uuid, text, text, jsonb, text),
+                          public.gdpr_withdraw_consent(text, text, text),
+                          public.gdpr_withdraw_consent(bigint, text, text),
+                          public.gdpr_withdraw_consent(uuid, text, text),
+                          public.gdpr_object(text, text, jsonb, text), public.gdpr_object(bigint, text, jsonb, text),
+                          public.gdpr_object(uuid, text, jsonb, text),
+                          gdpr.require_consent(pg_catalog.regclass, name, text, text),
+                          gdpr.add_policy_version(text, timestamptz, text, text),
+                          public.gdpr_accept_policy(text, text, text), public.gdpr_accept_policy(bigint, text, text),
+                          public.gdpr_accept_policy(uuid, text, text),
+                          public.gdpr_policy_status(text, text), public.gdpr_policy_status(bigint, text),
+                          public.gdpr_policy_status(uuid, text),
+                          gdpr.open_request(text, text, timestamptz, jsonb, text),
+                          gdpr.open_request(bigint, text, timestamptz, jsonb, text),
+                          gdpr.open_request(uuid, text, timestamptz, jsonb, text),
+                          gdpr._open_request(bigint), gdpr.verify_request(bigint, text, text),
+                          gdpr.extend_request(bigint, text, interval), gdpr.close_request(bigint, text, text),
+                          gdpr._complete_request(bigint, text, text, text[], text),
+                          gdpr.record_breach(timestamptz, text, timestamptz, timestamptz, text[], int, text, text),
+                          gdpr.notify_breach(bigint, timestamptz, timestamptz),
+                          public.gdpr_breach_subjects(timestamptz, timestamptz, text, text),
+                          gdpr.suspicious_logins(int, interval),
+                          gdpr.add_processor(text, text, text, text, boolean, text[])
     TO gdpr_admin;
-GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean), public.gdpr_export(bigint, text, boolean),
-                          public.gdpr_export(uuid, text, boolean),
+GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),
+                          public.gdpr_export(uuid, text, boolean, bigint),
                           public.gdpr_export_rows(text, text, boolean),
                           public.gdpr_export_rows(bigint, text, boolean),
                           public.gdpr_export_rows(uuid, text, boolean),

@@ -106,7 +106,8 @@ typedef struct Held
 } Held;
 
 /*
- * gdpr_erase(subject, dry_run boolean DEFAULT false, kind text DEFAULT NULL)
+ * gdpr_erase(subject, dry_run boolean DEFAULT false, kind text DEFAULT NULL,
+ *			  request_id bigint DEFAULT NULL)
  */
 Datum
 gdpr_erase(PG_FUNCTION_ARGS)
@@ -224,6 +225,8 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		if (!PG_ARGISNULL(3))
+			gdpr_complete_request(PG_GETARG_INT64(3), subject, "erasure", "erased");
 		finish_bookkeeping(subject, pseudonym, keep_subject_row, report);
 		gdpr_audit_event("ERASE", true, subject->kind, pseudonym, NULL, report);
 	}
@@ -975,8 +978,8 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
 }
 
 /*
- * The erasure is remembered by pseudonym; requests and restrictions about the
- * subject lose the key; a kept subject row is marked so that nothing new is
+ * The erasure is remembered by pseudonym; requests, consents, objections,
+ * accepted policies and restrictions about the subject lose the key; a kept subject row is marked so that nothing new is
  * written for it.
  */
 static void
@@ -998,7 +1001,17 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  " WHERE kind = $1 AND subject_id = $2",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
 		SPI_execute_with_args("DELETE FROM gdpr.restriction WHERE kind = $1 AND subject_id = $2",
-							  4, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_with_args("UPDATE gdpr.consent SET subject_id = $3 WHERE kind = $1 AND subject_id = $2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_execute_with_args("UPDATE gdpr.objection SET subject_id = $3, detail = NULL "
+							  " WHERE kind = $1 AND subject_id = $2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_execute_with_args("UPDATE gdpr.policy_acceptance SET subject_id = $3 WHERE kind = $1 AND subject_id = $2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_execute_with_args("UPDATE gdpr.request SET subject_id = $3, detail = NULL "
+							  " WHERE kind = $1 AND subject_id = $2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "erasure bookkeeping failed");
 	if (keep_subject_row &&
 		SPI_execute_with_args("INSERT INTO gdpr.restriction (kind, subject_id, source, reason) "

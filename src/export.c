@@ -86,7 +86,8 @@ static void record_export(const GdprSubject *subject, bool portable, bool stream
 static void log_failure(const char *kind, const char *key);
 
 /*
- * gdpr_export(subject, kind text DEFAULT NULL, portable boolean DEFAULT false)
+ * gdpr_export(subject, kind text DEFAULT NULL, portable boolean DEFAULT false,
+ *			   request_id bigint DEFAULT NULL)
  */
 Datum
 gdpr_export(PG_FUNCTION_ARGS)
@@ -187,10 +188,36 @@ gdpr_export(PG_FUNCTION_ARGS)
 			" WHERE subject_kind = $2 "
 			"   AND (subject_id = $3 OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3])",
 			subject, true));
+		/* what the subject agreed to, objected to, accepted and asked for */
+		push_key(&state, "consents");
+		push_jsonb(&state, query_jsonb(
+			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+			"    'purpose', purpose, 'version', version, 'granted_at', granted_at, "
+			"    'withdrawn_at', withdrawn_at)) ORDER BY consent_id), '[]') "
+			"  FROM gdpr.consent WHERE kind = $2 AND subject_id = $3", subject, true));
+		push_key(&state, "objections");
+		push_jsonb(&state, query_jsonb(
+			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+			"    'purpose', purpose, 'objected_at', objected_at) ORDER BY objection_id), '[]') "
+			"  FROM gdpr.objection WHERE kind = $2 AND subject_id = $3", subject, true));
+		push_key(&state, "privacy_policies_accepted");
+		push_jsonb(&state, query_jsonb(
+			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+			"    'version', version, 'accepted_at', accepted_at) ORDER BY accepted_at, version), '[]') "
+			"  FROM gdpr.policy_acceptance WHERE kind = $2 AND subject_id = $3", subject, true));
+		push_key(&state, "requests");
+		push_jsonb(&state, query_jsonb(
+			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+			"    'request_id', request_id, 'right', \"right\", 'received_at', received_at, 'due_at', due_at, "
+			"    'status', status, 'outcome', outcome)) ORDER BY request_id), '[]') "
+			"  FROM gdpr.request WHERE kind = $2 AND subject_id = $3", subject, true));
 	}
 	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 
 	record_export(subject, portable, false, tables, counts, total);
+	if (!PG_ARGISNULL(3))
+		gdpr_complete_request(PG_GETARG_INT64(3), subject, "access,portability",
+						 psprintf("exported " INT64_FORMAT " rows", total));
 
 	MemoryContextSwitchTo(callercxt);
 	doc = JsonbValueToJsonb(result);
@@ -632,6 +659,25 @@ record_export(const GdprSubject *subject, bool portable, bool streamed, List *ta
 
 	gdpr_audit_event("EXPORT", true, subject->kind, subject->key_text, NULL,
 					 JsonbValueToJsonb(detail));
+}
+
+/*
+ * Closes the data subject request the caller named as completed: it must be
+ * open and verified, about this subject, and for one of the rights given
+ * (comma-separated).
+ */
+void
+gdpr_complete_request(int64 request_id, const GdprSubject *subject, const char *rights,
+				 const char *outcome)
+{
+	Oid			argtypes[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[5] = {Int64GetDatum(request_id), CStringGetTextDatum(subject->kind),
+		CStringGetTextDatum(subject->key_text), CStringGetTextDatum(rights),
+	CStringGetTextDatum(outcome)};
+
+	if (SPI_execute_with_args("SELECT gdpr._complete_request($1, $2, $3, pg_catalog.string_to_array($4, ','), $5)",
+							  5, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
 }
 
 /* The transaction of a failed export rolls back its event: leave a line in the server log */

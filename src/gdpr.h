@@ -32,6 +32,7 @@
 #define ERRCODE_GDPR_RESTRICTED			MAKE_SQLSTATE('G','D','3','0','1')
 #define ERRCODE_GDPR_ERASED				MAKE_SQLSTATE('G','D','3','0','2')
 #define ERRCODE_GDPR_ERASE_IMPOSSIBLE	MAKE_SQLSTATE('G','D','3','0','3')
+#define ERRCODE_GDPR_CONSENT_REQUIRED	MAKE_SQLSTATE('G','D','3','0','4')
 
 /* Event classes, for gdpr.audit_events */
 #define GDPR_EV_INSERT		0x0001
@@ -158,6 +159,8 @@ extern bool gdpr_erasing;
 
 /* export.c */
 extern void gdpr_export_invalidate(Oid relid);
+extern void gdpr_complete_request(int64 request_id, const GdprSubject *subject, const char *rights,
+								  const char *outcome);	/* SPI */
 
 /* reads.c */
 extern void gdpr_install_read_hook(void);
