@@ -1350,23 +1350,24 @@ BEGIN
 END
 $$;
 
--- The same for keys of type bigint and uuid.
-CREATE FUNCTION public.gdpr_restrict(subject bigint, reason text, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_restrict(subject::text, reason, kind) $$;
-CREATE FUNCTION public.gdpr_unrestrict(subject bigint, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_unrestrict(subject::text, kind) $$;
-CREATE FUNCTION public.gdpr_request_erasure(subject bigint, grace interval DEFAULT '30 days', kind text DEFAULT NULL)
-    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_request_erasure(subject::text, grace, kind) $$;
-CREATE FUNCTION public.gdpr_cancel_erasure(subject bigint, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_cancel_erasure(subject::text, kind) $$;
-CREATE FUNCTION public.gdpr_restrict(subject uuid, reason text, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_restrict(subject::text, reason, kind) $$;
-CREATE FUNCTION public.gdpr_unrestrict(subject uuid, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_unrestrict(subject::text, kind) $$;
-CREATE FUNCTION public.gdpr_request_erasure(subject uuid, grace interval DEFAULT '30 days', kind text DEFAULT NULL)
-    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_request_erasure(subject::text, grace, kind) $$;
-CREATE FUNCTION public.gdpr_cancel_erasure(subject uuid, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_cancel_erasure(subject::text, kind) $$;
+-- The same for keys of type bigint and uuid: each passes its key on as text.
+DO $wrappers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['bigint', 'uuid'] LOOP
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_restrict(subject %s, reason text, kind text DEFAULT NULL)
+            RETURNS void LANGUAGE sql AS 'SELECT public.gdpr_restrict(subject::text, reason, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_unrestrict(subject %s, kind text DEFAULT NULL)
+            RETURNS void LANGUAGE sql AS 'SELECT public.gdpr_unrestrict(subject::text, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_request_erasure(subject %s, grace interval DEFAULT '30 days',
+                                                                     kind text DEFAULT NULL)
+            RETURNS bigint LANGUAGE sql AS 'SELECT public.gdpr_request_erasure(subject::text, grace, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_cancel_erasure(subject %s, kind text DEFAULT NULL)
+            RETURNS void LANGUAGE sql AS 'SELECT public.gdpr_cancel_erasure(subject::text, kind)'$f$, t);
+    END LOOP;
+END
+$wrappers$;
 
 -- Carries out the erasure requests whose grace period is over, each in its own subtransaction:
 -- one that fails (a legal hold, say) is recorded as failed and the others go on.
@@ -2154,35 +2155,33 @@ BEGIN
 END
 $$;
 
--- The same for keys of type bigint and uuid.
-CREATE FUNCTION public.gdpr_grant_consent(subject bigint, purpose text, version text, detail jsonb DEFAULT NULL,
-                                          kind text DEFAULT NULL) RETURNS bigint
-    LANGUAGE sql AS $$ SELECT public.gdpr_grant_consent(subject::text, purpose, version, detail, kind) $$;
-CREATE FUNCTION public.gdpr_withdraw_consent(subject bigint, purpose text, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_withdraw_consent(subject::text, purpose, kind) $$;
-CREATE FUNCTION public.gdpr_object(subject bigint, purpose text, detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
-    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_object(subject::text, purpose, detail, kind) $$;
-CREATE FUNCTION public.gdpr_accept_policy(subject bigint, version text, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_accept_policy(subject::text, version, kind) $$;
-CREATE FUNCTION public.gdpr_policy_status(subject bigint, kind text DEFAULT NULL) RETURNS jsonb
-    LANGUAGE sql STABLE AS $$ SELECT public.gdpr_policy_status(subject::text, kind) $$;
-CREATE FUNCTION gdpr.open_request(subject bigint, "right" text, received_at timestamptz DEFAULT now(),
-                                  detail jsonb DEFAULT NULL, kind text DEFAULT NULL) RETURNS bigint
-    LANGUAGE sql AS $$ SELECT gdpr.open_request(subject::text, "right", received_at, detail, kind) $$;
-CREATE FUNCTION public.gdpr_grant_consent(subject uuid, purpose text, version text, detail jsonb DEFAULT NULL,
-                                          kind text DEFAULT NULL) RETURNS bigint
-    LANGUAGE sql AS $$ SELECT public.gdpr_grant_consent(subject::text, purpose, version, detail, kind) $$;
-CREATE FUNCTION public.gdpr_withdraw_consent(subject uuid, purpose text, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_withdraw_consent(subject::text, purpose, kind) $$;
-CREATE FUNCTION public.gdpr_object(subject uuid, purpose text, detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
-    RETURNS bigint LANGUAGE sql AS $$ SELECT public.gdpr_object(subject::text, purpose, detail, kind) $$;
-CREATE FUNCTION public.gdpr_accept_policy(subject uuid, version text, kind text DEFAULT NULL) RETURNS void
-    LANGUAGE sql AS $$ SELECT public.gdpr_accept_policy(subject::text, version, kind) $$;
-CREATE FUNCTION public.gdpr_policy_status(subject uuid, kind text DEFAULT NULL) RETURNS jsonb
-    LANGUAGE sql STABLE AS $$ SELECT public.gdpr_policy_status(subject::text, kind) $$;
-CREATE FUNCTION gdpr.open_request(subject uuid, "right" text, received_at timestamptz DEFAULT now(),
-                                  detail jsonb DEFAULT NULL, kind text DEFAULT NULL) RETURNS bigint
-    LANGUAGE sql AS $$ SELECT gdpr.open_request(subject::text, "right", received_at, detail, kind) $$;
+-- The same for keys of type bigint and uuid: each passes its key on as text.
+DO $wrappers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['bigint', 'uuid'] LOOP
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_grant_consent(subject %s, purpose text, version text,
+                                                                   detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
+            RETURNS bigint LANGUAGE sql
+            AS 'SELECT public.gdpr_grant_consent(subject::text, purpose, version, detail, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_withdraw_consent(subject %s, purpose text, kind text DEFAULT NULL)
+            RETURNS void LANGUAGE sql AS 'SELECT public.gdpr_withdraw_consent(subject::text, purpose, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_object(subject %s, purpose text, detail jsonb DEFAULT NULL,
+                                                            kind text DEFAULT NULL)
+            RETURNS bigint LANGUAGE sql AS 'SELECT public.gdpr_object(subject::text, purpose, detail, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_accept_policy(subject %s, version text, kind text DEFAULT NULL)
+            RETURNS void LANGUAGE sql AS 'SELECT public.gdpr_accept_policy(subject::text, version, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION public.gdpr_policy_status(subject %s, kind text DEFAULT NULL)
+            RETURNS jsonb LANGUAGE sql STABLE AS 'SELECT public.gdpr_policy_status(subject::text, kind)'$f$, t);
+        EXECUTE format($f$CREATE FUNCTION gdpr.open_request(subject %s, "right" text,
+                                                           received_at timestamptz DEFAULT now(),
+                                                           detail jsonb DEFAULT NULL, kind text DEFAULT NULL)
+            RETURNS bigint LANGUAGE sql
+            AS 'SELECT gdpr.open_request(subject::text, "right", received_at, detail, kind)'$f$, t);
+    END LOOP;
+END
+$wrappers$;
 
 ------------------------------------------------------------------------------------------------
 -- Privileges

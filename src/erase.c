@@ -81,6 +81,7 @@ static List *holds(const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
+static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
 static char *owned_rows(const EraseTable *t, const char *join_keyword);
@@ -94,8 +95,6 @@ static int64 exec_count(const char *sql, const GdprSubject *subject, bool read_o
 static char *anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject,
 						   List *only_columns);
 static const char *strategy_of(const GdprTableMap *map, const char *column);
-static void push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s);
-static void push_binary(JsonbParseState **state, Jsonb *value);
 
 /* A legal hold that applies to the subject */
 typedef struct Held
@@ -146,10 +145,10 @@ gdpr_erase(PG_FUNCTION_ARGS)
 					 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
 					 errhint("Check the key: there is nothing to erase.")));
 		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-		push_string(&state, WJB_KEY, "status");
-		push_string(&state, WJB_VALUE, "already_erased");
-		push_string(&state, WJB_KEY, "erasure");
-		push_binary(&state, record);
+		gdpr_push_key(&state, "status");
+		gdpr_push_string(&state, "already_erased");
+		gdpr_push_key(&state, "erasure");
+		gdpr_push_jsonb(&state, record);
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 		MemoryContextSwitchTo(callercxt);
 		result = JsonbValueToJsonb(v);
@@ -199,18 +198,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(spicxt);
 	}
-	gdpr_erasing = true;
-	PG_TRY();
-	{
-		foreach(lc, tables)
-			execute_table(lfirst(lc), subject);
-		scrubbed = scrub_audit(subject, pseudonym, tables);
-	}
-	PG_FINALLY();
-	{
-		gdpr_erasing = false;
-	}
-	PG_END_TRY();
+	scrubbed = execute_erasure(tables, subject, pseudonym);
 
 	if (dry_run)
 	{
@@ -268,12 +256,12 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	holdsj = holds_jsonb(held);
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	push_string(&state, WJB_KEY, "can_erase");
+	gdpr_push_key(&state, "can_erase");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = !erased && held == NIL});
-	push_string(&state, WJB_KEY, "already_erased");
+	gdpr_push_key(&state, "already_erased");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = erased});
-	push_string(&state, WJB_KEY, "holds");
-	push_binary(&state, holdsj);
+	gdpr_push_key(&state, "holds");
+	gdpr_push_jsonb(&state, holdsj);
 	v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	result = JsonbValueToJsonb(v);
 
@@ -329,6 +317,32 @@ gdpr_check_condition(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Changes the subject's rows, table by table in the planned order, and then
+ * the audit trail.  Returns the number of audit events scrubbed.
+ * Restrictions do not apply meanwhile: erasure is what they wait for.
+ */
+static int64
+execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym)
+{
+	int64		scrubbed = 0;
+	ListCell   *lc;
+
+	gdpr_erasing = true;
+	PG_TRY();
+	{
+		foreach(lc, tables)
+			execute_table(lfirst(lc), subject);
+		scrubbed = scrub_audit(subject, pseudonym, tables);
+	}
+	PG_FINALLY();
+	{
+		gdpr_erasing = false;
+	}
+	PG_END_TRY();
+	return scrubbed;
+}
+
+/*
  * Parses a hold condition on its own (sql NULL) or plans and runs, read-only,
  * the query that embeds it.  Either error is reported as a bad condition:
  * the input functions and the parser leave nothing to clean up before the
@@ -338,7 +352,7 @@ static List *
 parse_condition(const char *condition, const char *sql)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	List	   *raw = NIL;
+	List	   *volatile raw = NIL;
 
 	PG_TRY();
 	{
@@ -1021,28 +1035,6 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
-}
-
-static void
-push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s)
-{
-	JsonbValue	v;
-
-	v.type = jbvString;
-	v.val.string.val = (char *) s;
-	v.val.string.len = strlen(s);
-	pushJsonbValue(state, token, &v);
-}
-
-static void
-push_binary(JsonbParseState **state, Jsonb *value)
-{
-	JsonbValue	v;
-
-	v.type = jbvBinary;
-	v.val.binary.data = &value->root;
-	v.val.binary.len = VARSIZE(value) - VARHDRSZ;
-	pushJsonbValue(state, WJB_VALUE, &v);
 }
 
 /* Runs a query whose one column is a count, with the subject key as $1 */

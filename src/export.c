@@ -75,9 +75,6 @@ static SPIPlanPtr prepare_kept(const char *sql, Oid key_type);
 static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
 static List *export_tables(const GdprSubject *subject, bool portable);
 static char *rows_sql(Oid relid, bool aggregate);
-static void push_key(JsonbParseState **state, const char *key);
-static void push_jsonb(JsonbParseState **state, Jsonb *value);
-static void push_text(JsonbParseState **state, const char *value);
 static void push_int(JsonbParseState **state, int64 value);
 static Jsonb *query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner);
 static Jsonb *subject_key_jsonb(const GdprSubject *subject);
@@ -121,23 +118,23 @@ gdpr_export(PG_FUNCTION_ARGS)
 	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	push_key(&state, "format");
-	push_text(&state, GDPR_EXPORT_FORMAT);
-	push_key(&state, "generated_at");
-	push_jsonb(&state, query_jsonb("SELECT pg_catalog.to_jsonb(pg_catalog.to_char("
+	gdpr_push_key(&state, "format");
+	gdpr_push_string(&state, GDPR_EXPORT_FORMAT);
+	gdpr_push_key(&state, "generated_at");
+	gdpr_push_jsonb(&state, query_jsonb("SELECT pg_catalog.to_jsonb(pg_catalog.to_char("
 								   "pg_catalog.statement_timestamp() AT TIME ZONE 'UTC', "
 								   "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))", subject, false));
-	push_key(&state, "subject");
+	gdpr_push_key(&state, "subject");
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	push_key(&state, "kind");
-	push_text(&state, subject->kind);
-	push_key(&state, "key");
-	push_jsonb(&state, subject_key_jsonb(subject));
+	gdpr_push_key(&state, "kind");
+	gdpr_push_string(&state, subject->kind);
+	gdpr_push_key(&state, "key");
+	gdpr_push_jsonb(&state, subject_key_jsonb(subject));
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	push_key(&state, "portable");
+	gdpr_push_key(&state, "portable");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = portable});
 
-	push_key(&state, "data");
+	gdpr_push_key(&state, "data");
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	foreach(lc, tables)
 	{
@@ -146,27 +143,27 @@ gdpr_export(PG_FUNCTION_ARGS)
 
 		counts[foreach_current_index(lc)] = JsonContainerSize(&rows->root);
 		total += counts[foreach_current_index(lc)];
-		push_key(&state, t->name);
-		push_jsonb(&state, rows);
+		gdpr_push_key(&state, t->name);
+		gdpr_push_jsonb(&state, rows);
 	}
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 
-	push_key(&state, "counts");
+	gdpr_push_key(&state, "counts");
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	foreach(lc, tables)
 	{
-		push_key(&state, ((ExportTable *) lfirst(lc))->name);
+		gdpr_push_key(&state, ((ExportTable *) lfirst(lc))->name);
 		push_int(&state, counts[foreach_current_index(lc)]);
 	}
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	push_key(&state, "total_rows");
+	gdpr_push_key(&state, "total_rows");
 	push_int(&state, total);
 
 	if (!portable)
 	{
 		/* Art. 15(1): what the data is for, on which basis, for how long, for whom */
-		push_key(&state, "processing");
-		push_jsonb(&state, query_jsonb(
+		gdpr_push_key(&state, "processing");
+		gdpr_push_jsonb(&state, query_jsonb(
 			"SELECT COALESCE(pg_catalog.jsonb_object_agg(gdpr._qualified(r.relid), "
 			"  pg_catalog.jsonb_build_object("
 			"    'categories', COALESCE((SELECT pg_catalog.jsonb_agg(DISTINCT c.category) "
@@ -177,8 +174,8 @@ gdpr_export(PG_FUNCTION_ARGS)
 			"  FROM gdpr.registered_table r WHERE r.kind = $2",
 			subject, false));
 		/* the subject's history: when, what, by whom; never the values */
-		push_key(&state, "audit");
-		push_jsonb(&state, query_jsonb(
+		gdpr_push_key(&state, "audit");
+		gdpr_push_jsonb(&state, query_jsonb(
 			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
 			"    'time', pg_catalog.to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
 			"    'event', event, 'success', success, 'table', table_name, "
@@ -189,24 +186,24 @@ gdpr_export(PG_FUNCTION_ARGS)
 			"   AND (subject_id = $3 OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3])",
 			subject, true));
 		/* what the subject agreed to, objected to, accepted and asked for */
-		push_key(&state, "consents");
-		push_jsonb(&state, query_jsonb(
+		gdpr_push_key(&state, "consents");
+		gdpr_push_jsonb(&state, query_jsonb(
 			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
 			"    'purpose', purpose, 'version', version, 'granted_at', granted_at, "
 			"    'withdrawn_at', withdrawn_at)) ORDER BY consent_id), '[]') "
 			"  FROM gdpr.consent WHERE kind = $2 AND subject_id = $3", subject, true));
-		push_key(&state, "objections");
-		push_jsonb(&state, query_jsonb(
+		gdpr_push_key(&state, "objections");
+		gdpr_push_jsonb(&state, query_jsonb(
 			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
 			"    'purpose', purpose, 'objected_at', objected_at) ORDER BY objection_id), '[]') "
 			"  FROM gdpr.objection WHERE kind = $2 AND subject_id = $3", subject, true));
-		push_key(&state, "privacy_policies_accepted");
-		push_jsonb(&state, query_jsonb(
+		gdpr_push_key(&state, "privacy_policies_accepted");
+		gdpr_push_jsonb(&state, query_jsonb(
 			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
 			"    'version', version, 'accepted_at', accepted_at) ORDER BY accepted_at, version), '[]') "
 			"  FROM gdpr.policy_acceptance WHERE kind = $2 AND subject_id = $3", subject, true));
-		push_key(&state, "requests");
-		push_jsonb(&state, query_jsonb(
+		gdpr_push_key(&state, "requests");
+		gdpr_push_jsonb(&state, query_jsonb(
 			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
 			"    'request_id', request_id, 'right', \"right\", 'received_at', received_at, 'due_at', due_at, "
 			"    'status', status, 'outcome', outcome)) ORDER BY request_id), '[]') "
@@ -579,8 +576,9 @@ subject_key_jsonb(const GdprSubject *subject)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-static void
-push_key(JsonbParseState **state, const char *key)
+/* Helpers that build jsonb documents, for export and erasure reports */
+void
+gdpr_push_key(JsonbParseState **state, const char *key)
 {
 	JsonbValue	v;
 
@@ -590,8 +588,8 @@ push_key(JsonbParseState **state, const char *key)
 	pushJsonbValue(state, WJB_KEY, &v);
 }
 
-static void
-push_text(JsonbParseState **state, const char *value)
+void
+gdpr_push_string(JsonbParseState **state, const char *value)
 {
 	JsonbValue	v;
 
@@ -612,8 +610,8 @@ push_int(JsonbParseState **state, int64 value)
 }
 
 /* A whole jsonb value as the value of the current key; scalars are unwrapped */
-static void
-push_jsonb(JsonbParseState **state, Jsonb *value)
+void
+gdpr_push_jsonb(JsonbParseState **state, Jsonb *value)
 {
 	JsonbValue	v;
 
@@ -641,17 +639,17 @@ record_export(const GdprSubject *subject, bool portable, bool streamed, List *ta
 	ListCell   *lc;
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	push_key(&state, "portable");
+	gdpr_push_key(&state, "portable");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = portable});
-	push_key(&state, "streamed");
+	gdpr_push_key(&state, "streamed");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = streamed});
-	push_key(&state, "total_rows");
+	gdpr_push_key(&state, "total_rows");
 	push_int(&state, total);
-	push_key(&state, "counts");
+	gdpr_push_key(&state, "counts");
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	foreach(lc, tables)
 	{
-		push_key(&state, ((ExportTable *) lfirst(lc))->name);
+		gdpr_push_key(&state, ((ExportTable *) lfirst(lc))->name);
 		push_int(&state, counts[foreach_current_index(lc)]);
 	}
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);

@@ -159,6 +159,9 @@ extern bool gdpr_erasing;
 
 /* export.c */
 extern void gdpr_export_invalidate(Oid relid);
+extern void gdpr_push_key(JsonbParseState **state, const char *key);
+extern void gdpr_push_string(JsonbParseState **state, const char *value);
+extern void gdpr_push_jsonb(JsonbParseState **state, Jsonb *value);
 extern void gdpr_complete_request(int64 request_id, const GdprSubject *subject, const char *rights,
 								  const char *outcome);	/* SPI */
 

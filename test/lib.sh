@@ -1,5 +1,9 @@
 # Shell helpers shared by test/run, test/asan, test/bench/*.sh and demo/run.
-# Source it from the repository root with PGBIN and PG_CONFIG set.
+# Source it from the repository root: it sets PGVER, PGBIN and PG_CONFIG when they are unset.
+
+PGVER=${PGVER:-15}
+PGBIN=${PGBIN:-/usr/lib/postgresql/$PGVER/bin}
+PG_CONFIG=${PG_CONFIG:-$PGBIN/pg_config}
 
 as_postgres() {
 	if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
@@ -53,4 +57,21 @@ CONF
 
 gdpr_stop_server() {
 	as_postgres "$PGBIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# gdpr_bench_server [extra postgresql.conf lines]: installs, builds and starts the throwaway
+# server a benchmark measures (durable, as in production), stopped and removed on exit.  Sets
+# WORK and PORT, and defines psql_ for the postgres database there.
+gdpr_bench_server() {
+	gdpr_install_deps
+	gdpr_build_install >/dev/null
+	WORK=$(mktemp -d /tmp/gdpr-bench.XXXXXX)
+	chown postgres "$WORK"
+	PORT=$(gdpr_free_port)
+	GDPR_FSYNC=on gdpr_start_server "$WORK/data" "$PORT" "$WORK" "${1:-}"
+	trap 'gdpr_stop_server "$WORK/data"; rm -rf "$WORK"' EXIT
+}
+
+psql_() {
+	as_postgres "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"
 }

@@ -6,23 +6,10 @@
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PGVER=15
-PGBIN=/usr/lib/postgresql/$PGVER/bin
-PG_CONFIG=$PGBIN/pg_config
 SECS=${1:-8}
 ROUNDS=${2:-5}
-export GDPR_FSYNC=on
 . "$ROOT/test/lib.sh"
-
-gdpr_install_deps
-gdpr_build_install >/dev/null
-
-WORK=$(mktemp -d /tmp/gdpr-bench.XXXXXX)
-chown postgres "$WORK"
-PORT=$(gdpr_free_port)
-gdpr_start_server "$WORK/data" "$PORT" "$WORK" "shared_buffers = '512MB'"
-trap 'gdpr_stop_server "$WORK/data"; rm -rf "$WORK"' EXIT
-psql_() { as_postgres "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+gdpr_bench_server "shared_buffers = '512MB'"
 
 psql_ >/dev/null <<'SQL'
 CREATE EXTENSION gdpr;

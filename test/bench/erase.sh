@@ -7,23 +7,10 @@
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PGVER=15
-PGBIN=/usr/lib/postgresql/$PGVER/bin
-PG_CONFIG=$PGBIN/pg_config
 N=${1:-7}
-export GDPR_FSYNC=on
 . "$ROOT/test/lib.sh"
-
-gdpr_install_deps
-gdpr_build_install >/dev/null
-
-WORK=$(mktemp -d /tmp/gdpr-bench.XXXXXX)
-chown postgres "$WORK"
-PORT=$(gdpr_free_port)
-gdpr_start_server "$WORK/data" "$PORT" "$WORK" "shared_buffers = '1GB'
+gdpr_bench_server "shared_buffers = '1GB'
 max_wal_size = '4GB'"
-trap 'gdpr_stop_server "$WORK/data"; rm -rf "$WORK"' EXIT
-psql_() { as_postgres "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
 psql_ -f "$ROOT/test/bench/schema.sql" >/dev/null
 psql_ >/dev/null <<'SQL'
