@@ -94,8 +94,15 @@ CREATE TABLE gdpr.column_class (
 -- The audit trail
 ------------------------------------------------------------------------------------------------
 
+-- Partitioned by retention_until, a month a partition: purging expired events drops whole
+-- partitions instead of deleting row by row (see gdpr.purge_audit_log).  Events whose month has
+-- no partition yet land in the default partition, which is purged row by row.
+--
+-- Keys and indexes are declared on each partition, not on the parent: the parent belongs to the
+-- extension and is not dumped, the monthly partitions are, and a partition that brings its own
+-- primary key restores cleanly only if the parent does not impose one as well.
 CREATE TABLE gdpr.audit_log (
-    event_id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id             bigint GENERATED ALWAYS AS IDENTITY,
     event_time           timestamptz NOT NULL DEFAULT pg_catalog.statement_timestamp(),
     event                text NOT NULL,
     success              boolean NOT NULL DEFAULT true,
@@ -116,17 +123,28 @@ CREATE TABLE gdpr.audit_log (
     application_name     text,
     detail               jsonb,
     retention_until      timestamptz NOT NULL
-);
--- Every index here is paid for on every audited row: only what lookups by subject need.  Keys
--- compare bytewise (COLLATE "C"): a subject key has no linguistic order, and strcoll() on the
--- hot path costs more than the rest of the index insert.
-CREATE INDEX audit_log_subject_idx ON gdpr.audit_log (subject_kind, subject_id);
-CREATE INDEX audit_log_related_idx ON gdpr.audit_log USING gin (related_subject_ids)
-    WHERE related_subject_ids IS NOT NULL;
+) PARTITION BY RANGE (retention_until);
+CREATE TABLE gdpr.audit_log_default PARTITION OF gdpr.audit_log DEFAULT;
+
+-- The keys and indexes of one partition.  Every index here is paid for on every audited row: only
+-- what lookups by subject need.  Keys compare bytewise (COLLATE "C"): a subject key has no
+-- linguistic order, and strcoll() on the hot path costs more than the rest of the index insert.
 -- Rows written before they could be attributed to a subject (an address inserted before the
--- customer row that points to it): erasure finds their events by table and key.
-CREATE INDEX audit_log_unattributed_idx ON gdpr.audit_log (table_name, row_key)
-    WHERE subject_id IS NULL AND row_key IS NOT NULL;
+-- customer row that points to it) are found by table and key by erasure.
+CREATE FUNCTION gdpr._index_audit_partition(part pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ADD PRIMARY KEY (event_id)', part);
+    EXECUTE format('CREATE INDEX ON %s (subject_kind, subject_id)', part);
+    EXECUTE format('CREATE INDEX ON %s USING gin (related_subject_ids) WHERE related_subject_ids IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (table_name, row_key) WHERE subject_id IS NULL AND row_key IS NOT NULL', part);
+END
+$$;
+SELECT gdpr._index_audit_partition('gdpr.audit_log_default');
+-- Only the default partition is purged row by row: only it needs this index.
+CREATE INDEX audit_log_default_retention_idx ON gdpr.audit_log_default (retention_until);
 
 -- The map and the audit trail are data, not definitions: pg_dump must carry them.
 SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_kind', '');
@@ -134,7 +152,7 @@ SELECT pg_catalog.pg_extension_config_dump('gdpr.registered_table', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_path', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.path_step', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.column_class', '');
-SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_default', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_event_id_seq', '');
 
 ------------------------------------------------------------------------------------------------
@@ -2184,6 +2202,218 @@ END
 $wrappers$;
 
 ------------------------------------------------------------------------------------------------
+-- Retention (Art. 5(1)(e)): policies, the passes that enforce them, and their history
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE gdpr.retention_policy (
+    relid        pg_catalog.regclass PRIMARY KEY REFERENCES gdpr.registered_table ON DELETE CASCADE,
+    time_column  name NOT NULL,
+    keep         interval CHECK (keep > interval '0'),
+    action       text NOT NULL CHECK (action IN ('delete', 'anonymize')),
+    condition    text,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+CREATE TABLE gdpr.retention_history (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    database     name NOT NULL DEFAULT pg_catalog.current_database(),
+    table_name   text NOT NULL,
+    deleted      bigint NOT NULL DEFAULT 0,
+    anonymized   bigint NOT NULL DEFAULT 0,
+    dry_run      boolean NOT NULL DEFAULT false,
+    by_worker    boolean NOT NULL DEFAULT false,
+    error        text
+);
+CREATE INDEX retention_history_started_idx ON gdpr.retention_history (started_at);
+
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_policy', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history_run_id_seq', '');
+
+CREATE FUNCTION gdpr._retention_batch(tbl pg_catalog.regclass, batch_size int, dry_run boolean) RETURNS bigint
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_retention_batch';
+
+CREATE FUNCTION gdpr.set_retention(tbl pg_catalog.regclass, time_column name, keep interval DEFAULT NULL,
+                                   action text DEFAULT 'delete', condition text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regtype;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.relid = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704', HINT = 'Retention applies to registered tables; register it with gdpr.register_table().';
+    END IF;
+    t := gdpr._check_column(tbl, time_column);
+    IF t NOT IN ('date'::regtype, 'timestamp without time zone'::regtype, 'timestamp with time zone'::regtype) THEN
+        RAISE EXCEPTION 'column "%" of table % has type %, not a date or timestamp', time_column, gdpr._qualified(tbl), t
+            USING ERRCODE = '42804';
+    END IF;
+    IF keep IS NOT NULL AND keep <= interval '0' THEN
+        RAISE EXCEPTION 'retention must be a positive interval' USING ERRCODE = '22023',
+              HINT = 'Pass keep => NULL when the column holds each row''s own deadline.';
+    END IF;
+    IF action IS NULL OR action NOT IN ('delete', 'anonymize') THEN
+        RAISE EXCEPTION 'invalid retention action "%"', action USING ERRCODE = '22023',
+              HINT = 'Use ''delete'' or ''anonymize''.';
+    END IF;
+    IF action = 'anonymize' AND NOT EXISTS (SELECT 1 FROM gdpr.column_class c
+                                             WHERE c.relid = tbl AND c.erase <> 'keep') THEN
+        RAISE EXCEPTION 'table % has no classified column to anonymize', gdpr._qualified(tbl)
+            USING ERRCODE = '55000', HINT = 'Classify its personal columns with gdpr.classify_column() first.';
+    END IF;
+    IF condition IS NOT NULL THEN
+        PERFORM gdpr._check_condition(tbl, condition);
+    END IF;
+    INSERT INTO gdpr.retention_policy (relid, time_column, keep, action, condition)
+    VALUES (tbl, time_column, keep, action, condition)
+    ON CONFLICT ON CONSTRAINT retention_policy_pkey DO UPDATE
+       SET time_column = EXCLUDED.time_column, keep = EXCLUDED.keep, action = EXCLUDED.action,
+           condition = EXCLUDED.condition;
+    PERFORM gdpr._log_map('MAP_RETENTION', tbl, jsonb_strip_nulls(jsonb_build_object(
+        'time_column', time_column, 'keep', keep::text, 'action', action, 'condition', condition)));
+END
+$$;
+
+CREATE FUNCTION gdpr.drop_retention(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM gdpr.retention_policy p WHERE p.relid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % has no retention policy', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704';
+    END IF;
+    PERFORM gdpr._log_map('MAP_RETENTION_DROPPED', tbl, NULL);
+END
+$$;
+
+-- Monthly partitions of the trail by retention_until, from the month events written now expire
+-- in to `ahead` months past it.  A month the default partition already holds events of is left
+-- to the default partition: creating its partition would have to move them.
+CREATE FUNCTION gdpr.create_audit_partitions(ahead int DEFAULT 3) RETURNS int
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first timestamptz := date_trunc('month', now() + current_setting('gdpr.audit_retention')::interval);
+    m     timestamptz;
+    name  text;
+    n     int := 0;
+BEGIN
+    FOR i IN 0 .. GREATEST(ahead, 0) LOOP
+        m := first + make_interval(months => i);
+        name := 'audit_log_' || to_char(m, '"y"YYYY"m"MM');
+        CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
+        CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
+                               WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
+        EXECUTE format('CREATE TABLE gdpr.%I PARTITION OF gdpr.audit_log FOR VALUES FROM (%L) TO (%L)',
+                       name, m, m + interval '1 month');
+        PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- Removes expired events: whole partitions whose month is over, then expired events of the
+-- default partition, a batch at a time.  Returns the events removed (for dropped partitions,
+-- the planner's row estimate: counting them would cost what dropping saves).
+CREATE FUNCTION gdpr.purge_audit_log(batch_size int DEFAULT 10000) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p     record;
+    n     bigint := 0;
+    gone  bigint;
+BEGIN
+    FOR p IN SELECT c.oid::regclass AS part, c.reltuples,
+                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz AS upper_bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhparent = 'gdpr.audit_log'::regclass AND c.relispartition
+                AND c.oid <> 'gdpr.audit_log_default'::regclass LOOP
+        CONTINUE WHEN p.upper_bound IS NULL OR p.upper_bound > now();
+        EXECUTE format('DROP TABLE %s', p.part);
+        n := n + GREATEST(p.reltuples, 0)::bigint;
+    END LOOP;
+    DELETE FROM gdpr.audit_log_default d
+     WHERE d.ctid = ANY (ARRAY(SELECT x.ctid FROM gdpr.audit_log_default x
+                                WHERE x.retention_until < now() LIMIT batch_size));
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    RETURN n + gone;
+END
+$$;
+
+-- One full pass, in the caller's transaction: every policy, the audit trail, due erasures.  What
+-- the background worker does in small transactions, on demand and without preloading.
+CREATE FUNCTION public.gdpr_enforce_retention(dry_run boolean DEFAULT false, batch_size int DEFAULT 10000)
+    RETURNS TABLE (table_name text, deleted bigint, anonymized bigint, error text)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p       gdpr.retention_policy;
+    started timestamptz := clock_timestamp();
+    n       bigint;
+    total   bigint;
+BEGIN
+    IF dry_run IS NULL OR batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'dry_run must be given and batch_size be at least 1' USING ERRCODE = '22023';
+    END IF;
+    FOR p IN SELECT * FROM gdpr.retention_policy ORDER BY gdpr._qualified(relid) LOOP
+        table_name := gdpr._qualified(p.relid);
+        total := 0;
+        error := NULL;
+        BEGIN
+            IF dry_run THEN
+                total := gdpr._retention_batch(p.relid, batch_size, true);
+            ELSE
+                LOOP
+                    n := gdpr._retention_batch(p.relid, batch_size, false);
+                    total := total + n;
+                    EXIT WHEN n < batch_size;
+                END LOOP;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            error := SQLERRM;
+        END;
+        deleted := CASE WHEN p.action = 'delete' THEN total ELSE 0 END;
+        anonymized := CASE WHEN p.action = 'anonymize' THEN total ELSE 0 END;
+        INSERT INTO gdpr.retention_history (started_at, table_name, deleted, anonymized, dry_run, error)
+        VALUES (started, table_name, deleted, anonymized, dry_run, error);
+        RETURN NEXT;
+    END LOOP;
+    IF NOT dry_run THEN
+        table_name := 'gdpr.audit_log';
+        deleted := 0;
+        LOOP
+            n := gdpr.purge_audit_log(batch_size);
+            deleted := deleted + n;
+            EXIT WHEN n < batch_size;
+        END LOOP;
+        anonymized := 0;
+        error := NULL;
+        PERFORM gdpr.create_audit_partitions();
+        INSERT INTO gdpr.retention_history (started_at, table_name, deleted) VALUES (started, table_name, deleted);
+        RETURN NEXT;
+        table_name := 'gdpr.erasure_request';
+        SELECT count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed')
+          INTO deleted, n FROM gdpr.run_due_erasures() r;
+        anonymized := 0;
+        error := CASE WHEN n > 0 THEN format('%s erasure(s) failed: see gdpr.erasure_request', n) END;
+        RETURN NEXT;
+        DELETE FROM gdpr.retention_history h WHERE h.started_at < now() - interval '90 days';
+    END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------------------------
 
@@ -2206,7 +2436,8 @@ REVOKE EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), publ
                            public.gdpr_export_rows(uuid, text, boolean)
     FROM PUBLIC;
 -- Exports reveal everything about a person and their history: gdpr_admin decides who runs them.
-REVOKE EXECUTE ON FUNCTION public.gdpr_grant_consent(text, text, text, jsonb, text),
+REVOKE EXECUTE ON FUNCTION public.gdpr_enforce_retention(boolean, int),
+                           public.gdpr_grant_consent(text, text, text, jsonb, text),
                            public.gdpr_grant_consent(bigint, text, text, jsonb, text),
                            public.gdpr_grant_consent(uuid, text, text, jsonb, text),
                            public.gdpr_withdraw_consent(text, text, text),
@@ -2290,8 +2521,15 @@ GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public
                           gdpr.notify_breach(bigint, timestamptz, timestamptz),
                           public.gdpr_breach_subjects(timestamptz, timestamptz, text, text),
                           gdpr.suspicious_logins(int, interval),
-                          gdpr.add_processor(text, text, text, text, boolean, text[])
+                          gdpr.add_processor(text, text, text, text, boolean, text[]),
+                          gdpr.set_retention(pg_catalog.regclass, name, interval, text, text),
+                          gdpr.drop_retention(pg_catalog.regclass),
+                          gdpr._retention_batch(pg_catalog.regclass, int, boolean),
+                          gdpr.create_audit_partitions(int), gdpr.purge_audit_log(int),
+                          public.gdpr_enforce_retention(boolean, int)
     TO gdpr_admin;
+GRANT SELECT ON gdpr.retention_policy TO PUBLIC;
+GRANT SELECT ON gdpr.retention_history TO gdpr_admin, gdpr_auditor;
 GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),
                           public.gdpr_export(uuid, text, boolean, bigint),
                           public.gdpr_export_rows(text, text, boolean),

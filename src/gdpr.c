@@ -2,11 +2,13 @@
  *
  * gdpr.c
  *		Module entry point: settings, the relcache callback that keeps the
- *		per-backend caches honest, and the hooks that need preloading.
+ *		per-backend caches honest, and what needs preloading: read auditing
+ *		and the retention worker.
  *
- * Everything but read auditing works when the library is loaded on first
- * use, without shared_preload_libraries: managed services often forbid
- * preloading.
+ * Everything but read auditing and the worker works when the library is
+ * loaded on first use, without shared_preload_libraries: managed services
+ * often forbid preloading (gdpr_enforce_retention() then does the worker's
+ * job from cron or a script).
  *
  *-------------------------------------------------------------------------
  */
@@ -35,9 +37,12 @@ _PG_init(void)
 		return;
 
 	gdpr_define_preload_settings();
+	gdpr_define_worker_settings();
 	MarkGUCPrefixReserved("gdpr");
 	EnableQueryId();
 	gdpr_install_read_hook();
+	if (!IsBinaryUpgrade)
+		gdpr_register_launcher();
 }
 
 /* A relation changed, or (InvalidOid) everything may have. */

@@ -165,6 +165,10 @@ extern void gdpr_push_jsonb(JsonbParseState **state, Jsonb *value);
 extern void gdpr_complete_request(int64 request_id, const GdprSubject *subject, const char *rights,
 								  const char *outcome);	/* SPI */
 
+/* worker.c */
+extern void gdpr_define_worker_settings(void);
+extern void gdpr_register_launcher(void);
+
 /* reads.c */
 extern void gdpr_install_read_hook(void);
 extern void gdpr_reads_invalidate(Oid relid);

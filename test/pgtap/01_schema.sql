@@ -16,11 +16,12 @@ SELECT set_eq(
     $$SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg
        WHERE e.extname = 'gdpr'$$,
     ARRAY['subject_kind', 'registered_table', 'subject_path', 'path_step', 'column_class',
-          'audit_log', 'audit_log_event_id_seq', 'secret', 'legal_hold', 'legal_hold_hold_id_seq',
+          'audit_log_event_id_seq', 'secret', 'legal_hold', 'legal_hold_hold_id_seq',
           'restriction', 'erasure_request', 'erasure_request_request_id_seq', 'erasure',
           'purpose', 'consent', 'consent_consent_id_seq', 'objection', 'objection_objection_id_seq',
           'consent_requirement', 'privacy_policy', 'policy_acceptance', 'request', 'request_request_id_seq',
-          'breach', 'breach_breach_id_seq', 'processor'],
+          'breach', 'breach_breach_id_seq', 'processor', 'audit_log_default', 'retention_policy',
+          'retention_history', 'retention_history_run_id_seq'],
     'the map and the trail are dumped by pg_dump');
 SELECT ok(NOT has_table_privilege('public', 'gdpr.audit_log', 'SELECT'), 'PUBLIC cannot read the trail');
 SELECT ok(NOT has_table_privilege('public', 'gdpr.audit_log', 'INSERT'), 'PUBLIC cannot write the trail');

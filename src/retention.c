@@ -1,0 +1,183 @@
+/*-------------------------------------------------------------------------
+ *
+ * retention.c
+ *		Storage limitation (Art. 5(1)(e)): one batch of a table's retention
+ *		policy, deleting or anonymizing rows past their time.
+ *
+ * A batch picks at most batch_size expired rows with FOR UPDATE SKIP LOCKED,
+ * so rows the application holds are left for a later batch instead of being
+ * waited for, and acts on them with one statement.  Rows matching a legal
+ * hold of the table are never touched.  Anonymization is idempotent (every
+ * strategy gives the same value when applied again), which is how a batch
+ * tells rows still to anonymize from rows done: their classified columns
+ * differ from what anonymization would write.
+ *
+ * The callers decide the transactions: gdpr_enforce_retention runs its
+ * batches in the caller's, the background worker (worker.c) each in its own.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "gdpr.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+PG_FUNCTION_INFO_V1(gdpr_retention_batch);
+
+static char *retention_sql(Oid relid, int32 batch_size, bool dry_run);
+
+/*
+ * gdpr._retention_batch(tbl regclass, batch_size int, dry_run boolean):
+ * the number of rows deleted or anonymized (or, dry, that would be).
+ */
+Datum
+gdpr_retention_batch(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	int32		batch_size = PG_GETARG_INT32(1);
+	bool		dry_run = PG_GETARG_BOOL(2);
+	bool		isnull;
+	int64		n;
+	int			ret;
+
+	if (batch_size < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch size must be at least 1")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute(retention_sql(relid, batch_size, dry_run), dry_run, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: %d", ret);
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_INT64(n);
+}
+
+/* The statement of one batch (or, dry, the count of rows a full pass would touch) */
+static char *
+retention_sql(Oid relid, int32 batch_size, bool dry_run)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	GdprTableMap *map;
+	Relation	rel;
+	TupleDesc	desc;
+	StringInfoData where;
+	StringInfoData set;
+	StringInfoData pending;
+	char	   *time_column;
+	char	   *keep;
+	char	   *action;
+	char	   *condition;
+	char	   *pk;
+	char	   *pk_outer;
+
+	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition "
+							  "  FROM gdpr.retention_policy WHERE relid::pg_catalog.oid = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table with OID %u has no retention policy", relid),
+				 errhint("Set one with gdpr.set_retention().")));
+	time_column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	keep = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	action = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	condition = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+
+	map = gdpr_load_table_map(relid, CurrentMemoryContext);
+	if (map == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table with OID %u is not registered", relid)));
+
+	/* expired, not excluded by the policy's condition, held by no legal hold */
+	initStringInfo(&where);
+	if (keep != NULL)
+		appendStringInfo(&where, "t.%s < pg_catalog.now() - %s::pg_catalog.interval",
+						 quote_identifier(time_column), quote_literal_cstr(keep));
+	else
+		appendStringInfo(&where, "t.%s < pg_catalog.now()", quote_identifier(time_column));
+	if (condition != NULL)
+		appendStringInfo(&where, " AND (\n%s\n)", condition);
+	if (SPI_execute_with_args("SELECT condition FROM gdpr.legal_hold WHERE relid::pg_catalog.oid = $1",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		appendStringInfo(&where, " AND (\n%s\n) IS NOT TRUE",
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+
+	rel = table_open(relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	pk = gdpr_pk_list(rel, "t.");
+	pk_outer = gdpr_pk_list(rel, "");
+
+	/* anonymization: the SET list, and a condition true while a row is not yet anonymized */
+	initStringInfo(&set);
+	initStringInfo(&pending);
+	if (strcmp(action, "anonymize") == 0)
+	{
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			ListCell   *lc;
+			const char *strategy = NULL;
+			const char *error;
+			char	   *expr;
+
+			if (att->attisdropped)
+				continue;
+			foreach(lc, map->columns)
+				if (strcmp(((GdprColumn *) lfirst(lc))->name, NameStr(att->attname)) == 0)
+					strategy = ((GdprColumn *) lfirst(lc))->erase;
+			if (strategy == NULL)
+				continue;
+			expr = gdpr_anonymize_expr(att, strategy,
+									   psprintf("%s || (ROW(%s))::pg_catalog.text",
+												quote_literal_cstr(psprintf("retention\x1f%s\x1f%s\x1f",
+																			map->qualified_name,
+																			NameStr(att->attname))),
+												pk),
+									   &error);
+			if (error != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+						 errmsg("cannot anonymize table %s: %s", map->qualified_name, error)));
+			if (expr == NULL)
+				continue;
+			appendStringInfo(&set, "%s%s = %s", set.len ? ", " : "",
+							 quote_identifier(NameStr(att->attname)), expr);
+			appendStringInfo(&pending, "%st.%s IS DISTINCT FROM %s", pending.len ? " OR " : "",
+							 quote_identifier(NameStr(att->attname)), expr);
+		}
+		if (set.len == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("table %s has no classified column to anonymize", map->qualified_name),
+					 errhint("Classify its personal columns with gdpr.classify_column(), or retain with action => 'delete'.")));
+		appendStringInfo(&where, " AND (%s)", pending.data);
+	}
+	table_close(rel, NoLock);
+
+	if (dry_run)
+		return psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
+	if (set.len > 0)
+		return psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN "
+						"(SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING 1) "
+						"SELECT pg_catalog.count(*) FROM u",
+						map->qualified_name, set.data, pk, pk, map->qualified_name, where.data,
+						batch_size);
+	return psprintf("WITH d AS (DELETE FROM %s WHERE (%s) IN "
+					"(SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING 1) "
+					"SELECT pg_catalog.count(*) FROM d",
+					map->qualified_name, pk_outer, pk, map->qualified_name, where.data, batch_size);
+}

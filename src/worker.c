@@ -1,0 +1,445 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The retention background worker: a launcher, registered when the
+ *		library is preloaded, that starts one short-lived worker per database
+ *		for each pass.
+ *
+ * The launcher connects to no database (it reads only the shared catalog
+ * pg_database), so it never holds a database open.  A database worker
+ * connects, runs one pass -- the retention policies in batches of
+ * gdpr.worker_batch_size rows, one transaction each; the audit trail's
+ * expired partitions and events; due erasure requests -- and exits.  Between
+ * batches it checks whether someone is dropping its database (DROP DATABASE
+ * holds the database's object lock while it waits for sessions to leave) and
+ * leaves at once, so it never blocks DROP DATABASE for more than a batch.
+ *
+ * An error in one table is recorded in gdpr.retention_history and the pass
+ * goes on with the next.  Settings are reloaded on SIGHUP; SIGTERM ends the
+ * worker at the next CHECK_FOR_INTERRUPTS; the postmaster restarts the
+ * launcher after a crash.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "gdpr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "pgtime.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+PGDLLEXPORT void gdpr_launcher_main(Datum main_arg);
+PGDLLEXPORT void gdpr_database_worker_main(Datum main_arg);
+
+/* Settings (gdpr.worker_*), all reloadable; defined in gdpr_define_worker_settings */
+static char *worker_databases = NULL;
+static int	worker_naptime = 60;
+static char *worker_window = NULL;
+static int	worker_batch_size = 1000;
+static int	worker_lock_timeout = 1000;
+static int	worker_max_pass_time = 600;
+
+static List *databases_to_serve(void);
+static bool in_window(void);
+static void run_pass(void);
+static bool drop_pending(void);
+static int64 run_batch(const char *sql);
+static char *retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *total);
+static void record(TimestampTz started, const char *table, int64 deleted, int64 anonymized,
+				   const char *error);	/* what a pass did to one table: only when it did something */
+
+void
+gdpr_define_worker_settings(void)
+{
+	DefineCustomStringVariable("gdpr.worker_databases",
+							   "Comma-separated databases the retention worker serves; empty: every database with the extension.",
+							   NULL, &worker_databases, "", PGC_SIGHUP, GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_naptime",
+							"Seconds between two retention passes.",
+							NULL, &worker_naptime, 60, 1, 86400, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("gdpr.worker_window",
+							   "Time of day the worker may run in, such as '02:00-05:00'; empty: any time.",
+							   NULL, &worker_window, "", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_batch_size",
+							"Rows deleted or anonymized per transaction by the retention worker.",
+							NULL, &worker_batch_size, 1000, 1, 1000000, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_lock_timeout",
+							"lock_timeout of the retention worker's statements.",
+							NULL, &worker_lock_timeout, 1000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_max_pass_time",
+							"Seconds one database's retention pass may take before it stops until the next.",
+							NULL, &worker_max_pass_time, 600, 1, 86400, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+void
+gdpr_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 10;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "gdpr");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "gdpr_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "gdpr retention launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "gdpr retention launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+void
+gdpr_launcher_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("gdpr retention launcher");
+
+	for (;;)
+	{
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (in_window())
+		{
+			List	   *databases = databases_to_serve();
+
+			foreach(lc, databases)
+			{
+				BackgroundWorker worker;
+				BackgroundWorkerHandle *handle;
+				pid_t		pid;
+
+				memset(&worker, 0, sizeof(worker));
+				worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+				worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+				worker.bgw_restart_time = BGW_NEVER_RESTART;
+				worker.bgw_main_arg = ObjectIdGetDatum(lfirst_oid(lc));
+				worker.bgw_notify_pid = MyProcPid;
+				snprintf(worker.bgw_library_name, BGW_MAXLEN, "gdpr");
+				snprintf(worker.bgw_function_name, BGW_MAXLEN, "gdpr_database_worker_main");
+				snprintf(worker.bgw_name, BGW_MAXLEN, "gdpr retention worker");
+				snprintf(worker.bgw_type, BGW_MAXLEN, "gdpr retention worker");
+				if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+				{
+					ereport(LOG,
+							(errmsg("gdpr: could not start a retention worker"),
+							 errhint("Raise max_worker_processes.")));
+					break;
+				}
+				/* one database at a time: a pass is light, and the next waits its turn */
+				if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+					WaitForBackgroundWorkerShutdown(handle);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 worker_naptime * 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* The databases to visit: those listed, or every one that accepts connections */
+static List *
+databases_to_serve(void)
+{
+	List	   *result = NIL;
+	List	   *wanted = NIL;
+	char	   *raw = pstrdup(worker_databases != NULL ? worker_databases : "");
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	if (!SplitIdentifierString(raw, ',', &wanted))
+	{
+		ereport(LOG, (errmsg("gdpr: gdpr.worker_databases is not a valid list")));
+		return NIL;
+	}
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		ListCell   *lc;
+		bool		listed = wanted == NIL;
+
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+		foreach(lc, wanted)
+			listed |= strcmp(lfirst(lc), NameStr(db->datname)) == 0;
+		if (listed)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			result = lappend_oid(result, db->oid);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+/* Whether now is inside gdpr.worker_window ("HH:MM-HH:MM", possibly across midnight) */
+static bool
+in_window(void)
+{
+	int			h1,
+				m1,
+				h2,
+				m2;
+	pg_time_t	now = timestamptz_to_time_t(GetCurrentTimestamp());
+	struct pg_tm *tm = pg_localtime(&now, log_timezone);
+	int			minute,
+				from,
+				to;
+
+	if (worker_window == NULL || worker_window[0] == '\0')
+		return true;
+	if (sscanf(worker_window, "%d:%d-%d:%d", &h1, &m1, &h2, &m2) != 4)
+	{
+		ereport(LOG, (errmsg("gdpr: gdpr.worker_window \"%s\" is not of the form HH:MM-HH:MM", worker_window)));
+		return true;
+	}
+	minute = tm->tm_hour * 60 + tm->tm_min;
+	from = h1 * 60 + m1;
+	to = h2 * 60 + m2;
+	return from <= to ? (minute >= from && minute < to) : (minute >= from || minute < to);
+}
+
+void
+gdpr_database_worker_main(Datum main_arg)
+{
+	bool		installed;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+	pgstat_report_appname("gdpr retention worker");
+
+	StartTransactionCommand();
+	installed = OidIsValid(get_extension_oid("gdpr", true));
+	CommitTransactionCommand();
+	if (installed)
+		run_pass();
+	proc_exit(0);
+}
+
+/*
+ * One pass over this database.  Each batch is its own transaction; an error
+ * ends the table's turn, is recorded, and the pass goes on.
+ */
+static void
+run_pass(void)
+{
+	TimestampTz started = GetCurrentTimestamp();
+	TimestampTz deadline = TimestampTzPlusMilliseconds(started, worker_max_pass_time * 1000L);
+	List	   *policies = NIL;
+	ListCell   *lc;
+
+	run_batch("SELECT gdpr.create_audit_partitions()::pg_catalog.int8");
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT relid::pg_catalog.oid, gdpr._qualified(relid), action "
+					"  FROM gdpr.retention_policy ORDER BY 2", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		policies = lappend(policies, list_make3(pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)),
+												pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2)),
+												pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3))));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	foreach(lc, policies)
+	{
+		List	   *p = lfirst(lc);
+		const char *table = lsecond(p);
+		bool		anonymize = strcmp(lthird(p), "anonymize") == 0;
+		char	   *sql = psprintf("SELECT gdpr._retention_batch(%s, %d, false)",
+								   (char *) linitial(p), worker_batch_size);
+		int64		total;
+		char	   *error;
+
+		pgstat_report_activity(STATE_RUNNING, psprintf("gdpr retention: %s", table));
+		error = retain_table(table, sql, deadline, &total);
+		if (total > 0 || error != NULL)
+			record(started, table, anonymize ? 0 : total, anonymize ? total : 0, error);
+		if (GetCurrentTimestamp() >= deadline)
+			break;
+	}
+
+	pgstat_report_activity(STATE_RUNNING, "gdpr retention: gdpr.audit_log");
+	{
+		int64		total = 0;
+		int64		n;
+
+		do
+		{
+			CHECK_FOR_INTERRUPTS();
+			n = run_batch(psprintf("SELECT gdpr.purge_audit_log(%d)", worker_batch_size));
+			total += n;
+		} while (n >= worker_batch_size && GetCurrentTimestamp() < deadline);
+		if (total > 0)
+			record(started, "gdpr.audit_log", total, 0, NULL);
+	}
+
+	pgstat_report_activity(STATE_RUNNING, "gdpr retention: due erasure requests");
+	run_batch("SELECT pg_catalog.count(*) FROM gdpr.run_due_erasures()");
+	run_batch("WITH d AS (DELETE FROM gdpr.retention_history "
+			  " WHERE started_at < pg_catalog.now() - interval '90 days' RETURNING 1) "
+			  "SELECT pg_catalog.count(*) FROM d");
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Runs a table's batches until one comes back short or the pass is out of
+ * time.  Returns NULL, or the message of the error that ended the table's
+ * turn (its transaction is rolled back; earlier batches stay).
+ */
+static char *
+retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *total)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int64 sum = 0;
+	char	   *volatile error = NULL;
+
+	PG_TRY();
+	{
+		int64		n;
+
+		do
+		{
+			CHECK_FOR_INTERRUPTS();
+			n = run_batch(sql);
+			sum += n;
+		} while (n >= worker_batch_size && GetCurrentTimestamp() < deadline);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		error = edata->message;
+		ereport(LOG, (errmsg("gdpr: retention of %s failed: %s", table, error)));
+	}
+	PG_END_TRY();
+	*total = sum;
+	return error;
+}
+
+/*
+ * Runs one statement returning a count in a transaction of its own, unless
+ * the database is being dropped: then the worker leaves.
+ */
+static int64
+run_batch(const char *sql)
+{
+	int64		n = 0;
+	bool		isnull;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (drop_pending())
+	{
+		AbortCurrentTransaction();
+		ereport(LOG, (errmsg("gdpr: retention worker leaves a database being dropped")));
+		proc_exit(0);
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SetConfigOption("lock_timeout", psprintf("%d", worker_lock_timeout), PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("application_name", "gdpr retention worker", PGC_USERSET, PGC_S_SESSION);
+	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", sql);
+	if (SPI_processed == 1)
+		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	return n;
+}
+
+/* DROP DATABASE holds an exclusive lock on the database object while it waits for us */
+static bool
+drop_pending(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
+	if (LockAcquire(&tag, AccessShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, AccessShareLock, false);
+	return false;
+}
+
+static void
+record(TimestampTz started, const char *table, int64 deleted, int64 anonymized, const char *error)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "WITH i AS (INSERT INTO gdpr.retention_history "
+					 "(started_at, table_name, deleted, anonymized, by_worker, error) "
+					 "VALUES (pg_catalog.to_timestamp(%.6f), %s, " INT64_FORMAT ", " INT64_FORMAT ", true, %s) "
+					 "RETURNING 1) SELECT pg_catalog.count(*) FROM i",
+					 (double) started / USECS_PER_SEC +
+					 (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY,
+					 quote_literal_cstr(table),
+					 deleted, anonymized, error != NULL ? quote_literal_cstr(error) : "NULL");
+	run_batch(sql.data);
+}
