@@ -61,6 +61,7 @@ static char *worker_window = NULL;
 static int	worker_batch_size = 1000;
 static int	worker_lock_timeout = 1000;
 static int	worker_max_pass_time = 600;
+static int	worker_batch_delay = 0;
 
 static List *databases_to_serve(void);
 static bool in_window(void);
@@ -93,6 +94,10 @@ gdpr_define_worker_settings(void)
 	DefineCustomIntVariable("gdpr.worker_lock_timeout",
 							"lock_timeout of the retention worker's statements.",
 							NULL, &worker_lock_timeout, 1000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_batch_delay",
+							"Milliseconds the retention worker rests between two batches, leaving the machine to the application.",
+							NULL, &worker_batch_delay, 0, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("gdpr.worker_max_pass_time",
 							"Seconds one database's retention pass may take before it stops until the next.",
@@ -361,6 +366,12 @@ retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *to
 			CHECK_FOR_INTERRUPTS();
 			n = run_batch(sql);
 			sum += n;
+			if (n >= worker_batch_size && worker_batch_delay > 0)
+			{
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 worker_batch_delay, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+			}
 		} while (n >= worker_batch_size && GetCurrentTimestamp() < deadline);
 	}
 	PG_CATCH();
