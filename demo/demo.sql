@@ -63,6 +63,17 @@ SELECT * FROM invoice;                                   -- kept by law, anonymi
 SELECT event, table_name, subject_id, old_values, new_values FROM gdpr.audit_log
  WHERE subject_kind = 'default' ORDER BY event_id;        -- the history stays, without values
 
-\echo '== 7. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
+\echo '== 7. Retention: login addresses older than 90 days are masked; the worker does this on its own'
+CREATE TABLE login_history (id int PRIMARY KEY, customer_id bigint REFERENCES customer, at timestamptz, ip inet);
+SELECT gdpr.register_table('login_history');
+SELECT gdpr.classify_column('login_history', 'ip', 'online_id', erase => 'mask');
+INSERT INTO customer VALUES (43, 'bo@example.com', 'Bo', 'x', NULL);
+INSERT INTO login_history SELECT g, 43, now() - g * interval '10 days', ('198.51.100.' || g)::inet FROM generate_series(1, 40) g;
+SELECT gdpr.set_retention('login_history', 'at', '90 days', action => 'anonymize');
+SELECT * FROM gdpr_enforce_retention(dry_run => true);
+SELECT * FROM gdpr_enforce_retention();
+SELECT at::date, ip FROM login_history ORDER BY id LIMIT 12;
+
+\echo '== 8. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
 SET gdpr.audit_reads = on;
 SELECT count(*) FROM customer c JOIN orders o ON o.customer_id = c.id;
