@@ -76,6 +76,7 @@ static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
 static List *export_tables(const GdprSubject *subject, bool portable);
 static char *rows_sql(Oid relid, bool aggregate);
 static void push_int(JsonbParseState **state, int64 value);
+static void push_members(JsonbParseState **state, Jsonb *object);
 static Jsonb *query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner);
 static Jsonb *subject_key_jsonb(const GdprSubject *subject);
 static void record_export(const GdprSubject *subject, bool portable, bool streamed,
@@ -185,29 +186,23 @@ gdpr_export(PG_FUNCTION_ARGS)
 			" WHERE subject_kind = $2 "
 			"   AND (subject_id = $3 OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3])",
 			subject, true));
-		/* what the subject agreed to, objected to, accepted and asked for */
-		gdpr_push_key(&state, "consents");
-		gdpr_push_jsonb(&state, query_jsonb(
-			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
-			"    'purpose', purpose, 'version', version, 'granted_at', granted_at, "
-			"    'withdrawn_at', withdrawn_at)) ORDER BY consent_id), '[]') "
-			"  FROM gdpr.consent WHERE kind = $2 AND subject_id = $3", subject, true));
-		gdpr_push_key(&state, "objections");
-		gdpr_push_jsonb(&state, query_jsonb(
-			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
-			"    'purpose', purpose, 'objected_at', objected_at) ORDER BY objection_id), '[]') "
-			"  FROM gdpr.objection WHERE kind = $2 AND subject_id = $3", subject, true));
-		gdpr_push_key(&state, "privacy_policies_accepted");
-		gdpr_push_jsonb(&state, query_jsonb(
-			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
-			"    'version', version, 'accepted_at', accepted_at) ORDER BY accepted_at, version), '[]') "
-			"  FROM gdpr.policy_acceptance WHERE kind = $2 AND subject_id = $3", subject, true));
-		gdpr_push_key(&state, "requests");
-		gdpr_push_jsonb(&state, query_jsonb(
-			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
-			"    'request_id', request_id, 'right', \"right\", 'received_at', received_at, 'due_at', due_at, "
-			"    'status', status, 'outcome', outcome)) ORDER BY request_id), '[]') "
-			"  FROM gdpr.request WHERE kind = $2 AND subject_id = $3", subject, true));
+		/* what the subject agreed to, objected to, accepted and asked for: one query */
+		push_members(&state, query_jsonb(
+			"SELECT pg_catalog.jsonb_build_object("
+			" 'consents', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+			"     'purpose', purpose, 'version', version, 'granted_at', granted_at, "
+			"     'withdrawn_at', withdrawn_at)) ORDER BY consent_id), '[]') "
+			"   FROM gdpr.consent WHERE kind = $2 AND subject_id = $3), "
+			" 'objections', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+			"     'purpose', purpose, 'objected_at', objected_at) ORDER BY objection_id), '[]') "
+			"   FROM gdpr.objection WHERE kind = $2 AND subject_id = $3), "
+			" 'privacy_policies_accepted', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+			"     'version', version, 'accepted_at', accepted_at) ORDER BY accepted_at, version), '[]') "
+			"   FROM gdpr.policy_acceptance WHERE kind = $2 AND subject_id = $3), "
+			" 'requests', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+			"     'request_id', request_id, 'right', \"right\", 'received_at', received_at, 'due_at', due_at, "
+			"     'status', status, 'outcome', outcome)) ORDER BY request_id), '[]') "
+			"   FROM gdpr.request WHERE kind = $2 AND subject_id = $3))", subject, true));
 	}
 	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 
@@ -607,6 +602,19 @@ push_int(JsonbParseState **state, int64 value)
 	v.type = jbvNumeric;
 	v.val.numeric = int64_to_numeric(value);
 	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* Every key and value of a jsonb object, into the object being built */
+static void
+push_members(JsonbParseState **state, Jsonb *object)
+{
+	JsonbIterator *it = JsonbIteratorInit(&object->root);
+	JsonbValue	v;
+	JsonbIteratorToken token;
+
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (token == WJB_KEY || token == WJB_VALUE)
+			pushJsonbValue(state, token, &v);
 }
 
 /* A whole jsonb value as the value of the current key; scalars are unwrapped */

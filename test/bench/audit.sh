@@ -27,7 +27,9 @@ ALTER TABLE t_plpgsql ADD FOREIGN KEY (customer_id) REFERENCES customer;
 SELECT gdpr.register_table('t_gdpr');
 
 -- The same capture in PL/pgSQL: subject, key, changed columns, row images, context.
-CREATE TABLE plpgsql_log (LIKE gdpr.audit_log INCLUDING ALL);
+-- the same table, keys and indexes as the partition gdpr events land in
+CREATE TABLE plpgsql_log (LIKE gdpr.audit_log_default INCLUDING ALL);
+ALTER TABLE plpgsql_log ALTER COLUMN event_id ADD GENERATED ALWAYS AS IDENTITY;
 CREATE FUNCTION plpgsql_audit() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     o jsonb := CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END;
