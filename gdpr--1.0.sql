@@ -359,6 +359,10 @@ BEGIN
         RAISE EXCEPTION '% is not a table', gdpr._qualified(tbl) USING ERRCODE = '42809',
               HINT = 'Register the ordinary or partitioned table that stores the rows.';
     END IF;
+    IF c.relpersistence = 't' THEN
+        RAISE EXCEPTION 'table % is temporary', gdpr._qualified(tbl) USING ERRCODE = '42809',
+              HINT = 'Temporary tables vanish without a trace in the map; register permanent tables only.';
+    END IF;
     IF c.relispartition THEN
         RAISE EXCEPTION 'table % is a partition of %', gdpr._qualified(tbl),
                         gdpr._qualified(pg_catalog.pg_partition_root(tbl))

@@ -117,6 +117,7 @@ load_key(void)
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	bool		connected;
 	bool		isnull;
 	bytea	   *key;
@@ -129,13 +130,13 @@ load_key(void)
 	connected = SPI_connect() == SPI_OK_CONNECT;
 	if (!connected)
 		elog(ERROR, "SPI_connect failed");
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute("INSERT INTO gdpr.secret VALUES ('pseudonym_key', gdpr._random_key()) "
 					  "ON CONFLICT (name) DO NOTHING", false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute failed: %d", ret);
 	ret = SPI_execute("SELECT value FROM gdpr.secret WHERE name = 'pseudonym_key'", false, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the pseudonym key: %d", ret);
 	key = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

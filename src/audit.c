@@ -36,6 +36,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -138,6 +139,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	Datum		keyrow;
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	int			ret;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
@@ -241,9 +243,9 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	values[P_EXCLUDE] = names_array(ap, dropped);
 	nulls[P_EXCLUDE] = ' ';
 
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_plan(ap->plan, values, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 
@@ -632,6 +634,7 @@ restrictions_exist(void)
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	bool		isnull;
 
 	if (restrictions_known)
@@ -639,10 +642,10 @@ restrictions_exist(void)
 	restriction_relid = get_relname_relid("restriction", get_namespace_oid("gdpr", false));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM gdpr.restriction)", false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	any_restrictions = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	restrictions_known = true;
@@ -659,16 +662,17 @@ check_restriction(AuditPlan *ap, Datum row, bool erased_only)
 	Datum		values[1] = {row};
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	bool		isnull;
 	bool		erased;
 	int			ret;
 
 	if (ap->restrict_plan == NULL)
 		return;
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	/* a fresh snapshot: an erasure this statement waited for has committed its marker */
 	ret = SPI_execute_plan(ap->restrict_plan, values, NULL, false, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	if (SPI_processed == 0)
@@ -717,18 +721,32 @@ audit_table_owner(void)
 
 /*
  * Runs what follows as the owner of gdpr.audit_log, the only role that writes
- * it; the caller switches back with SetUserIdAndSecContext(*save_userid,
- * *save_sec_context).  An error in between needs nothing: transaction abort
- * restores the user.
+ * it, with search_path pinned to pg_catalog: an operator or function the
+ * caller put earlier on its path must not run with the owner's rights.  The
+ * caller switches back with gdpr_leave_audit_owner(); an error in between
+ * needs nothing, transaction abort restores the user and the settings.
+ * Returns the GUC nest level to leave.
  */
-void
+int
 gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context)
 {
 	Oid			owner = audit_table_owner();
+	int			nest;
 
 	GetUserIdAndSecContext(save_userid, save_sec_context);
 	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_NOFORCE_RLS);
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+void
+gdpr_leave_audit_owner(Oid save_userid, int save_sec_context, int nest)
+{
+	AtEOXact_GUC(true, nest);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
 /*
@@ -743,6 +761,7 @@ gdpr_audit_event(const char *event, bool success, const char *kind, const char *
 	char		nulls[CONTEXT_NPARAMS + 6];
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	bool		isnull;
 	int64		id;
 	int			ret;
@@ -788,9 +807,9 @@ gdpr_audit_event(const char *event, bool success, const char *kind, const char *
 	values[14] = table_name != NULL ? CStringGetTextDatum(table_name) : (Datum) 0;
 	nulls[14] = table_name != NULL ? ' ' : 'n';
 
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_plan(event_plan, values, nulls, false, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

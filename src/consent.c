@@ -161,6 +161,7 @@ gdpr_consent_check(PG_FUNCTION_ARGS)
 	Datum		args[3];
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	int			ret;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
@@ -205,9 +206,9 @@ gdpr_consent_check(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(trigger->tgargs[0]);
 	args[1] = CStringGetTextDatum(subject);
 	args[2] = CStringGetTextDatum(trigger->tgargs[2]);
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_plan(consent_plan, args, NULL, true, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	if (SPI_processed == 0)

@@ -407,15 +407,16 @@ subject_erased(const GdprSubject *subject, Jsonb **record)
 	CStringGetTextDatum(gdpr_subject_pseudonym(subject->kind, subject->key_text))};
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	bool		isnull;
 	int			ret;
 
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_with_args(
 		"SELECT pg_catalog.jsonb_build_object('erased_at', erased_at, 'pseudonym', pseudonym) "
 		"  FROM gdpr.erasure WHERE kind = $1 AND pseudonym = $2",
 		2, argtypes, args, NULL, false, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	if (SPI_processed == 0)
@@ -945,10 +946,11 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
 												   get_rel_name(subject->relid)))};
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	int64		n;
 	int			ret;
 
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_with_args(
 		"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
 		"       subject_id = $3, "
@@ -971,12 +973,15 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
 	{
 		EraseTable *t = lfirst(lc);
 		Oid			targtypes[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
-		Datum		targs[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(t->name),
-			CStringGetTextDatum(pseudonym),
-		DirectFunctionCall1(jsonb_in, CStringGetDatum(t->keys))};
+		Datum		targs[4];
 
+		/* a table without an owner path erased nothing: no keys */
 		if (t->keys == NULL || strcmp(t->keys, "[]") == 0)
 			continue;
+		targs[0] = CStringGetTextDatum(subject->kind);
+		targs[1] = CStringGetTextDatum(t->name);
+		targs[2] = CStringGetTextDatum(pseudonym);
+		targs[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(t->keys));
 		ret = SPI_execute_with_args(
 			"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
 			"       subject_kind = $1, subject_id = $3 "
@@ -987,7 +992,7 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
 			elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 		unattributed += SPI_processed;
 	}
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	return n + unattributed;
 }
 
@@ -1005,8 +1010,9 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 	CStringGetTextDatum(pseudonym), JsonbPGetDatum(report)};
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 
-	gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	if (SPI_execute_with_args("INSERT INTO gdpr.erasure (kind, pseudonym, report) VALUES ($1, $3, $4)",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT ||
 		SPI_execute_with_args("UPDATE gdpr.erasure_request SET subject_id = $3, "
@@ -1032,7 +1038,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  "VALUES ($1, $2, 'erased', 'the subject was erased')",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "erasure bookkeeping failed");
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
 }

@@ -539,15 +539,16 @@ query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner)
 	CStringGetTextDatum(subject->key_text)};
 	Oid			save_userid;
 	int			save_sec_context;
+	int			nest;
 	bool		isnull;
 	Datum		d;
 	int			ret;
 
 	if (as_owner)
-		gdpr_become_audit_owner(&save_userid, &save_sec_context);
+		nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	ret = SPI_execute_with_args(sql, 3, argtypes, args, NULL, true, 1);
 	if (as_owner)
-		SetUserIdAndSecContext(save_userid, save_sec_context);
+		gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

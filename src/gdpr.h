@@ -145,7 +145,8 @@ extern void gdpr_audit_invalidate(Oid relid);
 extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
 							  const char *subject, const char *table_name,
 							  Jsonb *detail);	/* SPI */
-extern void gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
+extern int	gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
+extern void gdpr_leave_audit_owner(Oid save_userid, int save_sec_context, int nest);
 
 /* anonymize.c */
 extern char *gdpr_pseudonym(const char *seed, size_t len);
