@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "gdpr.h"
 #include "miscadmin.h"
@@ -26,12 +27,17 @@ PG_MODULE_MAGIC;
 void		_PG_init(void);
 
 static void relcache_callback(Datum arg, Oid relid);
+static void xact_callback(XactEvent event, void *arg);
+static void subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							 SubTransactionId parentSubid, void *arg);
 
 void
 _PG_init(void)
 {
 	gdpr_define_settings();
 	CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -53,4 +59,23 @@ relcache_callback(Datum arg, Oid relid)
 	gdpr_export_invalidate(relid);
 	gdpr_anonymize_invalidate(relid);
 	gdpr_reads_invalidate(relid);
+}
+
+/*
+ * The pseudonym key may have been made (and cached) by work that rolls back:
+ * forget it, so that no pseudonym is made with a key that was never stored.
+ */
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		gdpr_anonymize_invalidate(InvalidOid);
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		gdpr_anonymize_invalidate(InvalidOid);
 }
