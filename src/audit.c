@@ -243,9 +243,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	values[P_EXCLUDE] = names_array(ap, dropped);
 	nulls[P_EXCLUDE] = ' ';
 
-	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute_plan(ap->plan, values, nulls, false, 0);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	ret = gdpr_execute_as_owner(ap->plan, NULL, 0, NULL, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 
@@ -642,10 +640,9 @@ restrictions_exist(void)
 	restriction_relid = get_relname_relid("restriction", get_namespace_oid("gdpr", false));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM gdpr.restriction)", false, 1) != SPI_OK_SELECT)
+	if (gdpr_execute_as_owner(NULL, "SELECT EXISTS (SELECT 1 FROM gdpr.restriction)", 0, NULL, NULL,
+							  NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
 	any_restrictions = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	restrictions_known = true;
@@ -669,10 +666,8 @@ check_restriction(AuditPlan *ap, Datum row, bool erased_only)
 
 	if (ap->restrict_plan == NULL)
 		return;
-	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	/* a fresh snapshot: an erasure this statement waited for has committed its marker */
-	ret = SPI_execute_plan(ap->restrict_plan, values, NULL, false, 1);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	ret = gdpr_execute_as_owner(ap->restrict_plan, NULL, 0, NULL, values, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	if (SPI_processed == 0)
@@ -750,6 +745,27 @@ gdpr_leave_audit_owner(Oid save_userid, int save_sec_context, int nest)
 }
 
 /*
+ * One statement as the audit table's owner: the kept plan, or else the SQL
+ * with its arguments.  SPI must be connected.  Returns SPI's result code.
+ */
+int
+gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
+					  Datum *values, const char *nulls, bool read_only, long count)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	int			ret;
+
+	if (plan != NULL)
+		ret = SPI_execute_plan(plan, values, nulls, read_only, count);
+	else
+		ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, count);
+	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	return ret;
+}
+
+/*
  * Records one event without a row (TRUNCATE, log_event, EXPORT, ...), as the
  * audit table's owner.  SPI must be connected.  Returns the event id.
  */
@@ -807,9 +823,7 @@ gdpr_audit_event(const char *event, bool success, const char *kind, const char *
 	values[14] = table_name != NULL ? CStringGetTextDatum(table_name) : (Datum) 0;
 	nulls[14] = table_name != NULL ? ' ' : 'n';
 
-	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute_plan(event_plan, values, nulls, false, 1);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	ret = gdpr_execute_as_owner(event_plan, NULL, 0, NULL, values, nulls, false, 1);
 	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

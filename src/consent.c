@@ -206,9 +206,7 @@ gdpr_consent_check(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(trigger->tgargs[0]);
 	args[1] = CStringGetTextDatum(subject);
 	args[2] = CStringGetTextDatum(trigger->tgargs[2]);
-	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute_plan(consent_plan, args, NULL, true, 1);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	ret = gdpr_execute_as_owner(consent_plan, NULL, 0, NULL, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	if (SPI_processed == 0)

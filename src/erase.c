@@ -411,12 +411,10 @@ subject_erased(const GdprSubject *subject, Jsonb **record)
 	bool		isnull;
 	int			ret;
 
-	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute_with_args(
-		"SELECT pg_catalog.jsonb_build_object('erased_at', erased_at, 'pseudonym', pseudonym) "
-		"  FROM gdpr.erasure WHERE kind = $1 AND pseudonym = $2",
-		2, argtypes, args, NULL, false, 1);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	ret = gdpr_execute_as_owner(NULL,
+								"SELECT pg_catalog.jsonb_build_object('erased_at', erased_at, 'pseudonym', pseudonym) "
+								"  FROM gdpr.erasure WHERE kind = $1 AND pseudonym = $2",
+								2, argtypes, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	if (SPI_processed == 0)

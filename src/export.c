@@ -82,6 +82,7 @@ static Jsonb *subject_key_jsonb(const GdprSubject *subject);
 static void record_export(const GdprSubject *subject, bool portable, bool streamed,
 						  List *tables, int64 *counts, int64 total);
 static void log_failure(const char *kind, const char *key);
+static GdprSubject *export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt);
 
 /*
  * gdpr_export(subject, kind text DEFAULT NULL, portable boolean DEFAULT false,
@@ -104,17 +105,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
-	if (!gdpr_subject_exists(subject))
-	{
-		log_failure(subject->kind, subject->key_text);
-		ereport(ERROR,
-				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
-				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
-				 errdetail("No row of %s has %s = %s.", get_rel_name(subject->relid),
-						   subject->key_column, subject->key_text),
-				 errhint("Check the key; an access request about nobody has nothing to export.")));
-	}
+	subject = export_subject(fcinfo, kind, callercxt);
 	tables = export_tables(subject, portable);
 	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
 
@@ -239,15 +230,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
-	if (!gdpr_subject_exists(subject))
-	{
-		log_failure(subject->kind, subject->key_text);
-		ereport(ERROR,
-				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
-				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
-				 errhint("Check the key; an access request about nobody has nothing to export.")));
-	}
+	subject = export_subject(fcinfo, kind, callercxt);
 	tables = export_tables(subject, portable);
 	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
 
@@ -537,18 +520,13 @@ query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner)
 	Oid			argtypes[3] = {subject->key_type, TEXTOID, TEXTOID};
 	Datum		args[3] = {subject->key, CStringGetTextDatum(subject->kind),
 	CStringGetTextDatum(subject->key_text)};
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	bool		isnull;
 	Datum		d;
 	int			ret;
 
-	if (as_owner)
-		nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute_with_args(sql, 3, argtypes, args, NULL, true, 1);
-	if (as_owner)
-		gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	ret = as_owner
+		? gdpr_execute_as_owner(NULL, sql, 3, argtypes, args, NULL, true, 1)
+		: SPI_execute_with_args(sql, 3, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -685,6 +663,28 @@ gdpr_complete_request(int64 request_id, const GdprSubject *subject, const char *
 	if (SPI_execute_with_args("SELECT gdpr._complete_request($1, $2, $3, pg_catalog.string_to_array($4, ','), $5)",
 							  5, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
+}
+
+/*
+ * The subject an export is about, which must exist: an access request about
+ * nobody is an error, not an empty export.  SPI must be connected.
+ */
+static GdprSubject *
+export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt)
+{
+	GdprSubject *subject = gdpr_resolve_subject(fcinfo, 0, kind, mcxt);
+
+	if (!gdpr_subject_exists(subject))
+	{
+		log_failure(subject->kind, subject->key_text);
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
+				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
+				 errdetail("No row of %s has %s = %s.", get_rel_name(subject->relid),
+						   subject->key_column, subject->key_text),
+				 errhint("Check the key; an access request about nobody has nothing to export.")));
+	}
+	return subject;
 }
 
 /* The transaction of a failed export rolls back its event: leave a line in the server log */
