@@ -34,6 +34,7 @@ static List *oid_array_to_list(Datum array);
 static char *spi_text(HeapTuple tuple, TupleDesc desc, int col);
 static GdprPath *find_path(List *paths, const char *name);
 static char *qualified_table(const GdprTableMap *map, Oid relid);
+static List *pk_names(Relation rel);
 static const char *qualified_operator(Oid opid);
 static void append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
 								  const char *right_alias);
@@ -387,6 +388,20 @@ gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowpref
 	return result;
 }
 
+/* The names of rel's primary key columns, in attribute order */
+static List *
+pk_names(Relation rel)
+{
+	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *names = NIL;
+	int			attno = -1;
+
+	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+		names = lappend(names, NameStr(TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1)->attname));
+	return names;
+}
+
 /*
  * The primary key of rel as a column list with every name prefixed ("t.a,
  * t.b"), or NULL when it has none.
@@ -394,19 +409,13 @@ gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowpref
 char *
 gdpr_pk_list(Relation rel, const char *prefix)
 {
-	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	TupleDesc	desc = RelationGetDescr(rel);
 	StringInfoData buf;
-	int			attno = -1;
+	ListCell   *lc;
 
 	initStringInfo(&buf);
-	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1);
-
+	foreach(lc, pk_names(rel))
 		appendStringInfo(&buf, "%s%s%s", buf.len > 0 ? ", " : "", prefix,
-						 quote_identifier(NameStr(att->attname)));
-	}
+						 quote_identifier(lfirst(lc)));
 	return buf.len > 0 ? buf.data : NULL;
 }
 
@@ -414,20 +423,14 @@ gdpr_pk_list(Relation rel, const char *prefix)
 char *
 gdpr_pk_json(Relation rel, const char *prefix)
 {
-	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	TupleDesc	desc = RelationGetDescr(rel);
 	StringInfoData buf;
-	int			attno = -1;
+	ListCell   *lc;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "pg_catalog.jsonb_build_object(");
-	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
-	{
-		const char *name = NameStr(TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1)->attname);
-
-		appendStringInfo(&buf, "%s%s, %s%s", buf.data[buf.len - 1] == '(' ? "" : ", ",
-						 quote_literal_cstr(name), prefix, quote_identifier(name));
-	}
+	foreach(lc, pk_names(rel))
+		appendStringInfo(&buf, "%s%s, %s%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_literal_cstr(lfirst(lc)), prefix, quote_identifier(lfirst(lc)));
 	appendStringInfoChar(&buf, ')');
 	return buf.data;
 }
