@@ -16,6 +16,7 @@
 #define GDPR_H
 
 #include "catalog/pg_attribute.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
@@ -147,7 +148,7 @@ extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
 							  Jsonb *detail);	/* SPI */
 extern int	gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
 extern void gdpr_leave_audit_owner(Oid save_userid, int save_sec_context, int nest);
-extern int	gdpr_execute_as_owner(struct _SPI_plan *plan, const char *sql, int nargs, Oid *argtypes,
+extern int	gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
 								  Datum *values, const char *nulls, bool read_only, long count);	/* SPI */
 
 /* anonymize.c */
