@@ -137,9 +137,6 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	bool	   *dropped;
 	bool	   *changed = NULL;
 	Datum		keyrow;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	int			ret;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
@@ -630,9 +627,6 @@ fill_context(Datum *values, char *nulls)
 static bool
 restrictions_exist(void)
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	bool		isnull;
 
 	if (restrictions_known)
@@ -657,9 +651,6 @@ static void
 check_restriction(AuditPlan *ap, Datum row, bool erased_only)
 {
 	Datum		values[1] = {row};
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	bool		isnull;
 	bool		erased;
 	int			ret;
@@ -775,9 +766,6 @@ gdpr_audit_event(const char *event, bool success, const char *kind, const char *
 {
 	Datum		values[CONTEXT_NPARAMS + 6];
 	char		nulls[CONTEXT_NPARAMS + 6];
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	bool		isnull;
 	int64		id;
 	int			ret;

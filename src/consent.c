@@ -159,9 +159,6 @@ gdpr_consent_check(PG_FUNCTION_ARGS)
 	bool		typisvarlena;
 	char	   *subject;
 	Datum		args[3];
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	int			ret;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||

@@ -405,9 +405,6 @@ subject_erased(const GdprSubject *subject, Jsonb **record)
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2] = {CStringGetTextDatum(subject->kind),
 	CStringGetTextDatum(gdpr_subject_pseudonym(subject->kind, subject->key_text))};
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
 	bool		isnull;
 	int			ret;
 
