@@ -136,7 +136,7 @@ load_key(void)
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute failed: %d", ret);
 	ret = SPI_execute("SELECT value FROM gdpr.secret WHERE name = 'pseudonym_key'", false, 1);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	gdpr_leave_role(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the pseudonym key: %d", ret);
 	key = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

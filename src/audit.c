@@ -707,53 +707,21 @@ audit_table_owner(void)
 
 /*
  * Runs what follows as the owner of gdpr.audit_log, the only role that writes
- * it, with search_path pinned to pg_catalog: an operator or function the
- * caller put earlier on its path must not run with the owner's rights.  The
- * caller switches back with gdpr_leave_audit_owner(); an error in between
- * needs nothing, transaction abort restores the user and the settings.
- * Returns the GUC nest level to leave.
+ * it (see role.c), until gdpr_leave_role().  Returns the GUC nest level.
  */
 int
 gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context)
 {
-	Oid			owner = audit_table_owner();
-	int			nest;
-
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
-	nest = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return nest;
+	return gdpr_become_role(audit_table_owner(), save_userid, save_sec_context);
 }
 
-void
-gdpr_leave_audit_owner(Oid save_userid, int save_sec_context, int nest)
-{
-	AtEOXact_GUC(true, nest);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-}
-
-/*
- * One statement as the audit table's owner: the kept plan, or else the SQL
- * with its arguments.  SPI must be connected.  Returns SPI's result code.
- */
+/* One statement as the audit table's owner; see gdpr_execute_as_role() */
 int
 gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
 					  Datum *values, const char *nulls, bool read_only, long count)
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	int			ret;
-
-	if (plan != NULL)
-		ret = SPI_execute_plan(plan, values, nulls, read_only, count);
-	else
-		ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, count);
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
-	return ret;
+	return gdpr_execute_as_role(audit_table_owner(), plan, sql, nargs, argtypes, values, nulls,
+								read_only, count);
 }
 
 /*

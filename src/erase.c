@@ -987,7 +987,7 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
 			elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 		unattributed += SPI_processed;
 	}
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	gdpr_leave_role(save_userid, save_sec_context, nest);
 	return n + unattributed;
 }
 
@@ -1033,7 +1033,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  "VALUES ($1, $2, 'erased', 'the subject was erased')",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "erasure bookkeeping failed");
-	gdpr_leave_audit_owner(save_userid, save_sec_context, nest);
+	gdpr_leave_role(save_userid, save_sec_context, nest);
 	if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
 }

@@ -147,9 +147,15 @@ extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
 							  const char *subject, const char *table_name,
 							  Jsonb *detail);	/* SPI */
 extern int	gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
-extern void gdpr_leave_audit_owner(Oid save_userid, int save_sec_context, int nest);
 extern int	gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
 								  Datum *values, const char *nulls, bool read_only, long count);	/* SPI */
+
+/* role.c */
+extern int	gdpr_become_role(Oid role, Oid *save_userid, int *save_sec_context);
+extern void gdpr_leave_role(Oid save_userid, int save_sec_context, int nest);
+extern int	gdpr_execute_as_role(Oid role, SPIPlanPtr plan, const char *sql, int nargs,
+								 Oid *argtypes, Datum *values, const char *nulls,
+								 bool read_only, long count);	/* SPI */
 
 /* anonymize.c */
 extern char *gdpr_pseudonym(const char *seed, size_t len);
