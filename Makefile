@@ -1,7 +1,7 @@
 # gdpr: PGXS build.  See README.md for the test command.
 
 MODULE_big = gdpr
-OBJS = src/gdpr.o src/guc.o src/subject.o src/role.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/erase.o src/consent.o src/retention.o src/worker.o
+OBJS = src/gdpr.o src/guc.o src/subject.o src/role.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/condition.o src/erase.o src/consent.o src/retention.o src/worker.o
 
 EXTENSION = gdpr
 DATA = gdpr--1.0.sql

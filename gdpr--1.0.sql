@@ -1160,7 +1160,9 @@ CREATE TABLE gdpr.erasure_request (
     status        text NOT NULL DEFAULT 'pending'
                   CHECK (status IN ('pending', 'done', 'cancelled', 'failed')),
     finished_at   timestamptz,
-    error         text
+    error         text,
+    -- the background worker carries the erasure out with this role's rights
+    requested_by  name NOT NULL DEFAULT CURRENT_USER
 );
 CREATE UNIQUE INDEX erasure_request_pending_idx ON gdpr.erasure_request (kind, subject_id)
     WHERE status = 'pending';
@@ -1186,6 +1188,22 @@ SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure', '');
 CREATE FUNCTION gdpr._check_condition(tbl pg_catalog.regclass, condition text) RETURNS void
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_check_condition';
 
+-- A condition is code the retention worker runs as the table's owner: checked however the row
+-- is written, functions or plain DML.
+CREATE FUNCTION gdpr._check_rule() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.condition IS NOT NULL THEN
+        PERFORM gdpr._check_condition(NEW.relid, NEW.condition);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_condition BEFORE INSERT OR UPDATE OF relid, condition ON gdpr.legal_hold
+    FOR EACH ROW EXECUTE FUNCTION gdpr._check_rule();
+
 CREATE FUNCTION gdpr.add_legal_hold(tbl pg_catalog.regclass, condition text, reason text)
     RETURNS int
     LANGUAGE plpgsql
@@ -1206,7 +1224,6 @@ BEGIN
         RAISE EXCEPTION 'legal hold reason must not be empty' USING ERRCODE = '22023',
               HINT = 'Say why the law keeps these rows, such as ''unpaid invoices (commercial code)''.';
     END IF;
-    PERFORM gdpr._check_condition(tbl, condition);
     INSERT INTO gdpr.legal_hold (relid, condition, reason) VALUES (tbl, condition, reason)
     RETURNING hold_id INTO id;
     PERFORM gdpr._log_map('MAP_HOLD_ADDED', tbl,
@@ -1393,7 +1410,8 @@ $wrappers$;
 
 -- Carries out the erasure requests whose grace period is over, each in its own subtransaction:
 -- one that fails (a legal hold, say) is recorded as failed and the others go on.
-CREATE FUNCTION gdpr.run_due_erasures() RETURNS TABLE (request_id bigint, status text, detail jsonb)
+CREATE FUNCTION gdpr.run_due_erasures(requested_by name DEFAULT NULL)
+    RETURNS TABLE (request_id bigint, status text, detail jsonb)
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1403,6 +1421,7 @@ DECLARE
 BEGIN
     FOR r IN SELECT * FROM gdpr.erasure_request q
               WHERE q.status = 'pending' AND q.due_at <= now()
+                AND (run_due_erasures.requested_by IS NULL OR q.requested_by = run_due_erasures.requested_by)
               ORDER BY q.due_at FOR UPDATE SKIP LOCKED LOOP
         BEGIN
             report := public.gdpr_erase(r.subject_id, false, r.kind);
@@ -2232,6 +2251,8 @@ CREATE TABLE gdpr.retention_history (
 );
 CREATE INDEX retention_history_started_idx ON gdpr.retention_history (started_at);
 
+CREATE TRIGGER check_condition BEFORE INSERT OR UPDATE OF relid, condition ON gdpr.retention_policy
+    FOR EACH ROW EXECUTE FUNCTION gdpr._check_rule();
 SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_policy', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history_run_id_seq', '');
@@ -2269,9 +2290,6 @@ BEGIN
                                              WHERE c.relid = tbl AND c.erase <> 'keep') THEN
         RAISE EXCEPTION 'table % has no classified column to anonymize', gdpr._qualified(tbl)
             USING ERRCODE = '55000', HINT = 'Classify its personal columns with gdpr.classify_column() first.';
-    END IF;
-    IF condition IS NOT NULL THEN
-        PERFORM gdpr._check_condition(tbl, condition);
     END IF;
     INSERT INTO gdpr.retention_policy (relid, time_column, keep, action, condition)
     VALUES (tbl, time_column, keep, action, condition)
@@ -2483,6 +2501,9 @@ GRANT EXECUTE ON FUNCTION public.gdpr_has_consent(text, text, text), public.gdpr
 GRANT SELECT ON gdpr.legal_hold TO PUBLIC;
 GRANT INSERT, DELETE ON gdpr.legal_hold TO gdpr_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON gdpr.restriction, gdpr.erasure_request TO gdpr_admin;
+-- Which subjects are restricted is no secret from the application (its writes are refused with
+-- GD301); retention batches, run as the table's owner, read it to leave restricted rows alone.
+GRANT SELECT (kind, subject_id, source) ON gdpr.restriction TO PUBLIC;
 GRANT SELECT ON gdpr.erasure TO gdpr_admin, gdpr_auditor;
 GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public.gdpr_erase(bigint, boolean, text, bigint),
                           public.gdpr_erase(uuid, boolean, text, bigint), public.gdpr_can_erase(text, text),
@@ -2496,7 +2517,7 @@ GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public
                           public.gdpr_restrict(uuid, text, text), public.gdpr_unrestrict(uuid, text),
                           public.gdpr_request_erasure(uuid, interval, text),
                           public.gdpr_cancel_erasure(uuid, text),
-                          gdpr.run_due_erasures(), gdpr.add_legal_hold(pg_catalog.regclass, text, text),
+                          gdpr.run_due_erasures(name), gdpr.add_legal_hold(pg_catalog.regclass, text, text),
                           gdpr.drop_legal_hold(int), gdpr._check_condition(pg_catalog.regclass, text),
                           gdpr._pseudonym(text), gdpr._subject_key(text, text, boolean),
                           gdpr.add_purpose(text, text, text), gdpr._purpose(text), gdpr._actor(),
@@ -2533,7 +2554,9 @@ GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public
                           public.gdpr_enforce_retention(boolean, int)
     TO gdpr_admin;
 GRANT SELECT ON gdpr.retention_policy TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON gdpr.retention_policy TO gdpr_admin;
 GRANT SELECT ON gdpr.retention_history TO gdpr_admin, gdpr_auditor;
+GRANT INSERT, DELETE ON gdpr.retention_history TO gdpr_admin;
 GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),
                           public.gdpr_export(uuid, text, boolean, bigint),
                           public.gdpr_export_rows(text, text, boolean),

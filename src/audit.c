@@ -36,7 +36,6 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
-#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -180,7 +179,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	 * invalidations sent meanwhile: read them now.
 	 */
 	AcceptInvalidationMessages();
-	if (!gdpr_erasing && restrictions_exist())
+	if (!gdpr_erasing && !gdpr_retaining && restrictions_exist())
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");

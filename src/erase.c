@@ -2,7 +2,7 @@
  *
  * erase.c
  *		The right to erasure (Art. 17) and its checks: gdpr_erase,
- *		gdpr_can_erase, legal holds, and the validation of hold conditions.
+ *		gdpr_can_erase and legal holds.
  *
  * An erasure is planned completely before anything changes: the subject's
  * row is locked (FOR UPDATE: a concurrent insert referencing it waits, a
@@ -33,8 +33,6 @@
 #include "gdpr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "nodes/parsenodes.h"
-#include "parser/parser.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -46,7 +44,6 @@
 
 PG_FUNCTION_INFO_V1(gdpr_erase);
 PG_FUNCTION_INFO_V1(gdpr_can_erase);
-PG_FUNCTION_INFO_V1(gdpr_check_condition);
 
 bool		gdpr_erasing = false;
 
@@ -75,7 +72,6 @@ typedef struct EraseTable
 } EraseTable;
 
 static bool subject_erased(const GdprSubject *subject, Jsonb **record);
-static List *parse_condition(const char *condition, const char *sql);
 static bool lock_subject(const GdprSubject *subject);
 static List *holds(const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
@@ -275,48 +271,6 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 }
 
 /*
- * gdpr._check_condition(tbl regclass, condition text): refuses anything but
- * one boolean expression over the table's rows.  The condition is parsed on
- * its own, as PL/pgSQL parses an expression, so that it cannot close our
- * parentheses or add a statement; then planned against the table.
- */
-Datum
-gdpr_check_condition(PG_FUNCTION_ARGS)
-{
-	Oid			relid = PG_GETARG_OID(0);
-	char	   *condition = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	List	   *raw;
-	SelectStmt *select;
-	char	   *sql;
-
-	raw = parse_condition(condition, NULL);
-	select = list_length(raw) == 1 ? (SelectStmt *) ((RawStmt *) linitial(raw))->stmt : NULL;
-	if (select == NULL || !IsA(select, SelectStmt) ||
-		list_length(select->targetList) != 1 || select->fromClause != NIL ||
-		select->whereClause != NULL || select->groupClause != NIL ||
-		select->havingClause != NULL || select->windowClause != NIL ||
-		select->sortClause != NIL || select->limitCount != NULL ||
-		select->limitOffset != NULL || select->lockingClause != NIL ||
-		select->distinctClause != NIL || select->withClause != NULL ||
-		((ResTarget *) linitial(select->targetList))->name != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("legal hold condition must be exactly one expression"),
-				 errdetail("Got: %s", condition),
-				 errhint("Write a boolean expression over the table's columns, such as status = 'unpaid'.")));
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	sql = psprintf("SELECT 1 FROM %s WHERE (\n%s\n) LIMIT 0",
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-											  get_rel_name(relid)),
-				   condition);
-	(void) parse_condition(condition, sql);
-	SPI_finish();
-	PG_RETURN_VOID();
-}
-
-/*
  * Changes the subject's rows, table by table in the planned order, and then
  * the audit trail.  Returns the number of audit events scrubbed.
  * Restrictions do not apply meanwhile: erasure is what they wait for.
@@ -342,43 +296,6 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym)
 	return scrubbed;
 }
 
-/*
- * Parses a hold condition on its own (sql NULL) or plans and runs, read-only,
- * the query that embeds it.  Either error is reported as a bad condition:
- * the input functions and the parser leave nothing to clean up before the
- * error is raised again.
- */
-static List *
-parse_condition(const char *condition, const char *sql)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	List	   *volatile raw = NIL;
-
-	PG_TRY();
-	{
-		if (sql == NULL)
-			raw = raw_parser(condition, RAW_PARSE_PLPGSQL_EXPR);
-		else if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute failed");
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		ereport(ERROR,
-				(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
-						 : ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid legal hold condition: %s", edata->message),
-				 errdetail("Condition: %s", condition),
-				 errhint("Write one boolean expression over the table's columns, such as status = 'unpaid'.")));
-	}
-	PG_END_TRY();
-	return raw;
-}
-
 /* Locks the subject's row against concurrent erasure and inserts; false if there is none */
 static bool
 lock_subject(const GdprSubject *subject)
@@ -389,8 +306,7 @@ lock_subject(const GdprSubject *subject)
 	int			ret;
 
 	sql = psprintf("SELECT 1 FROM %s WHERE %s OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(subject->relid)),
-											  get_rel_name(subject->relid)),
+				   gdpr_relation_name(subject->relid),
 				   quote_identifier(subject->key_column));
 	ret = SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
@@ -450,12 +366,14 @@ holds(const GdprSubject *subject)
 		bool		isnull;
 		Oid			relid = DatumGetObjectId(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 1, &isnull));
 		char	   *condition = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 2);
-		GdprTableMap *map = gdpr_load_table_map(relid, CurrentMemoryContext);
+		GdprTableMap *map;
 		Relation	rel;
 		char	   *pk;
 		char	   *rows;
 		int64		count;
 
+		gdpr_check_expression(condition);
+		map = gdpr_load_table_map(relid, CurrentMemoryContext);
 		if (map == NULL)
 			continue;
 		rel = table_open(relid, AccessShareLock);
@@ -937,8 +855,7 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
 	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		args[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(subject->key_text),
 		CStringGetTextDatum(pseudonym),
-	CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(get_rel_namespace(subject->relid)),
-												   get_rel_name(subject->relid)))};
+	CStringGetTextDatum(gdpr_relation_name(subject->relid))};
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;

@@ -680,7 +680,7 @@ export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt)
 		ereport(ERROR,
 				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
 				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
-				 errdetail("No row of %s has %s = %s.", get_rel_name(subject->relid),
+				 errdetail("No row of %s has %s = %s.", gdpr_relation_name(subject->relid),
 						   subject->key_column, subject->key_text),
 				 errhint("Check the key; an access request about nobody has nothing to export.")));
 	}

@@ -140,6 +140,10 @@ extern GdprSubject *gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno,
 										 const char *kind, MemoryContext mcxt);	/* SPI */
 extern bool gdpr_subject_exists(const GdprSubject *subject);	/* SPI */
 extern bool gdpr_column_is_secret(const GdprTableMap *map, const char *column);
+extern char *gdpr_relation_name(Oid relid);
+
+/* condition.c */
+extern void gdpr_check_expression(const char *condition);
 
 /* audit.c */
 extern void gdpr_audit_invalidate(Oid relid);
@@ -166,6 +170,9 @@ extern void gdpr_anonymize_invalidate(Oid relid);
 
 /* erase.c: true while gdpr_erase changes a subject's rows (restrictions do not apply) */
 extern bool gdpr_erasing;
+
+/* retention.c */
+extern bool gdpr_retaining;
 
 /* export.c */
 extern void gdpr_export_invalidate(Oid relid);

@@ -12,6 +12,11 @@
  * tells rows still to anonymize from rows done: their classified columns
  * differ from what anonymization would write.
  *
+ * The batch runs with the rights of the table's owner (role.c): the worker
+ * is a superuser, and the policy's condition, the holds' conditions and the
+ * table's triggers must not run with its rights.  Conditions are checked
+ * again here (condition.c), since a superuser may have written them by hand.
+ *
  * The callers decide the transactions: gdpr_enforce_retention runs its
  * batches in the caller's, the background worker (worker.c) each in its own.
  *
@@ -31,7 +36,14 @@
 
 PG_FUNCTION_INFO_V1(gdpr_retention_batch);
 
-static char *retention_sql(Oid relid, int32 batch_size, bool dry_run);
+/*
+ * True while a batch runs: the audit trigger then lets it change rows of
+ * restricted and erased subjects (the batch itself leaves out the rows of
+ * subjects restricted by hand, Art. 18).
+ */
+bool		gdpr_retaining = false;
+
+static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner);
 
 /*
  * gdpr._retention_batch(tbl regclass, batch_size int, dry_run boolean):
@@ -46,6 +58,8 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		n;
 	int			ret;
+	char	   *sql;
+	Oid			owner;
 
 	if (batch_size < 1)
 		ereport(ERROR,
@@ -53,7 +67,17 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 				 errmsg("batch size must be at least 1")));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute(retention_sql(relid, batch_size, dry_run), dry_run, 1);
+	sql = retention_sql(relid, batch_size, dry_run, &owner);
+	gdpr_retaining = true;
+	PG_TRY();
+	{
+		ret = gdpr_execute_as_role(owner, NULL, sql, 0, NULL, NULL, NULL, dry_run, 1);
+	}
+	PG_FINALLY();
+	{
+		gdpr_retaining = false;
+	}
+	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed: %d", ret);
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -63,7 +87,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 
 /* The statement of one batch (or, dry, the count of rows a full pass would touch) */
 static char *
-retention_sql(Oid relid, int32 batch_size, bool dry_run)
+retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -108,15 +132,34 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run)
 	else
 		appendStringInfo(&where, "t.%s < pg_catalog.now()", quote_identifier(time_column));
 	if (condition != NULL)
+	{
+		gdpr_check_expression(condition);
 		appendStringInfo(&where, " AND (\n%s\n)", condition);
+	}
 	if (SPI_execute_with_args("SELECT condition FROM gdpr.legal_hold WHERE relid::pg_catalog.oid = $1",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
 	for (uint64 i = 0; i < SPI_processed; i++)
-		appendStringInfo(&where, " AND (\n%s\n) IS NOT TRUE",
-						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	{
+		char	   *hold = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		gdpr_check_expression(hold);
+		appendStringInfo(&where, " AND (\n%s\n) IS NOT TRUE", hold);
+	}
+
+	/*
+	 * Art. 18(1)(c): a subject may have their data kept past its time for
+	 * legal claims.  Erased subjects' kept rows and subjects awaiting
+	 * erasure are no reason to keep anything.
+	 */
+	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+		appendStringInfo(&where,
+						 " AND NOT EXISTS (SELECT FROM gdpr.restriction r WHERE r.kind = %s "
+						 "AND r.subject_id = %s AND r.source = 'manual')",
+						 quote_literal_cstr(map->kind), gdpr_subject_sql(map, linitial(map->paths), "t"));
 
 	rel = table_open(relid, AccessShareLock);
+	*owner = rel->rd_rel->relowner;
 	desc = RelationGetDescr(rel);
 	pk = gdpr_pk_list(rel, "t.");
 	pk_outer = gdpr_pk_list(rel, "");

@@ -91,6 +91,8 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 	map->key_type = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &(bool){false}));
 	map->on_erase = spi_text(tup, desc, 5);
 	map->qualified_name = spi_text(tup, desc, 6);
+	if (map->qualified_name == NULL)
+		map->qualified_name = gdpr_relation_name(relid);	/* a dropped table: raises */
 	MemoryContextSwitchTo(oldcxt);
 
 	ret = SPI_execute_with_args(
@@ -265,7 +267,7 @@ gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno, const char *kind, Memor
 						subject->kind),
 				 errdetail("Subjects of kind \"%s\" have keys of type %s.", subject->kind,
 						   format_type_be(subject->key_type)),
-				 errhint("Pass the key of the subject's row in %s.", get_rel_name(subject->relid))));
+				 errhint("Pass the key of the subject's row in %s.", gdpr_relation_name(subject->relid))));
 	}
 	PG_END_TRY();
 
@@ -285,8 +287,7 @@ gdpr_subject_exists(const GdprSubject *subject)
 	int			ret;
 
 	sql = psprintf("SELECT 1 FROM %s WHERE %s OPERATOR(pg_catalog.=) $1",
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(subject->relid)),
-											  get_rel_name(subject->relid)),
+				   gdpr_relation_name(subject->relid),
 				   quote_identifier(subject->key_column));
 	ret = SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
@@ -532,6 +533,26 @@ qualified_operator(Oid opid)
 					  NameStr(form->oprname));
 	ReleaseSysCache(tup);
 	return result;
+}
+
+/*
+ * The schema-qualified, quoted name of a relation the map names.  The map can
+ * outlive a table dropped while event triggers were off
+ * (session_replication_role = replica): that is an error, not a NULL.
+ */
+char *
+gdpr_relation_name(Oid relid)
+{
+	char	   *relname = get_rel_name(relid);
+	char	   *nspname = relname != NULL ? get_namespace_name(get_rel_namespace(relid)) : NULL;
+
+	if (relname == NULL || nspname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u does not exist", relid),
+				 errhint("The map still names a dropped table; remove it with gdpr.unregister_table(%u).",
+						 relid)));
+	return quote_qualified_identifier(nspname, relname);
 }
 
 /* The schema-qualified, quoted name of a table on a path */

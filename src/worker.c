@@ -14,8 +14,12 @@
  * holds the database's object lock while it waits for sessions to leave) and
  * leaves at once, so it never blocks DROP DATABASE for more than a batch.
  *
- * An error in one table is recorded in gdpr.retention_history and the pass
- * goes on with the next.  Settings are reloaded on SIGHUP; SIGTERM ends the
+ * An error in one table (or any other step) is recorded in
+ * gdpr.retention_history and the pass goes on with the next.  Policies run
+ * with the rights of their table's owner (in _retention_batch), due erasures
+ * with those of the role that requested them: the worker itself is the
+ * bootstrap superuser, and user-written conditions and triggers must not
+ * run with its rights.  Settings are reloaded on SIGHUP; SIGTERM ends the
  * worker at the next CHECK_FOR_INTERRUPTS; the postmaster restarts the
  * launcher after a crash.
  *
@@ -67,8 +71,9 @@ static List *databases_to_serve(void);
 static bool in_window(void);
 static void run_pass(void);
 static bool drop_pending(void);
-static int64 run_batch(const char *sql);
-static char *retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *total);
+static List *list_of_rows(const char *sql, int ncolumns);
+static char *run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *total);
+static int64 run_batch(const char *sql, Oid role);
 static void record(TimestampTz started, const char *table, int64 deleted, int64 anonymized,
 				   const char *error);	/* what a pass did to one table: only when it did something */
 
@@ -124,16 +129,23 @@ gdpr_register_launcher(void)
 void
 gdpr_launcher_main(Datum main_arg)
 {
+	MemoryContext cycle_cxt;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("gdpr retention launcher");
+	cycle_cxt = AllocSetContextCreate(TopMemoryContext, "gdpr launcher cycle",
+									  ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
 		ListCell   *lc;
 
+		/* the launcher lives for ever: what one cycle allocates goes with it */
+		MemoryContextReset(cycle_cxt);
+		MemoryContextSwitchTo(cycle_cxt);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -183,6 +195,7 @@ gdpr_launcher_main(Datum main_arg)
 static List *
 databases_to_serve(void)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	List	   *result = NIL;
 	List	   *wanted = NIL;
 	char	   *raw = pstrdup(worker_databases != NULL ? worker_databases : "");
@@ -211,7 +224,7 @@ databases_to_serve(void)
 			listed |= strcmp(lfirst(lc), NameStr(db->datname)) == 0;
 		if (listed)
 		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			MemoryContext old = MemoryContextSwitchTo(cxt);
 
 			result = lappend_oid(result, db->oid);
 			MemoryContextSwitchTo(old);
@@ -220,6 +233,7 @@ databases_to_serve(void)
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
 	return result;
 }
 
@@ -271,39 +285,29 @@ gdpr_database_worker_main(Datum main_arg)
 
 /*
  * One pass over this database.  Each batch is its own transaction; an error
- * ends the table's turn, is recorded, and the pass goes on.
+ * ends its step, is recorded, and the pass goes on with the next step.
  */
 static void
 run_pass(void)
 {
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz deadline = TimestampTzPlusMilliseconds(started, worker_max_pass_time * 1000L);
-	List	   *policies = NIL;
+	List	   *policies;
+	List	   *requesters;
 	ListCell   *lc;
+	int64		total;
+	char	   *error;
 
-	run_batch("SELECT gdpr.create_audit_partitions()::pg_catalog.int8");
+	error = run_step("SELECT gdpr.create_audit_partitions()::pg_catalog.int8", InvalidOid,
+					 false, deadline, &total);
+	if (error != NULL)
+		record(started, "gdpr.audit_log", 0, 0, error);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_execute("SELECT relid::pg_catalog.oid, gdpr._qualified(relid), action "
-					"  FROM gdpr.retention_policy ORDER BY 2", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed");
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		policies = lappend(policies, list_make3(pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)),
-												pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2)),
-												pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3))));
-		MemoryContextSwitchTo(old);
-	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-
+	/* tables dropped behind the event triggers' back have no pg_class row */
+	policies = list_of_rows("SELECT p.relid::pg_catalog.oid, gdpr._qualified(p.relid), p.action "
+							"  FROM gdpr.retention_policy p "
+							"  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid "
+							" ORDER BY 2", 3);
 	foreach(lc, policies)
 	{
 		List	   *p = lfirst(lc);
@@ -311,47 +315,105 @@ run_pass(void)
 		bool		anonymize = strcmp(lthird(p), "anonymize") == 0;
 		char	   *sql = psprintf("SELECT gdpr._retention_batch(%s, %d, false)",
 								   (char *) linitial(p), worker_batch_size);
-		int64		total;
-		char	   *error;
 
-		pgstat_report_activity(STATE_RUNNING, psprintf("gdpr retention: %s", table));
-		error = retain_table(table, sql, deadline, &total);
-		if (total > 0 || error != NULL)
-			record(started, table, anonymize ? 0 : total, anonymize ? total : 0, error);
 		if (GetCurrentTimestamp() >= deadline)
 			break;
+		pgstat_report_activity(STATE_RUNNING, psprintf("gdpr retention: %s", table));
+		error = run_step(sql, InvalidOid, true, deadline, &total);
+		if (total > 0 || error != NULL)
+			record(started, table, anonymize ? 0 : total, anonymize ? total : 0, error);
 	}
 
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: gdpr.audit_log");
-	{
-		int64		total = 0;
-		int64		n;
+	error = run_step(psprintf("SELECT gdpr.purge_audit_log(%d)", worker_batch_size), InvalidOid,
+					 true, deadline, &total);
+	if (total > 0 || error != NULL)
+		record(started, "gdpr.audit_log", total, 0, error);
 
-		do
-		{
-			CHECK_FOR_INTERRUPTS();
-			n = run_batch(psprintf("SELECT gdpr.purge_audit_log(%d)", worker_batch_size));
-			total += n;
-		} while (n >= worker_batch_size && GetCurrentTimestamp() < deadline);
-		if (total > 0)
-			record(started, "gdpr.audit_log", total, 0, NULL);
+	/* each due erasure runs with the rights of the role that asked for it */
+	pgstat_report_activity(STATE_RUNNING, "gdpr retention: due erasure requests");
+	requesters = list_of_rows("SELECT DISTINCT q.requested_by::pg_catalog.text, r.oid "
+							  "  FROM gdpr.erasure_request q "
+							  "  LEFT JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) q.requested_by "
+							  " WHERE q.status = 'pending' AND q.due_at <= pg_catalog.now()", 2);
+	foreach(lc, requesters)
+	{
+		const char *requester = linitial(lfirst(lc));
+		const char *role_oid = lsecond(lfirst(lc));
+		Oid			role = role_oid != NULL ? atooid(role_oid) : InvalidOid;
+
+		if (OidIsValid(role))
+			error = run_step(psprintf("SELECT pg_catalog.count(*) FROM gdpr.run_due_erasures(%s)",
+									  quote_literal_cstr(requester)),
+							 role, false, deadline, &total);
+		else
+			error = run_step(psprintf("WITH f AS (UPDATE gdpr.erasure_request "
+									  "   SET status = 'failed', finished_at = pg_catalog.now(), "
+									  "       error = %s "
+									  " WHERE status = 'pending' AND due_at <= pg_catalog.now() "
+									  "   AND requested_by = %s RETURNING 1) "
+									  "SELECT pg_catalog.count(*) FROM f",
+									  quote_literal_cstr(psprintf("role \"%s\", who requested the erasure, no longer exists",
+																  requester)),
+									  quote_literal_cstr(requester)),
+							 InvalidOid, false, deadline, &total);
+		if (error != NULL)
+			record(started, "due erasure requests", 0, 0, error);
 	}
 
-	pgstat_report_activity(STATE_RUNNING, "gdpr retention: due erasure requests");
-	run_batch("SELECT pg_catalog.count(*) FROM gdpr.run_due_erasures()");
-	run_batch("WITH d AS (DELETE FROM gdpr.retention_history "
-			  " WHERE started_at < pg_catalog.now() - interval '90 days' RETURNING 1) "
-			  "SELECT pg_catalog.count(*) FROM d");
+	error = run_step("WITH d AS (DELETE FROM gdpr.retention_history "
+					 " WHERE started_at < pg_catalog.now() - interval '90 days' RETURNING 1) "
+					 "SELECT pg_catalog.count(*) FROM d", InvalidOid, false, deadline, &total);
+	if (error != NULL)
+		record(started, "gdpr.retention_history", 0, 0, error);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
- * Runs a table's batches until one comes back short or the pass is out of
- * time.  Returns NULL, or the message of the error that ended the table's
- * turn (its transaction is rolled back; earlier batches stay).
+ * The rows of a query, each a list of ncolumns strings (NULL for SQL NULL),
+ * in the worker's long-lived context.  An error here ends the pass: without
+ * the list there is nothing to do.
+ */
+static List *
+list_of_rows(const char *sql, int ncolumns)
+{
+	List	   *rows = NIL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", sql);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		List	   *row = NIL;
+
+		for (int c = 1; c <= ncolumns; c++)
+		{
+			char	   *value = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c);
+
+			row = lappend(row, value != NULL ? pstrdup(value) : NULL);
+		}
+		rows = lappend(rows, row);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return rows;
+}
+
+/*
+ * Runs sql, as role unless InvalidOid, once or (repeat) batch after batch
+ * until one comes back short or the pass is out of time.  Returns NULL, or
+ * the message of the error that ended the step (its transaction is rolled
+ * back; earlier batches stay); *total is the sum of the counts.
  */
 static char *
-retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *total)
+run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *total)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile int64 sum = 0;
@@ -364,15 +426,15 @@ retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *to
 		do
 		{
 			CHECK_FOR_INTERRUPTS();
-			n = run_batch(sql);
+			n = run_batch(sql, role);
 			sum += n;
-			if (n >= worker_batch_size && worker_batch_delay > 0)
+			if (repeat && n >= worker_batch_size && worker_batch_delay > 0)
 			{
 				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 								 worker_batch_delay, PG_WAIT_EXTENSION);
 				ResetLatch(MyLatch);
 			}
-		} while (n >= worker_batch_size && GetCurrentTimestamp() < deadline);
+		} while (repeat && n >= worker_batch_size && GetCurrentTimestamp() < deadline);
 	}
 	PG_CATCH();
 	{
@@ -383,7 +445,8 @@ retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *to
 		FlushErrorState();
 		AbortCurrentTransaction();
 		error = edata->message;
-		ereport(LOG, (errmsg("gdpr: retention of %s failed: %s", table, error)));
+		ereport(LOG, (errmsg("gdpr: retention step failed: %s", error),
+					  errcontext("%s", sql)));
 	}
 	PG_END_TRY();
 	*total = sum;
@@ -395,10 +458,11 @@ retain_table(const char *table, const char *sql, TimestampTz deadline, int64 *to
  * the database is being dropped: then the worker leaves.
  */
 static int64
-run_batch(const char *sql)
+run_batch(const char *sql, Oid role)
 {
 	int64		n = 0;
 	bool		isnull;
+	int			ret;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -413,7 +477,11 @@ run_batch(const char *sql)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SetConfigOption("lock_timeout", psprintf("%d", worker_lock_timeout), PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("application_name", "gdpr retention worker", PGC_USERSET, PGC_S_SESSION);
-	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
+	if (OidIsValid(role))
+		ret = gdpr_execute_as_role(role, NULL, sql, 0, NULL, NULL, NULL, false, 1);
+	else
+		ret = SPI_execute(sql, false, 1);
+	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", sql);
 	if (SPI_processed == 1)
 		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -452,5 +520,16 @@ record(TimestampTz started, const char *table, int64 deleted, int64 anonymized, 
 					 (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY,
 					 quote_literal_cstr(table),
 					 deleted, anonymized, error != NULL ? quote_literal_cstr(error) : "NULL");
-	run_batch(sql.data);
+	PG_TRY();
+	{
+		run_batch(sql.data, InvalidOid);
+	}
+	PG_CATCH();
+	{
+		/* the history is best effort: the server log has the failure too */
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
 }

@@ -80,10 +80,50 @@ for my $i (1 .. 5)
 	is($ret, 0, "DROP DATABASE goes through ($i)") or diag($err);
 }
 
-# A due erasure request is carried out.
-$node->safe_psql('shop', q{SELECT gdpr_request_erasure(7, '0 seconds')});
+# A due erasure request is carried out, with the rights of the role that asked for it.
+$node->safe_psql('shop', q{
+    CREATE ROLE dpo LOGIN IN ROLE gdpr_admin;
+    GRANT SELECT, DELETE, UPDATE ON ALL TABLES IN SCHEMA public TO dpo;
+    SET ROLE dpo;
+    SELECT gdpr_request_erasure(7, '0 seconds');
+});
 ok($node->poll_query_until('shop', q{SELECT count(*) = 0 FROM customer WHERE id = 7}), 'a due erasure request is carried out');
-is($node->safe_psql('shop', q{SELECT status FROM gdpr.erasure_request}), 'done', 'and the request is done');
+is($node->safe_psql('shop', q{SELECT status || ' by ' || requested_by FROM gdpr.erasure_request}), 'done by dpo', 'and the request is done');
+is($node->safe_psql('shop', q{SELECT string_agg(DISTINCT effective_role, ',') FROM gdpr.audit_log WHERE event = 'ERASE'}), 'dpo',
+   'the erasure ran as the role that requested it, not as the worker');
+
+# Maintenance run as the table's owner: a trigger sees the owner, not the bootstrap superuser.
+# A policy left on a table dropped behind the event triggers' back, and a table whose batch
+# fails, are recorded; the other tables are still served.
+$node->safe_psql('shop', q{
+    CREATE ROLE shop_owner;
+    CREATE TABLE note (id int PRIMARY KEY, customer_id int REFERENCES customer, at timestamptz, by_role text);
+    CREATE TABLE broken (id int PRIMARY KEY, customer_id int REFERENCES customer, at timestamptz);
+    CREATE TABLE ghost (id int PRIMARY KEY, customer_id int REFERENCES customer, at timestamptz);
+    ALTER TABLE note OWNER TO shop_owner;
+    CREATE TABLE deleted_by (who name);
+    GRANT INSERT ON deleted_by TO shop_owner;
+    CREATE FUNCTION note_deleted() RETURNS trigger LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO public.deleted_by VALUES (current_user); RETURN OLD; END $$;
+    CREATE TRIGGER note_deleted BEFORE DELETE ON note FOR EACH ROW EXECUTE FUNCTION note_deleted();
+    CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'broken on purpose'; END $$;
+    CREATE TRIGGER refuse BEFORE DELETE ON broken FOR EACH ROW EXECUTE FUNCTION refuse();
+    SELECT gdpr.register_table(t) FROM unnest(ARRAY['note', 'broken', 'ghost']::regclass[]) t;
+    SET gdpr.audit_events = 'none';
+    INSERT INTO note SELECT g, 1, now() - interval '2 years' FROM generate_series(1, 5) g;
+    INSERT INTO broken SELECT g, 1, now() - interval '2 years' FROM generate_series(1, 5) g;
+    SELECT gdpr.set_retention(t, 'at', '1 year') FROM unnest(ARRAY['note', 'broken', 'ghost']::regclass[]) t;
+    SET session_replication_role = replica;
+    DROP TABLE ghost;
+});
+ok($node->poll_query_until('shop', q{SELECT count(*) = 0 FROM note}), 'the other tables are served');
+is($node->safe_psql('shop', q{SELECT string_agg(DISTINCT who, ',') FROM deleted_by}), 'shop_owner',
+   "a batch runs as the table's owner");
+ok($node->poll_query_until('shop', q{SELECT count(*) > 0 FROM gdpr.retention_history WHERE table_name = 'public.broken' AND error LIKE '%broken on purpose%'}),
+   "a failing table is recorded in the history");
+is($node->safe_psql('shop', q{SELECT count(*) FROM broken}), '5', 'and changes nothing');
+ok($node->safe_psql('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'gdpr retention launcher'}),
+   'a dangling policy does not bring the worker down');
 
 $node->stop;
 done_testing();
