@@ -26,6 +26,20 @@ SELECT gdpr_can_erase(40);
 -- A dry run reports what an erasure would do, and does nothing.
 SELECT gdpr_erase(40, dry_run => true) #- '{subject,pseudonym}' AS dry_run;
 SELECT count(*) AS orders_still_there FROM orders WHERE customer_id = 40;
+-- A dry run that fails part-way leaves no subtransaction of its own behind: the caller's
+-- exception handler rolls back its own block and the session goes on.
+CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$;
+CREATE TRIGGER refuse BEFORE DELETE ON order_item FOR EACH ROW EXECUTE FUNCTION refuse();
+DO $$
+BEGIN
+    INSERT INTO address VALUES (49, 'rolled back with the block', 'Liege');
+    PERFORM gdpr_erase(40, dry_run => true);
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'caught: %', SQLERRM;
+END $$;
+SELECT count(*) AS block_rolled_back FROM address WHERE id = 49;
+DROP TRIGGER refuse ON order_item;
+DROP FUNCTION refuse();
 
 -- The erasure.
 SELECT gdpr_erase(40) #- '{subject,pseudonym}' AS report;

@@ -77,6 +77,8 @@ static List *holds(const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
+static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
+							 MemoryContext cxt, ResourceOwner owner);
 static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
@@ -189,19 +191,9 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	check_foreign_keys(tables, subject);
 
 	if (dry_run)
-	{
-		/* statements run in our own memory context, so the counts outlive the rollback */
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(spicxt);
-	}
-	scrubbed = execute_erasure(tables, subject, pseudonym);
-
-	if (dry_run)
-	{
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(spicxt);
-		CurrentResourceOwner = callerowner;
-	}
+		scrubbed = dry_run_erasure(tables, subject, pseudonym, spicxt, callerowner);
+	else
+		scrubbed = execute_erasure(tables, subject, pseudonym);
 	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed);
 	if (dry_run)
 	{
@@ -268,6 +260,42 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
 	SPI_finish();
 	PG_RETURN_JSONB_P(result);
+}
+
+/*
+ * The erasure in a subtransaction that is rolled back, also when it fails:
+ * an error must not leave our subtransaction open under the caller's.
+ * Statements run in cxt, so the counts outlive the rollback.
+ */
+static int64
+dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
+				MemoryContext cxt, ResourceOwner owner)
+{
+	int64		scrubbed = 0;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		scrubbed = execute_erasure(tables, subject, pseudonym);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return scrubbed;
 }
 
 /*
