@@ -126,6 +126,13 @@ CREATE TABLE gdpr.audit_log (
 ) PARTITION BY RANGE (retention_until);
 CREATE TABLE gdpr.audit_log_default PARTITION OF gdpr.audit_log DEFAULT;
 
+-- Refuses UPDATE, DELETE and TRUNCATE of the trail and its seal outside the extension's own
+-- erasure, sealing and purge (see chain.c).
+CREATE FUNCTION gdpr.audit_guard() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'gdpr_audit_guard';
+CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON gdpr.audit_log
+    FOR EACH ROW EXECUTE FUNCTION gdpr.audit_guard();
+
 -- The keys and indexes of one partition.  Every index here is paid for on every audited row: only
 -- what lookups by subject need.  Keys compare bytewise (COLLATE "C"): a subject key has no
 -- linguistic order, and strcoll() on the hot path costs more than the rest of the index insert.
@@ -140,11 +147,75 @@ BEGIN
     EXECUTE format('CREATE INDEX ON %s (subject_kind, subject_id)', part);
     EXECUTE format('CREATE INDEX ON %s USING gin (related_subject_ids) WHERE related_subject_ids IS NOT NULL', part);
     EXECUTE format('CREATE INDEX ON %s (table_name, row_key) WHERE subject_id IS NULL AND row_key IS NOT NULL', part);
+    -- TRUNCATE triggers are not inherited by partitions
+    EXECUTE format('CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION gdpr.audit_guard()', part);
 END
 $$;
 SELECT gdpr._index_audit_partition('gdpr.audit_log_default');
 -- Only the default partition is purged row by row: only it needs this index.
 CREATE INDEX audit_log_default_retention_idx ON gdpr.audit_log_default (retention_until);
+
+CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON gdpr.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_guard();
+
+-- The hash chain (chain.c).  One row per sealed event: its place in the chain and its digests,
+-- never its values.  The personal fields enter only through personal_digest, salted with the
+-- nonce; erasure drops the nonce and says which erasure redacted the event.  Rows of purged
+-- events stay (digests only) until a whole prefix has expired and becomes a checkpoint.
+CREATE TABLE gdpr.audit_seal (
+    seq              bigint PRIMARY KEY,
+    event_id         bigint NOT NULL UNIQUE,
+    retention_until  timestamptz NOT NULL,
+    nonce            bytea,
+    personal_digest  bytea NOT NULL,
+    event_digest     bytea NOT NULL,
+    chain_hash       bytea NOT NULL,
+    sealed_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    redacted_at      timestamptz,
+    redacted_by      text
+);
+CREATE INDEX audit_seal_retention_idx ON gdpr.audit_seal (retention_until);
+
+-- Where verification starts once the chain before it has been purged.
+CREATE TABLE gdpr.audit_checkpoint (
+    seq         bigint PRIMARY KEY,
+    chain_hash  bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- The sealers' state, one row, made by the first seal from the chain itself (so it is not dumped): the end of the chain, the frontier below which every event is
+-- sealed, and the identity value the frontier may pass once the writers noted with it have ended.
+CREATE TABLE gdpr.audit_seal_state (
+    one              boolean PRIMARY KEY DEFAULT true CHECK (one),
+    last_seq         bigint NOT NULL DEFAULT 0,
+    last_hash        bytea NOT NULL DEFAULT pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'),
+    frontier         bigint NOT NULL DEFAULT 1,
+    pending_upto     bigint,
+    pending_writers  bigint[]
+);
+
+CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON gdpr.audit_seal
+    FOR EACH ROW EXECUTE FUNCTION gdpr.audit_guard();
+CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON gdpr.audit_checkpoint
+    FOR EACH ROW EXECUTE FUNCTION gdpr.audit_guard();
+CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON gdpr.audit_seal_state
+    FOR EACH ROW EXECUTE FUNCTION gdpr.audit_guard();
+CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON gdpr.audit_seal
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_guard();
+CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON gdpr.audit_checkpoint
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_guard();
+CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON gdpr.audit_seal_state
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_guard();
+
+CREATE FUNCTION gdpr.seal_audit(max_events int DEFAULT 10000) RETURNS bigint
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_seal_audit';
+CREATE FUNCTION public.gdpr_verify_audit(digest jsonb DEFAULT NULL) RETURNS jsonb
+    LANGUAGE c CALLED ON NULL INPUT STABLE AS 'MODULE_PATHNAME', 'gdpr_verify_audit';
+CREATE FUNCTION public.gdpr_audit_digest() RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'gdpr_audit_digest';
+CREATE FUNCTION gdpr._purge_audit_rows(batch_size int) RETURNS bigint
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_purge_audit_rows';
 
 -- The map and the audit trail are data, not definitions: pg_dump must carry them.
 SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_kind', '');
@@ -154,6 +225,8 @@ SELECT pg_catalog.pg_extension_config_dump('gdpr.path_step', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.column_class', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_default', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_seal', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_checkpoint', '');
 
 ------------------------------------------------------------------------------------------------
 -- C functions
@@ -2364,10 +2437,7 @@ BEGIN
         EXECUTE format('DROP TABLE %s', p.part);
         n := n + GREATEST(p.reltuples, 0)::bigint;
     END LOOP;
-    DELETE FROM gdpr.audit_log_default d
-     WHERE d.ctid = ANY (ARRAY(SELECT x.ctid FROM gdpr.audit_log_default x
-                                WHERE x.retention_until < now() LIMIT batch_size));
-    GET DIAGNOSTICS gone = ROW_COUNT;
+    gone := gdpr._purge_audit_rows(batch_size);
     RETURN n + gone;
 END
 $$;
@@ -2448,7 +2518,7 @@ GRANT INSERT, UPDATE, DELETE ON gdpr.subject_kind, gdpr.registered_table, gdpr.s
 
 -- The audit trail is written only by the extension's C code, which switches to the owner of the
 -- table for the insert; applications read it only through gdpr_auditor.
-GRANT SELECT ON gdpr.audit_log TO gdpr_auditor;
+GRANT SELECT ON gdpr.audit_log, gdpr.audit_seal, gdpr.audit_checkpoint, gdpr.audit_seal_state TO gdpr_auditor;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA gdpr FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),
@@ -2551,6 +2621,7 @@ GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public
                           gdpr.drop_retention(pg_catalog.regclass),
                           gdpr._retention_batch(pg_catalog.regclass, int, boolean),
                           gdpr.create_audit_partitions(int), gdpr.purge_audit_log(int),
+                          gdpr.seal_audit(int),
                           public.gdpr_enforce_retention(boolean, int)
     TO gdpr_admin;
 GRANT SELECT ON gdpr.retention_policy TO PUBLIC;
@@ -2593,3 +2664,7 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr._shortest_paths(pg_catalog.regclass, pg_catalog.regclass, oid[]),
                           gdpr._default_erase(pg_catalog.regclass, name, text)
     TO gdpr_admin;
+-- Verification and digests read the whole trail: auditors and gdpr_admin.
+REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest()
+    TO gdpr_admin, gdpr_auditor;

@@ -1,7 +1,7 @@
 -- Audit capture by the C triggers.
 \set SHOW_CONTEXT never
 SET search_path = shop, public;
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 
 SET gdpr.actor = 'alice@app';
 SET gdpr.user_agent = 'Mozilla/5.0';
@@ -30,14 +30,14 @@ SELECT count(DISTINCT txid) AS transactions,
        bool_and(retention_until > now() + interval '6 years 11 months') AS seven_years
   FROM gdpr.audit_log;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- Updates keep the changed columns only (gdpr.audit_values = changed), secret changes are named
 -- but their values are not kept.
 UPDATE customer SET full_name = 'Anne', password_hash = 'hash1b' WHERE id = 1;
 UPDATE customer SET full_name = full_name WHERE id = 2;
 SELECT event, subject_id, changed_columns, old_values, new_values FROM trail;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 SET gdpr.audit_values = 'full';
 UPDATE orders SET total = 30 WHERE id = 10;
 SET gdpr.audit_values = 'none';
@@ -45,7 +45,7 @@ UPDATE orders SET total = 31 WHERE id = 10;
 RESET gdpr.audit_values;
 SELECT event, changed_columns, old_values, new_values FROM trail;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- Deletes, partitions (the root table is named), COPY.
 DELETE FROM order_item WHERE order_id = 20;
 UPDATE visit SET at = '2025-06-01' WHERE id = 2;          -- moves between partitions
@@ -54,14 +54,14 @@ COPY order_item FROM stdin;
 \.
 SELECT event, table_name, subject_id, row_key, old_values, new_values FROM trail;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- TRUNCATE is a statement event; on a partitioned table each partition is named.
 TRUNCATE order_item;
 TRUNCATE visit;
 TRUNCATE visit_2026;
 SELECT event, table_name, detail FROM trail ORDER BY detail::text;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- The proxy's view of the client, and application events.
 SET gdpr.client_addr = '203.0.113.7';
 SELECT gdpr.log_event('USER_LOGIN', 1) IS NOT NULL AS logged;
@@ -73,7 +73,7 @@ SELECT event, success, subject_kind, subject_id, detail FROM trail;
 SELECT DISTINCT client_addr FROM gdpr.audit_log;
 
 -- Rolled back changes leave no event.
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 BEGIN;
 INSERT INTO rental VALUES (101, 2);
 ROLLBACK;

@@ -1,7 +1,7 @@
 -- Filters and settings.
 \set SHOW_CONTEXT never
 SET search_path = shop, public;
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 
 -- Event classes.
 SET gdpr.audit_events = 'insert, delete';
@@ -16,7 +16,7 @@ SELECT gdpr.register_table('wishlist');               -- map events are never fi
 RESET gdpr.audit_events;
 SELECT event, table_name, row_key FROM trail;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- Roles left out, and superusers.
 SET gdpr.audit_exclude_roles = 'etl_loader, postgres';
 INSERT INTO rental VALUES (202, 1);
@@ -28,7 +28,7 @@ INSERT INTO rental VALUES (204, 1);
 SELECT event, row_key FROM trail;
 
 -- Retention of the trail.
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 SET gdpr.audit_retention = '90 days';
 INSERT INTO rental VALUES (205, 1);
 SELECT retention_until - event_time AS kept FROM gdpr.audit_log;

@@ -1,7 +1,7 @@
 -- DDL on registered tables is recorded, and the map follows drops.
 \set SHOW_CONTEXT never
 SET search_path = shop, public;
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 
 ALTER TABLE customer ADD COLUMN phone text;
 CREATE INDEX ON customer (full_name);
@@ -14,7 +14,7 @@ CREATE TABLE not_personal (id int PRIMARY KEY);       -- not registered: not rec
 ALTER TABLE not_personal ADD COLUMN x int;
 SELECT event, table_name, detail FROM trail;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- A new partition of a registered table is covered, TRUNCATE trigger included.
 CREATE TABLE visit_2027 PARTITION OF visit FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
 SELECT tgname FROM pg_trigger WHERE tgrelid = 'visit_2027'::regclass ORDER BY tgname;
@@ -22,7 +22,7 @@ INSERT INTO visit VALUES (3, '2027-03-01', 2, '/new');
 TRUNCATE visit_2027;
 SELECT event, table_name, subject_id, detail->>'command' AS command, detail->>'partition' AS part FROM trail;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 -- Dropping a classified column removes its classification.
 SELECT gdpr.classify_column('customer', 'phone', 'contact');
 ALTER TABLE customer DROP COLUMN phone;

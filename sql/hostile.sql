@@ -18,7 +18,7 @@ SELECT gdpr.classify_column('"we""ird; schema"."Üser Table"', 'E-Mail; DROP TAB
 SELECT gdpr.classify_column('"we""ird; schema"."Üser Table"', 'from', 'secret');
 SELECT path FROM gdpr.map WHERE subject_kind = 'we"ird kind' ORDER BY 1;
 
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 INSERT INTO "we""ird; schema"."Üser Table" VALUES (1, 'x@example.com', 'hidden');
 INSERT INTO "we""ird; schema"."order" VALUES (5, 1, 'it''s');
 UPDATE "we""ird; schema"."order" SET "'quoted'" = 'ok' WHERE "Order Id" = 5;

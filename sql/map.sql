@@ -1,7 +1,7 @@
 -- Registering subjects and tables, and the map that results.
 \set SHOW_CONTEXT never
 SET search_path = shop, public;
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 
 SELECT gdpr.register_subject('customer', 'id');
 SELECT gdpr.register_table('orders');

@@ -1,7 +1,7 @@
 -- Ambiguous and explicit paths.
 \set SHOW_CONTEXT never
 SET search_path = shop, public;
-TRUNCATE gdpr.audit_log;
+CALL reset_trail();
 
 -- Two foreign keys to customer: refused, with both paths named.
 SELECT gdpr.register_table('message');

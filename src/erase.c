@@ -78,16 +78,19 @@ static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
 static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
-							 MemoryContext cxt, ResourceOwner owner);
-static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym);
+							 MemoryContext cxt, ResourceOwner owner, int64 *redacted);
+static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
+							 int64 *redacted);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
 static char *owned_rows(const EraseTable *t, const char *join_keyword);
-static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables);
+static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables,
+						 int64 *redacted);
+static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
 							   bool keep_subject_row, Jsonb *report);
 static Jsonb *report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run,
-						   List *tables, int64 scrubbed);
+						   List *tables, int64 scrubbed, int64 redacted);
 static Jsonb *holds_jsonb(List *held);
 static int64 exec_count(const char *sql, const GdprSubject *subject, bool read_only);
 static char *anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject,
@@ -122,6 +125,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	List	   *tables;
 	bool		keep_subject_row;
 	int64		scrubbed = 0;
+	int64		redacted = 0;
 	ListCell   *lc;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -191,10 +195,10 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	check_foreign_keys(tables, subject);
 
 	if (dry_run)
-		scrubbed = dry_run_erasure(tables, subject, pseudonym, spicxt, callerowner);
+		scrubbed = dry_run_erasure(tables, subject, pseudonym, spicxt, callerowner, &redacted);
 	else
-		scrubbed = execute_erasure(tables, subject, pseudonym);
-	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed);
+		scrubbed = execute_erasure(tables, subject, pseudonym, &redacted);
+	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed, redacted);
 	if (dry_run)
 	{
 		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
@@ -269,7 +273,7 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
  */
 static int64
 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
-				MemoryContext cxt, ResourceOwner owner)
+				MemoryContext cxt, ResourceOwner owner, int64 *redacted)
 {
 	int64		scrubbed = 0;
 
@@ -277,7 +281,7 @@ dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		scrubbed = execute_erasure(tables, subject, pseudonym);
+		scrubbed = execute_erasure(tables, subject, pseudonym, redacted);
 	}
 	PG_CATCH();
 	{
@@ -300,11 +304,12 @@ dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 
 /*
  * Changes the subject's rows, table by table in the planned order, and then
- * the audit trail.  Returns the number of audit events scrubbed.
+ * the audit trail.  Returns the number of audit events scrubbed; *redacted
+ * is how many of them were sealed (chain.c).
  * Restrictions do not apply meanwhile: erasure is what they wait for.
  */
 static int64
-execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym)
+execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym, int64 *redacted)
 {
 	int64		scrubbed = 0;
 	ListCell   *lc;
@@ -314,7 +319,7 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym)
 	{
 		foreach(lc, tables)
 			execute_table(lfirst(lc), subject);
-		scrubbed = scrub_audit(subject, pseudonym, tables);
+		scrubbed = scrub_audit(subject, pseudonym, tables, redacted);
 	}
 	PG_FINALLY();
 	{
@@ -876,64 +881,95 @@ execute_table(EraseTable *t, const GdprSubject *subject)
  * and key through the index on unattributed events.
  */
 static int64
-scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables)
+scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, int64 *redacted)
 {
 	ListCell   *lc;
-	int64		unattributed = 0;
 	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		args[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(subject->key_text),
 		CStringGetTextDatum(pseudonym),
 	CStringGetTextDatum(gdpr_relation_name(subject->relid))};
+	List	   *scrubbed = NIL;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
-	int64		n;
-	int			ret;
 
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute_with_args(
-		"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
-		"       subject_id = $3, "
-		"       row_key = CASE WHEN table_name = $4 THEN NULL ELSE row_key END, "
-		"       related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
-		" WHERE subject_kind = $1 AND subject_id = $2",
-		4, argtypes, args, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
-	n = SPI_processed;
-	ret = SPI_execute_with_args(
-		"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, "
-		"       related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
-		" WHERE subject_kind = $1 AND related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2]",
-		4, argtypes, args, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
-	n += SPI_processed;
-	foreach(lc, tables)
+	gdpr_audit_maintenance = true;
+	PG_TRY();
 	{
-		EraseTable *t = lfirst(lc);
-		Oid			targtypes[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
-		Datum		targs[4];
+		scrubbed = scrub(scrubbed,
+						 "UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
+						 "       subject_id = $3, "
+						 "       row_key = CASE WHEN table_name = $4 THEN NULL ELSE row_key END, "
+						 "       related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
+						 " WHERE subject_kind = $1 AND subject_id = $2 RETURNING event_id",
+						 4, argtypes, args);
+		scrubbed = scrub(scrubbed,
+						 "UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, "
+						 "       related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
+						 " WHERE subject_kind = $1 AND related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2] "
+						 "RETURNING event_id",
+						 4, argtypes, args);
+		foreach(lc, tables)
+		{
+			EraseTable *t = lfirst(lc);
+			Oid			targtypes[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+			Datum		targs[4];
 
-		/* a table without an owner path erased nothing: no keys */
-		if (t->keys == NULL || strcmp(t->keys, "[]") == 0)
-			continue;
-		targs[0] = CStringGetTextDatum(subject->kind);
-		targs[1] = CStringGetTextDatum(t->name);
-		targs[2] = CStringGetTextDatum(pseudonym);
-		targs[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(t->keys));
-		ret = SPI_execute_with_args(
-			"UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
-			"       subject_kind = $1, subject_id = $3 "
-			" WHERE subject_id IS NULL AND table_name = $2 "
-			"   AND row_key = ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements($4)))",
-			4, targtypes, targs, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "SPI_execute_with_args failed: %d", ret);
-		unattributed += SPI_processed;
+			/* a table without an owner path erased nothing: no keys */
+			if (t->keys == NULL || strcmp(t->keys, "[]") == 0)
+				continue;
+			targs[0] = CStringGetTextDatum(subject->kind);
+			targs[1] = CStringGetTextDatum(t->name);
+			targs[2] = CStringGetTextDatum(pseudonym);
+			targs[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(t->keys));
+			scrubbed = scrub(scrubbed,
+							 "UPDATE gdpr.audit_log SET old_values = NULL, new_values = NULL, detail = NULL, "
+							 "       subject_kind = $1, subject_id = $3 "
+							 " WHERE subject_id IS NULL AND table_name = $2 "
+							 "   AND row_key = ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements($4))) "
+							 "RETURNING event_id",
+							 4, targtypes, targs);
+		}
 	}
+	PG_FINALLY();
+	{
+		gdpr_audit_maintenance = false;
+	}
+	PG_END_TRY();
 	gdpr_leave_role(save_userid, save_sec_context, nest);
-	return n + unattributed;
+
+	/* events already sealed keep their digests and lose their nonce */
+	*redacted = 0;
+	if (scrubbed != NIL)
+	{
+		Datum	   *ids = palloc(sizeof(Datum) * list_length(scrubbed));
+		int			n = 0;
+
+		foreach(lc, scrubbed)
+			ids[n++] = Int64GetDatum(*(int64 *) lfirst(lc));
+		*redacted = gdpr_chain_redact(PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64),
+																	   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+									  pseudonym);
+	}
+	return list_length(scrubbed);
+}
+
+/* Runs one scrubbing UPDATE ... RETURNING event_id; appends the ids to list */
+static List *
+scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args)
+{
+	if (SPI_execute_with_args(sql, nargs, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "SPI_execute_with_args failed: %s", sql);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64	   *id = palloc(sizeof(int64));
+
+		*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		list = lappend(list, id);
+	}
+	return list;
 }
 
 /*
@@ -1023,7 +1059,7 @@ holds_jsonb(List *held)
 /* What an erasure did (or, dry, would do): counts and shared rows, never values */
 static Jsonb *
 report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, List *tables,
-			 int64 scrubbed)
+			 int64 scrubbed, int64 redacted)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -1064,6 +1100,7 @@ report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, Li
 							 (char *) lfirst(k));
 		}
 	}
-	appendStringInfo(&buf, "], \"audit_events_scrubbed\": " INT64_FORMAT "}", scrubbed);
+	appendStringInfo(&buf, "], \"audit_events_scrubbed\": " INT64_FORMAT
+					 ", \"sealed_events_redacted\": " INT64_FORMAT "}", scrubbed, redacted);
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }

@@ -171,6 +171,10 @@ extern void gdpr_anonymize_invalidate(Oid relid);
 /* erase.c: true while gdpr_erase changes a subject's rows (restrictions do not apply) */
 extern bool gdpr_erasing;
 
+/* chain.c */
+extern bool gdpr_audit_maintenance;
+extern int64 gdpr_chain_redact(Datum event_ids, const char *pseudonym);	/* SPI */
+
 /* retention.c */
 extern bool gdpr_retaining;
 

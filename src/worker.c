@@ -8,8 +8,9 @@
  * The launcher connects to no database (it reads only the shared catalog
  * pg_database), so it never holds a database open.  A database worker
  * connects, runs one pass -- the retention policies in batches of
- * gdpr.worker_batch_size rows, one transaction each; the audit trail's
- * expired partitions and events; due erasure requests -- and exits.  Between
+ * gdpr.worker_batch_size rows, one transaction each; sealing new audit
+ * events into the hash chain (chain.c); the audit trail's expired
+ * partitions and events; due erasure requests -- and exits.  Between
  * batches it checks whether someone is dropping its database (DROP DATABASE
  * holds the database's object lock while it waits for sessions to leave) and
  * leaves at once, so it never blocks DROP DATABASE for more than a batch.
@@ -274,6 +275,8 @@ gdpr_database_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
 	pgstat_report_appname("gdpr retention worker");
+	/* sealing needs a fresh snapshot per statement, whatever the server's default */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 
 	StartTransactionCommand();
 	installed = OidIsValid(get_extension_oid("gdpr", true));
@@ -323,6 +326,13 @@ run_pass(void)
 		if (total > 0 || error != NULL)
 			record(started, table, anonymize ? 0 : total, anonymize ? total : 0, error);
 	}
+
+	/* sealed before purged: an event that expires unsealed never enters the chain */
+	pgstat_report_activity(STATE_RUNNING, "gdpr retention: sealing gdpr.audit_log");
+	error = run_step(psprintf("SELECT gdpr.seal_audit(%d)", worker_batch_size), InvalidOid,
+					 true, deadline, &total);
+	if (error != NULL)
+		record(started, "gdpr.audit_seal", 0, 0, error);
 
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: gdpr.audit_log");
 	error = run_step(psprintf("SELECT gdpr.purge_audit_log(%d)", worker_batch_size), InvalidOid,

@@ -16,6 +16,9 @@ psql_ -f "$ROOT/test/bench/schema.sql" >/dev/null
 psql_ >/dev/null <<'SQL'
 -- The same erasure by hand: children first, the kept table and the subject row anonymized, the
 -- trail scrubbed.
+-- The hand erasure rewrites the trail too, which its guard refuses: off for both sides (the guard
+-- costs one C call per scrubbed event).
+ALTER TABLE gdpr.audit_log DISABLE TRIGGER audit_guard;
 CREATE FUNCTION hand_erase(who bigint) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM customer WHERE id = who FOR UPDATE;

@@ -1,0 +1,1191 @@
+/*-------------------------------------------------------------------------
+ *
+ * chain.c
+ *		The tamper-evident audit trail: events sealed into a SHA-256 hash
+ *		chain, redaction by erasure, verification, external digests, and the
+ *		guard that refuses changes to the trail outside our own paths.
+ *
+ * Sealing is off the hot path.  The audit trigger only inserts; a sealer
+ * (the background worker, or gdpr.seal_audit() on demand) later gives each
+ * committed event the next sequence number and records, in gdpr.audit_seal:
+ *
+ *	 personal_digest = SHA-256(nonce || the event's personal fields)
+ *	 event_digest	 = SHA-256(the other fields || personal_digest)
+ *	 chain_hash		 = SHA-256(previous chain_hash || seq || event_digest)
+ *
+ * The personal fields (subject key, row key, related subjects, old and new
+ * values, detail) enter the chain only through their digest, salted with a
+ * random nonce.  Erasure removes the values and the nonce (what is left can
+ * no longer be matched against a guess of the values) and marks the seal row
+ * redacted by the erasure's pseudonym; the ERASE event, itself chained, says
+ * how many sealed events it redacted, so a redaction nobody asked for shows.
+ *
+ * Sealers serialize on the single row of gdpr.audit_seal_state; writers never
+ * touch it.  An event is sealed once it is visible, in event_id order within
+ * a batch, so the chain follows commit order batch by batch.  The state's
+ * frontier (every event below it is sealed) advances only past events no
+ * transaction can still be writing: the identity value last handed out is
+ * noted with the transactions then holding a write lock on gdpr.audit_log,
+ * and trusted once they have all ended.  Sealing therefore needs READ
+ * COMMITTED: a later snapshot must see what those transactions committed.
+ *
+ * Purging drops expired events; their seal rows stay, digests only, so the
+ * chain still verifies across them, until a whole prefix of the chain has
+ * expired: then it is replaced by a checkpoint (seq, chain_hash) from which
+ * verification starts.
+ *
+ * UPDATE, DELETE and TRUNCATE of the trail and its seal tables are refused
+ * by gdpr.audit_guard() unless gdpr_audit_maintenance is set, which only
+ * this file and erasure's scrub do, for the length of one operation.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "gdpr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "port/pg_bswap.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(gdpr_seal_audit);
+PG_FUNCTION_INFO_V1(gdpr_verify_audit);
+PG_FUNCTION_INFO_V1(gdpr_audit_digest);
+PG_FUNCTION_INFO_V1(gdpr_audit_guard);
+PG_FUNCTION_INFO_V1(gdpr_purge_audit_rows);
+
+/* Set while our own code changes the trail; see gdpr_audit_guard() */
+bool		gdpr_audit_maintenance = false;
+
+#define HASH_LEN	PG_SHA256_DIGEST_LENGTH
+#define NONCE_LEN	16
+
+/*
+ * The fields of an event, in digest order: first those that stay as
+ * written (N_PUBLIC), then those erasure may change (the personal ones).
+ */
+#define EVENT_COLUMNS \
+	"a.event_id, a.event_time, a.event, a.success, a.table_name, a.changed_columns, a.txid, " \
+	"a.session_role, a.effective_role, a.actor, a.client_addr, a.user_agent, a.application_name, " \
+	"a.retention_until, " \
+	"a.subject_kind, a.subject_id, a.related_subject_ids, a.row_key, a.old_values, a.new_values, a.detail"
+#define N_PUBLIC	14
+#define N_COLUMNS	21
+
+/* The last link of the chain: the newest seal row, else the newest checkpoint, else nothing */
+#define CHAIN_END \
+	"SELECT seq, chain_hash FROM (" \
+	"  (SELECT seq, chain_hash FROM gdpr.audit_seal ORDER BY seq DESC LIMIT 1) UNION ALL " \
+	"  (SELECT seq, chain_hash FROM gdpr.audit_checkpoint ORDER BY seq DESC LIMIT 1) UNION ALL " \
+	"  SELECT 0, pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex')) c " \
+	"ORDER BY seq DESC LIMIT 1"
+
+/* Turns events of one SPI result into digests */
+typedef struct Digester
+{
+	pg_cryptohash_ctx *sha;
+	StringInfoData buf;
+	int			first;			/* attribute number of event_id in the result */
+	Oid			types[N_COLUMNS];
+	FmgrInfo	out[N_COLUMNS];
+} Digester;
+
+/* One row of gdpr.audit_seal with its event, if the event is still there */
+typedef struct SealRow
+{
+	int64		seq;
+	int64		event_id;
+	uint8		event_digest[HASH_LEN];
+	uint8		chain_hash[HASH_LEN];
+	uint8		personal_digest[HASH_LEN];
+	uint8		nonce[NONCE_LEN];
+	bool		has_nonce;
+	char	   *redacted_by;
+	bool		expired;
+	bool		present;
+	bool		digest_ok;		/* the event, if present, matches the digests */
+	bool		personal_ok;
+	uint8		recomputed[HASH_LEN];	/* the event's digest as it is now */
+	bool		is_erase;
+	char	   *erase_pseudonym;
+	int64		erase_redacted;
+} SealRow;
+
+/* Redactions seen per erasure pseudonym during a verification */
+typedef struct Redactions
+{
+	char		pseudonym[NAMEDATALEN * 2];
+	int64		count;
+	int64		first_seq;
+	int64		first_event_id;
+	bool		erase_seen;
+	int64		erase_says;
+} Redactions;
+
+static void digester_init(Digester *d, TupleDesc desc, int first);
+static void sha256(Digester *d, const void *data, size_t len, uint8 *out);
+static void event_digests(Digester *d, HeapTuple tup, TupleDesc desc, const uint8 *nonce,
+						  const uint8 *personal_in, uint8 *personal_out, uint8 *event_out);
+static void append_field(Digester *d, int i, Datum value, bool isnull);
+static void chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest,
+					   uint8 *out);
+static Oid	audit_log_oid(void);
+static bool writers_ended(Datum pending);
+static Datum current_writers(void);
+static bytea *to_bytea(const uint8 *data, size_t len);
+static void from_bytea(Datum d, uint8 *out, size_t len);
+static char *hex(const uint8 *data, size_t len);
+static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d);
+static Jsonb *verdict(bool ok, int64 checked, int64 last_seq, const uint8 *last_hash,
+					  int64 from_seq, int64 redacted, int64 purged, const char *digest_status,
+					  const SealRow *bad, const char *problem, const char *detail);
+
+/*
+ * gdpr.seal_audit(max_events int DEFAULT 10000): seals up to max_events
+ * committed events; returns how many.
+ */
+Datum
+gdpr_seal_audit(PG_FUNCTION_ARGS)
+{
+	int32		max_events = PG_GETARG_INT32(0);
+	Digester	d;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+	HeapTuple	state;
+	TupleDesc	state_desc;
+	bool		isnull;
+	int64		seq;
+	uint8		prev[HASH_LEN];
+	int64		frontier;
+	Datum		pending_upto;
+	bool		pending_null;
+	Datum		pending_writers;
+	int64		safe = -1;
+	int64		sealed = 0;
+	int64		first_left = -1;
+	Portal		portal;
+	SPIPlanPtr	insert;
+	Oid			argtypes[7] = {INT8OID, INT8OID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID, BYTEAOID, BYTEAOID};
+
+	if (max_events < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_events must be at least 1")));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("gdpr.seal_audit() must run in a READ COMMITTED transaction"),
+				 errhint("Events committed after this transaction's snapshot would be missed; call it on its own.")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+
+	/* the state row serializes sealers; writers never touch it */
+	/*
+	 * The state is not dumped (a restore would race the worker creating it):
+	 * the first seal after CREATE EXTENSION or a restore takes the end of the
+	 * chain from the seal rows themselves.
+	 */
+	if (SPI_execute("INSERT INTO gdpr.audit_seal_state (last_seq, last_hash) "
+					"SELECT e.seq, e.chain_hash FROM (" CHAIN_END ") e ON CONFLICT DO NOTHING",
+					false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute failed");
+	if (SPI_execute("SELECT last_seq, last_hash, frontier, pending_upto, pending_writers "
+					"  FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "gdpr.audit_seal_state must hold exactly one row");
+	state = SPI_copytuple(SPI_tuptable->vals[0]);
+	state_desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	seq = DatumGetInt64(SPI_getbinval(state, state_desc, 1, &isnull));
+	from_bytea(SPI_getbinval(state, state_desc, 2, &isnull), prev, HASH_LEN);
+	frontier = DatumGetInt64(SPI_getbinval(state, state_desc, 3, &isnull));
+	pending_upto = SPI_getbinval(state, state_desc, 4, &pending_null);
+	pending_writers = SPI_getbinval(state, state_desc, 5, &isnull);
+
+	/*
+	 * Every identity value up to pending_upto went to a transaction that was
+	 * writing when it was noted; once they have all ended, their events are
+	 * visible (or gone) and the frontier may pass them.
+	 */
+	if (!pending_null && writers_ended(pending_writers))
+	{
+		safe = DatumGetInt64(pending_upto);
+		pending_null = true;
+	}
+	if (pending_null)
+	{
+		int64		handed_out;
+
+		if (SPI_execute("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END "
+						"  FROM gdpr.audit_log_event_id_seq", true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed");
+		handed_out = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		/* read after the sequence: a writer holding an older value holds its lock already */
+		pending_writers = current_writers();
+		if (pending_writers == (Datum) 0)
+			safe = Max(safe, handed_out);
+		else
+		{
+			pending_upto = Int64GetDatum(handed_out);
+			pending_null = false;
+		}
+	}
+
+	insert = SPI_prepare("INSERT INTO gdpr.audit_seal (seq, event_id, retention_until, nonce, "
+						 "personal_digest, event_digest, chain_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+						 7, argtypes);
+	if (insert == NULL)
+		elog(ERROR, "SPI_prepare failed");
+
+	{
+		Oid			fargtypes[1] = {INT8OID};
+		Datum		fargs[1] = {Int64GetDatum(frontier)};
+		SPIPlanPtr	scan = SPI_prepare("SELECT " EVENT_COLUMNS " FROM gdpr.audit_log a "
+									   " WHERE a.event_id >= $1 AND NOT EXISTS "
+									   "       (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id) "
+									   " ORDER BY a.event_id",
+									   1, fargtypes);
+
+		if (scan == NULL)
+			elog(ERROR, "SPI_prepare failed");
+		/* not read-only: a fresh snapshot, taken after the writers were noted */
+		portal = SPI_cursor_open(NULL, scan, fargs, NULL, false);
+	}
+
+	d.sha = NULL;
+	gdpr_audit_maintenance = true;
+	PG_TRY();
+	{
+		bool		done = false;
+
+		while (!done)
+		{
+			SPITupleTable *tuptable;
+			uint64		n;
+
+			SPI_cursor_fetch(portal, true, 1000);
+			tuptable = SPI_tuptable;
+			n = SPI_processed;
+			if (n == 0)
+				break;
+			if (d.sha == NULL)
+				digester_init(&d, tuptable->tupdesc, 1);
+			for (uint64 i = 0; i < n; i++)
+			{
+				HeapTuple	tup = tuptable->vals[i];
+				int64		event_id = DatumGetInt64(SPI_getbinval(tup, tuptable->tupdesc, 1, &isnull));
+				uint8		nonce[NONCE_LEN];
+				uint8		personal[HASH_LEN];
+				uint8		event_digest[HASH_LEN];
+				uint8		chain[HASH_LEN];
+				Datum		values[7];
+
+				if (sealed >= max_events)
+				{
+					first_left = event_id;
+					done = true;
+					break;
+				}
+				CHECK_FOR_INTERRUPTS();
+				if (!pg_strong_random(nonce, NONCE_LEN))
+					ereport(ERROR,
+							(errcode(ERRCODE_INTERNAL_ERROR),
+							 errmsg("could not generate a random nonce")));
+				event_digests(&d, tup, tuptable->tupdesc, nonce, NULL, personal, event_digest);
+				seq++;
+				chain_step(&d, prev, seq, event_digest, chain);
+				memcpy(prev, chain, HASH_LEN);
+
+				values[0] = Int64GetDatum(seq);
+				values[1] = Int64GetDatum(event_id);
+				values[2] = SPI_getbinval(tup, tuptable->tupdesc, N_PUBLIC, &isnull);
+				values[3] = PointerGetDatum(to_bytea(nonce, NONCE_LEN));
+				values[4] = PointerGetDatum(to_bytea(personal, HASH_LEN));
+				values[5] = PointerGetDatum(to_bytea(event_digest, HASH_LEN));
+				values[6] = PointerGetDatum(to_bytea(chain, HASH_LEN));
+				if (SPI_execute_plan(insert, values, NULL, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "SPI_execute_plan failed");
+				sealed++;
+			}
+			SPI_freetuptable(tuptable);
+		}
+	}
+	PG_FINALLY();
+	{
+		gdpr_audit_maintenance = false;
+	}
+	PG_END_TRY();
+	SPI_cursor_close(portal);
+	if (d.sha != NULL)
+		pg_cryptohash_free(d.sha);
+
+	/* everything below the frontier is sealed: what was left, and what may still come */
+	if (safe >= 0)
+	{
+		int64		next = safe + 1;
+
+		if (first_left >= 0 && first_left < next)
+			next = first_left;
+		frontier = Max(frontier, next);
+	}
+
+	{
+		Oid			uargtypes[5] = {INT8OID, BYTEAOID, INT8OID, INT8OID, INT8ARRAYOID};
+		Datum		uvalues[5];
+		char		unulls[5] = {' ', ' ', ' ', pending_null ? 'n' : ' ', pending_null ? 'n' : ' '};
+
+		uvalues[0] = Int64GetDatum(seq);
+		uvalues[1] = PointerGetDatum(to_bytea(prev, HASH_LEN));
+		uvalues[2] = Int64GetDatum(frontier);
+		uvalues[3] = pending_upto;
+		uvalues[4] = pending_writers;
+		gdpr_audit_maintenance = true;
+		PG_TRY();
+		{
+			if (SPI_execute_with_args("UPDATE gdpr.audit_seal_state SET last_seq = $1, last_hash = $2, "
+									  "       frontier = $3, pending_upto = $4, pending_writers = $5",
+									  5, uargtypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "SPI_execute_with_args failed");
+		}
+		PG_FINALLY();
+		{
+			gdpr_audit_maintenance = false;
+		}
+		PG_END_TRY();
+	}
+	gdpr_leave_role(save_userid, save_sec_context, nest);
+	SPI_finish();
+	PG_RETURN_INT64(sealed);
+}
+
+/*
+ * gdpr_verify_audit(digest jsonb DEFAULT NULL): recomputes the chain from
+ * the latest checkpoint (or the start) and checks every sealed event still
+ * there against its digests.  With a digest saved earlier from
+ * gdpr_audit_digest(), also checks that the chain still passes through it.
+ */
+Datum
+gdpr_verify_audit(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *saved = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext rowcxt;
+	Digester	d;
+	HASHCTL		ctl;
+	HTAB	   *redactions;
+	int64		digest_seq = -1;
+	uint8		digest_hash[HASH_LEN];
+	const char *digest_status = saved == NULL ? "none" : "not reached";
+	uint8		prev[HASH_LEN];
+	int64		from_seq = 0;
+	int64		expected;
+	int64		checked = 0;
+	int64		redacted = 0;
+	int64		purged = 0;
+	SealRow    *rows = NULL;
+	int			nrows = 0;
+	int			pos = 0;
+	bool		exhausted = false;
+	Portal		portal;
+	SPIPlanPtr	plan;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1];
+	bool		isnull;
+	Jsonb	   *result = NULL;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	if (saved != NULL)
+	{
+		Oid			jtypes[1] = {JSONBOID};
+		Datum		jargs[1] = {JsonbPGetDatum(saved)};
+
+		char	   *hash_text;
+
+		if (SPI_execute_with_args("SELECT CASE WHEN pg_catalog.jsonb_typeof($1->'seq') = 'number' "
+								  "            THEN ($1->>'seq')::pg_catalog.numeric::pg_catalog.int8 END, "
+								  "       CASE WHEN $1->>'hash' ~ '^[0-9a-f]{64}$' THEN $1->>'hash' END",
+								  1, jtypes, jargs, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		digest_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		hash_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		if (isnull || digest_seq < 1 || hash_text == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("digest must be an object with \"seq\" and a 64-digit hex \"hash\""),
+					 errhint("Pass what gdpr_audit_digest() returned.")));
+		hex_decode(hash_text, HASH_LEN * 2, (char *) digest_hash);
+	}
+
+	/* start from the latest checkpoint, or from nothing */
+	memset(prev, 0, HASH_LEN);
+	if (SPI_execute("SELECT seq, chain_hash FROM gdpr.audit_checkpoint ORDER BY seq DESC LIMIT 1",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	if (SPI_processed == 1)
+	{
+		from_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull), prev, HASH_LEN);
+	}
+	expected = from_seq + 1;
+	if (saved != NULL && digest_seq <= from_seq)
+	{
+		Oid			ctypes[1] = {INT8OID};
+		Datum		cargs[1] = {Int64GetDatum(digest_seq)};
+
+		/* the digest's event is purged: a checkpoint may still carry its hash */
+		if (SPI_execute_with_args("SELECT chain_hash FROM gdpr.audit_checkpoint WHERE seq = $1",
+								  1, ctypes, cargs, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		if (SPI_processed == 0)
+			digest_status = "purged";
+		else
+		{
+			uint8		h[HASH_LEN];
+
+			from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), h, HASH_LEN);
+			digest_status = memcmp(h, digest_hash, HASH_LEN) == 0 ? "matched" : "mismatch";
+		}
+	}
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(((Redactions *) NULL)->pseudonym);
+	ctl.entrysize = sizeof(Redactions);
+	ctl.hcxt = CurrentMemoryContext;
+	redactions = hash_create("gdpr redactions", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	plan = SPI_prepare("SELECT s.seq, s.event_id, s.event_digest, s.chain_hash, s.personal_digest, "
+					   "       s.nonce, s.redacted_by, s.retention_until < pg_catalog.now(), "
+					   "       a.event_id IS NOT NULL, " EVENT_COLUMNS ", "
+					   "       CASE WHEN a.event = 'ERASE' "
+					   "            THEN (a.detail->>'sealed_events_redacted')::pg_catalog.int8 END "
+					   "  FROM gdpr.audit_seal s LEFT JOIN gdpr.audit_log a "
+					   "    ON a.event_id = s.event_id AND a.retention_until = s.retention_until "
+					   " WHERE s.seq > $1 ORDER BY s.seq",
+					   1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+	args[0] = Int64GetDatum(from_seq);
+	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr verify rows", ALLOCSET_DEFAULT_SIZES);
+	d.sha = NULL;
+
+	for (;;)
+	{
+		SealRow    *r;
+		SealRow    *next = NULL;
+		uint8		chain[HASH_LEN];
+		const char *problem = NULL;
+		char	   *detail = NULL;
+
+		/* keep one row of lookahead: an inserted or swapped row shows in its neighbour */
+		if (pos + 1 >= nrows && !exhausted)
+		{
+			SealRow    *keep = pos < nrows ? &rows[pos] : NULL;
+			SealRow		saved_row;
+			MemoryContext old;
+
+			if (keep != NULL)
+				saved_row = *keep;
+			SPI_cursor_fetch(portal, true, 10000);
+			if (SPI_processed == 0)
+				exhausted = true;
+			else
+			{
+				if (d.sha == NULL)
+					digester_init(&d, SPI_tuptable->tupdesc, 10);
+				/* the kept row's strings live in rowcxt: move them out before it is reset */
+				if (keep != NULL && saved_row.redacted_by != NULL)
+					saved_row.redacted_by = MemoryContextStrdup(callercxt, saved_row.redacted_by);
+				if (keep != NULL && saved_row.erase_pseudonym != NULL)
+					saved_row.erase_pseudonym = MemoryContextStrdup(callercxt, saved_row.erase_pseudonym);
+				MemoryContextReset(rowcxt);
+				old = MemoryContextSwitchTo(rowcxt);
+				rows = palloc(sizeof(SealRow) * (SPI_processed + 1));
+				nrows = 0;
+				if (keep != NULL)
+					rows[nrows++] = saved_row;
+				for (uint64 i = 0; i < SPI_processed; i++)
+					read_seal_row(&rows[nrows++], SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &d);
+				MemoryContextSwitchTo(old);
+				pos = 0;
+			}
+			SPI_freetuptable(SPI_tuptable);
+		}
+		if (pos >= nrows)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		r = &rows[pos];
+		if (pos + 1 < nrows)
+			next = &rows[pos + 1];
+
+		if (r->seq != expected)
+		{
+			problem = "missing";
+			detail = psprintf("sequence numbers " INT64_FORMAT " to " INT64_FORMAT " are missing from the chain",
+							  expected, r->seq - 1);
+		}
+		else if (!r->present && !r->expired)
+		{
+			problem = "missing";
+			detail = psprintf("event " INT64_FORMAT " was deleted before its retention ended", r->event_id);
+		}
+		else
+		{
+			bool		event_ok = !r->present || (r->personal_ok && r->digest_ok);
+			bool		chain_ok;
+
+			chain_step(&d, prev, r->seq, r->event_digest, chain);
+			chain_ok = memcmp(chain, r->chain_hash, HASH_LEN) == 0;
+			if (!event_ok || !chain_ok)
+			{
+				uint8		alt[HASH_LEN];
+				uint8		back[HASH_LEN];
+
+				/* does the chain go on from the next row as if this one were not there? */
+				if (next != NULL)
+					chain_step(&d, prev, r->seq, next->event_digest, alt);
+				if (next != NULL && memcmp(alt, next->chain_hash, HASH_LEN) == 0)
+				{
+					chain_step(&d, next->chain_hash, r->seq + 1, r->event_digest, back);
+					if (memcmp(back, r->chain_hash, HASH_LEN) == 0)
+					{
+						problem = "reordered";
+						detail = psprintf("sequence numbers " INT64_FORMAT " and " INT64_FORMAT " were swapped",
+										  r->seq, r->seq + 1);
+					}
+					else
+					{
+						problem = "inserted";
+						detail = psprintf("event " INT64_FORMAT " was put into the chain after it was sealed",
+										  r->event_id);
+					}
+				}
+				else if (!event_ok && next != NULL && next->present &&
+						 memcmp(r->recomputed, next->event_digest, HASH_LEN) == 0)
+				{
+					problem = "reordered";
+					detail = psprintf("event " INT64_FORMAT " holds what was sealed as the next event", r->event_id);
+				}
+				else if (!r->personal_ok)
+				{
+					problem = "changed";
+					detail = psprintf("a personal field of event " INT64_FORMAT " no longer matches its digest",
+									  r->event_id);
+				}
+				else if (!event_ok)
+				{
+					problem = "changed";
+					detail = psprintf("event " INT64_FORMAT " no longer matches its digest", r->event_id);
+				}
+				else
+				{
+					problem = "changed";
+					detail = psprintf("the chain hash of sequence number " INT64_FORMAT " does not follow from the events before it",
+									  r->seq);
+				}
+			}
+		}
+		if (problem == NULL && digest_seq == r->seq)
+		{
+			if (memcmp(chain, digest_hash, HASH_LEN) != 0)
+			{
+				problem = "rewritten";
+				detail = psprintf("the chain no longer passes through the saved digest at sequence number " INT64_FORMAT,
+								  digest_seq);
+			}
+			else
+				digest_status = "matched";
+		}
+		if (problem != NULL)
+		{
+			MemoryContextSwitchTo(callercxt);
+			result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged,
+							 digest_status, r, problem, detail);
+			break;
+		}
+
+		if (!r->present)
+			purged++;
+		if (r->redacted_by != NULL)
+		{
+			Redactions *red;
+			bool		found;
+
+			redacted++;
+			red = hash_search(redactions, r->redacted_by, HASH_ENTER, &found);
+			if (!found)
+			{
+				red->count = 0;
+				red->first_seq = r->seq;
+				red->first_event_id = r->event_id;
+				red->erase_seen = false;
+				red->erase_says = -1;
+			}
+			red->count++;
+		}
+		if (r->is_erase && r->erase_pseudonym != NULL)
+		{
+			Redactions *red;
+			bool		found;
+
+			red = hash_search(redactions, r->erase_pseudonym, HASH_ENTER, &found);
+			if (!found)
+			{
+				red->count = 0;
+				red->first_seq = -1;
+				red->first_event_id = -1;
+			}
+			red->erase_seen = true;
+			red->erase_says = r->erase_redacted;
+		}
+		memcpy(prev, r->chain_hash, HASH_LEN);
+		expected = r->seq + 1;
+		checked++;
+		pos++;
+	}
+	SPI_cursor_close(portal);
+	if (d.sha != NULL)
+		pg_cryptohash_free(d.sha);
+	MemoryContextSwitchTo(callercxt);
+
+	if (result == NULL && saved != NULL && strcmp(digest_status, "not reached") == 0)
+		result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
+						 NULL, "missing",
+						 psprintf("the chain ends at sequence number " INT64_FORMAT ", before the saved digest's " INT64_FORMAT,
+								  expected - 1, digest_seq));
+	if (result == NULL && saved != NULL && strcmp(digest_status, "mismatch") == 0)
+		result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
+						 NULL, "rewritten", pstrdup("the checkpoint at the saved digest's sequence number has another hash"));
+
+	/* every redaction must come from an erasure that says it made that many */
+	if (result == NULL)
+	{
+		HASH_SEQ_STATUS status;
+		Redactions *red;
+
+		hash_seq_init(&status, redactions);
+		while ((red = hash_seq_search(&status)) != NULL)
+		{
+			SealRow		bad;
+			const char *why = NULL;
+
+			if (red->count == 0)
+				continue;
+			if (!red->erase_seen)
+			{
+				Oid			ptypes[1] = {TEXTOID};
+				Datum		pargs[1] = {CStringGetTextDatum(red->pseudonym)};
+
+				/* an erasure not sealed yet: its event is in the trail, not in the chain */
+				if (SPI_execute_with_args("SELECT (detail->>'sealed_events_redacted')::pg_catalog.int8 "
+										  "  FROM gdpr.audit_log WHERE event = 'ERASE' AND subject_id = $1",
+										  1, ptypes, pargs, NULL, true, 1) != SPI_OK_SELECT)
+					elog(ERROR, "SPI_execute_with_args failed");
+				if (SPI_processed == 1)
+				{
+					red->erase_seen = true;
+					red->erase_says = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+					if (isnull)
+						red->erase_says = -1;
+				}
+			}
+			if (!red->erase_seen)
+				why = "no erasure of that subject is in the trail";
+			else if (red->erase_says != red->count)
+				why = psprintf("its erasure redacted " INT64_FORMAT " sealed events, the chain shows " INT64_FORMAT,
+							   red->erase_says, red->count);
+			if (why == NULL)
+				continue;
+			memset(&bad, 0, sizeof(bad));
+			bad.seq = red->first_seq;
+			bad.event_id = red->first_event_id;
+			hash_seq_term(&status);
+			result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
+							 &bad, "redacted without an erasure",
+							 psprintf("event " INT64_FORMAT " is redacted by %s, but %s",
+									  red->first_event_id, red->pseudonym, why));
+			break;
+		}
+	}
+	if (result == NULL)
+		result = verdict(true, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
+						 NULL, NULL, NULL);
+	gdpr_leave_role(save_userid, save_sec_context, nest);
+	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
+	SPI_finish();
+	PG_RETURN_JSONB_P(result);
+}
+
+/*
+ * gdpr_audit_digest(): the last sealed sequence number and chain hash, to be
+ * kept outside the database and passed to gdpr_verify_audit() later.
+ */
+Datum
+gdpr_audit_digest(PG_FUNCTION_ARGS)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+	Datum		result;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	if (SPI_execute("SELECT pg_catalog.jsonb_build_object('seq', e.seq, "
+					"       'hash', pg_catalog.encode(e.chain_hash, 'hex'), "
+					"       'sealed_at', (SELECT sealed_at FROM gdpr.audit_seal WHERE seq = e.seq), "
+					"       'database', pg_catalog.current_database()) "
+					"  FROM (" CHAIN_END ") e", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed");
+	gdpr_leave_role(save_userid, save_sec_context, nest);
+	result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+							   false, -1);
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * BEFORE UPDATE OR DELETE (row) and BEFORE TRUNCATE (statement) on the trail
+ * and its seal tables: only our own erasure, sealing and purge may change
+ * them.  A superuser can still get past a trigger; verification catches it.
+ */
+Datum
+gdpr_audit_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("gdpr.audit_guard() must be fired as a trigger")));
+	if (!gdpr_audit_maintenance)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the audit trail of gdpr cannot be changed"),
+				 errdetail("%s on %s is refused: events are only added, erased by gdpr_erase() and purged by retention.",
+						   TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event) ? "TRUNCATE" :
+						   TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? "UPDATE" : "DELETE",
+						   RelationGetRelationName(trigdata->tg_relation)),
+				 errhint("Erase a subject with gdpr_erase(); expired events go with gdpr.purge_audit_log().")));
+	if (TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+		return PointerGetDatum(NULL);
+	return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple
+						   : trigdata->tg_trigtuple);
+}
+
+/*
+ * gdpr._purge_audit_rows(batch_size int): deletes up to batch_size expired
+ * events from the default partition; forgets the nonces of expired seal rows
+ * and, once a whole prefix of the chain has expired, replaces it with a
+ * checkpoint.  Returns the number of events deleted.
+ */
+Datum
+gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
+{
+	int32		batch_size = PG_GETARG_INT32(0);
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(batch_size)};
+	int64		deleted = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	gdpr_audit_maintenance = true;
+	PG_TRY();
+	{
+		if (SPI_execute_with_args("DELETE FROM gdpr.audit_log_default d "
+								  " WHERE d.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.ctid FROM gdpr.audit_log_default x "
+								  "                           WHERE x.retention_until < pg_catalog.now() LIMIT $1))",
+								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "SPI_execute_with_args failed");
+		deleted = SPI_processed;
+		if (SPI_execute("UPDATE gdpr.audit_seal SET nonce = NULL "
+						" WHERE retention_until < pg_catalog.now() AND nonce IS NOT NULL",
+						false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute failed");
+		if (SPI_execute("WITH horizon AS ("
+						"  SELECT COALESCE((SELECT pg_catalog.min(seq) FROM gdpr.audit_seal "
+						"                    WHERE retention_until >= pg_catalog.now()), "
+						"                  (SELECT last_seq + 1 FROM gdpr.audit_seal_state)) - 1 AS seq), "
+						"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash) "
+						"       SELECT s.seq, s.chain_hash FROM gdpr.audit_seal s, horizon h WHERE s.seq = h.seq "
+						"       RETURNING seq) "
+						"DELETE FROM gdpr.audit_seal s USING cp WHERE s.seq <= cp.seq",
+						false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "SPI_execute failed");
+	}
+	PG_FINALLY();
+	{
+		gdpr_audit_maintenance = false;
+	}
+	PG_END_TRY();
+	SPI_finish();
+	PG_RETURN_INT64(deleted);
+}
+
+/*
+ * Marks sealed events redacted by the erasure whose pseudonym is given:
+ * their nonce goes, so their remaining digest cannot be matched against a
+ * guess of the erased values.  event_ids is an int8[] of the events the
+ * erasure scrubbed.  Returns how many were sealed (and are now redacted).
+ * SPI must be connected; runs as the trail's owner.
+ */
+int64
+gdpr_chain_redact(Datum event_ids, const char *pseudonym)
+{
+	Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
+	Datum		args[2] = {event_ids, CStringGetTextDatum(pseudonym)};
+	int64		n = 0;
+
+	gdpr_audit_maintenance = true;
+	PG_TRY();
+	{
+		if (gdpr_execute_as_owner(NULL, "UPDATE gdpr.audit_seal SET nonce = NULL, redacted_at = pg_catalog.now(), "
+								  "       redacted_by = $2 "
+								  " WHERE event_id = ANY ($1) AND redacted_by IS NULL",
+								  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute_with_args failed");
+		n = SPI_processed;
+	}
+	PG_FINALLY();
+	{
+		gdpr_audit_maintenance = false;
+	}
+	PG_END_TRY();
+	return n;
+}
+
+static void
+digester_init(Digester *d, TupleDesc desc, int first)
+{
+	d->sha = pg_cryptohash_create(PG_SHA256);
+	if (d->sha == NULL)
+		elog(ERROR, "could not create a SHA-256 context");
+	initStringInfo(&d->buf);
+	d->first = first;
+	for (int i = 0; i < N_COLUMNS; i++)
+	{
+		Oid			out;
+		bool		varlena;
+
+		d->types[i] = TupleDescAttr(desc, first - 1 + i)->atttypid;
+		getTypeOutputInfo(d->types[i], &out, &varlena);
+		fmgr_info(out, &d->out[i]);
+	}
+}
+
+static void
+sha256(Digester *d, const void *data, size_t len, uint8 *out)
+{
+	if (pg_cryptohash_init(d->sha) < 0 ||
+		pg_cryptohash_update(d->sha, data, len) < 0 ||
+		pg_cryptohash_final(d->sha, out, HASH_LEN) < 0)
+		elog(ERROR, "could not compute a SHA-256 digest");
+}
+
+/*
+ * The digests of one event.  With a nonce, the personal digest is computed
+ * from the row; without (a redacted event), personal_in is taken as it is.
+ */
+static void
+event_digests(Digester *d, HeapTuple tup, TupleDesc desc, const uint8 *nonce,
+			  const uint8 *personal_in, uint8 *personal_out, uint8 *event_out)
+{
+	bool		isnull;
+
+	if (nonce != NULL)
+	{
+		resetStringInfo(&d->buf);
+		appendBinaryStringInfo(&d->buf, (const char *) nonce, NONCE_LEN);
+		for (int i = N_PUBLIC; i < N_COLUMNS; i++)
+		{
+			Datum		v = SPI_getbinval(tup, desc, d->first + i, &isnull);
+
+			append_field(d, i, v, isnull);
+		}
+		sha256(d, d->buf.data, d->buf.len, personal_out);
+	}
+	else
+		memcpy(personal_out, personal_in, HASH_LEN);
+
+	resetStringInfo(&d->buf);
+	for (int i = 0; i < N_PUBLIC; i++)
+	{
+		Datum		v = SPI_getbinval(tup, desc, d->first + i, &isnull);
+
+		append_field(d, i, v, isnull);
+	}
+	appendBinaryStringInfo(&d->buf, (const char *) personal_out, HASH_LEN);
+	sha256(d, d->buf.data, d->buf.len, event_out);
+}
+
+/*
+ * One field, unambiguously: a marker for NULL or a value; fixed-width types
+ * in network order, the others as their length and text.  Text output of
+ * the remaining types (arrays, jsonb, inet) does not depend on settings.
+ */
+static void
+append_field(Digester *d, int i, Datum value, bool isnull)
+{
+	if (isnull)
+	{
+		appendStringInfoChar(&d->buf, 0);
+		return;
+	}
+	appendStringInfoChar(&d->buf, 1);
+	switch (d->types[i])
+	{
+		case INT8OID:
+		case TIMESTAMPTZOID:
+			{
+				uint64		v = pg_hton64((uint64) DatumGetInt64(value));
+
+				appendBinaryStringInfo(&d->buf, (const char *) &v, sizeof(v));
+				break;
+			}
+		case BOOLOID:
+			appendStringInfoChar(&d->buf, DatumGetBool(value) ? 1 : 0);
+			break;
+		case TEXTOID:
+			{
+				text	   *t = DatumGetTextPP(value);
+				uint32		len = pg_hton32((uint32) VARSIZE_ANY_EXHDR(t));
+
+				appendBinaryStringInfo(&d->buf, (const char *) &len, sizeof(len));
+				appendBinaryStringInfo(&d->buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		default:
+			{
+				char	   *s = OutputFunctionCall(&d->out[i], value);
+				uint32		len = pg_hton32((uint32) strlen(s));
+
+				appendBinaryStringInfo(&d->buf, (const char *) &len, sizeof(len));
+				appendBinaryStringInfo(&d->buf, s, strlen(s));
+				pfree(s);
+				break;
+			}
+	}
+}
+
+static void
+chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest, uint8 *out)
+{
+	uint8		buf[HASH_LEN + sizeof(uint64) + HASH_LEN];
+	uint64		nseq = pg_hton64((uint64) seq);
+
+	memcpy(buf, prev, HASH_LEN);
+	memcpy(buf + HASH_LEN, &nseq, sizeof(nseq));
+	memcpy(buf + HASH_LEN + sizeof(nseq), event_digest, HASH_LEN);
+	if (d->sha == NULL)
+	{
+		pg_cryptohash_ctx *sha = pg_cryptohash_create(PG_SHA256);
+
+		if (sha == NULL || pg_cryptohash_init(sha) < 0 || pg_cryptohash_update(sha, buf, sizeof(buf)) < 0 ||
+			pg_cryptohash_final(sha, out, HASH_LEN) < 0)
+			elog(ERROR, "could not compute a SHA-256 digest");
+		pg_cryptohash_free(sha);
+		return;
+	}
+	sha256(d, buf, sizeof(buf), out);
+}
+
+static Oid
+audit_log_oid(void)
+{
+	Oid			relid = get_relname_relid("audit_log", get_namespace_oid("gdpr", false));
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table \"gdpr.audit_log\" does not exist")));
+	return relid;
+}
+
+/*
+ * The transactions now writing the trail (holding a lock that conflicts
+ * with SHARE on gdpr.audit_log), as an int8[] of virtual transaction ids;
+ * (Datum) 0 when there are none.
+ */
+static Datum
+current_writers(void)
+{
+	LOCKTAG		tag;
+	VirtualTransactionId *vxids;
+	int			count = 0;
+	Datum	   *elems;
+	int			n = 0;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, audit_log_oid());
+	vxids = GetLockConflicts(&tag, ShareLock, &count);
+	if (count == 0)
+		return (Datum) 0;
+	elems = palloc(sizeof(Datum) * count);
+	for (int i = 0; i < count && VirtualTransactionIdIsValid(vxids[i]); i++)
+		elems[n++] = Int64GetDatum(((int64) vxids[i].backendId << 32) |
+								   (int64) vxids[i].localTransactionId);
+	if (n == 0)
+		return (Datum) 0;
+	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* Whether every virtual transaction in the int8[] has ended */
+static bool
+writers_ended(Datum pending)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(DatumGetArrayTypeP(pending), INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		int64		v = DatumGetInt64(elems[i]);
+		VirtualTransactionId vxid;
+
+		vxid.backendId = (BackendId) (v >> 32);
+		vxid.localTransactionId = (LocalTransactionId) (v & 0xFFFFFFFF);
+		if (!VirtualXactLock(vxid, false))
+			return false;
+	}
+	return true;
+}
+
+static bytea *
+to_bytea(const uint8 *data, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), data, len);
+	return b;
+}
+
+/* A bytea of the expected length into out; anything else becomes zeros, which never verify */
+static void
+from_bytea(Datum d, uint8 *out, size_t len)
+{
+	bytea	   *b = DatumGetByteaPP(d);
+
+	if (VARSIZE_ANY_EXHDR(b) == len)
+		memcpy(out, VARDATA_ANY(b), len);
+	else
+		memset(out, 0, len);
+}
+
+static char *
+hex(const uint8 *data, size_t len)
+{
+	char	   *s = palloc(len * 2 + 1);
+
+	hex_encode((const char *) data, len, s);
+	s[len * 2] = '\0';
+	return s;
+}
+
+/*
+ * Reads one row of the verification query: the seal columns, then (from
+ * column 10) the event's, and checks the event against its digests.
+ */
+static void
+read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
+{
+	bool		isnull;
+	Datum		v;
+	char	   *event;
+
+	memset(r, 0, sizeof(*r));
+	r->seq = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	r->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	from_bytea(SPI_getbinval(tup, desc, 3, &isnull), r->event_digest, HASH_LEN);
+	from_bytea(SPI_getbinval(tup, desc, 4, &isnull), r->chain_hash, HASH_LEN);
+	from_bytea(SPI_getbinval(tup, desc, 5, &isnull), r->personal_digest, HASH_LEN);
+	v = SPI_getbinval(tup, desc, 6, &isnull);
+	r->has_nonce = !isnull;
+	if (!isnull)
+		from_bytea(v, r->nonce, NONCE_LEN);
+	r->redacted_by = SPI_getvalue(tup, desc, 7);
+	r->expired = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	r->present = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+	r->digest_ok = true;
+	r->personal_ok = true;
+	if (!r->present)
+		return;
+
+	if (r->has_nonce)
+	{
+		uint8		personal[HASH_LEN];
+
+		event_digests(d, tup, desc, r->nonce, NULL, personal, r->recomputed);
+		r->personal_ok = memcmp(personal, r->personal_digest, HASH_LEN) == 0;
+	}
+	else
+		event_digests(d, tup, desc, NULL, r->personal_digest, (uint8[HASH_LEN]) {0}, r->recomputed);
+	r->digest_ok = memcmp(r->recomputed, r->event_digest, HASH_LEN) == 0;
+
+	event = SPI_getvalue(tup, desc, d->first + 2);
+	if (event != NULL && strcmp(event, "ERASE") == 0)
+	{
+		v = SPI_getbinval(tup, desc, d->first + N_COLUMNS, &isnull);
+		r->is_erase = true;
+		r->erase_pseudonym = SPI_getvalue(tup, desc, d->first + 15);
+		r->erase_redacted = isnull ? -1 : DatumGetInt64(v);
+	}
+}
+
+static Jsonb *
+verdict(bool ok, int64 checked, int64 last_seq, const uint8 *last_hash, int64 from_seq,
+		int64 redacted, int64 purged, const char *digest_status, const SealRow *bad,
+		const char *problem, const char *detail)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"ok\": %s, \"events_checked\": " INT64_FORMAT
+					 ", \"last_verified_seq\": " INT64_FORMAT ", \"last_hash\": \"%s\""
+					 ", \"from_checkpoint\": " INT64_FORMAT ", \"redacted\": " INT64_FORMAT
+					 ", \"purged\": " INT64_FORMAT ", \"digest\": \"%s\"",
+					 ok ? "true" : "false", checked, last_seq, hex(last_hash, HASH_LEN), from_seq,
+					 redacted, purged, digest_status);
+	if (problem != NULL)
+	{
+		appendStringInfoString(&buf, ", \"first_bad\": {");
+		if (bad != NULL)
+			appendStringInfo(&buf, "\"seq\": " INT64_FORMAT ", \"event_id\": " INT64_FORMAT ", ",
+							 bad->seq, bad->event_id);
+		appendStringInfoString(&buf, "\"problem\": ");
+		escape_json(&buf, problem);
+		appendStringInfoString(&buf, ", \"detail\": ");
+		escape_json(&buf, detail);
+		appendStringInfoChar(&buf, '}');
+	}
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
