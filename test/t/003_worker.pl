@@ -125,5 +125,27 @@ is($node->safe_psql('shop', q{SELECT count(*) FROM broken}), '5', 'and changes n
 ok($node->safe_psql('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'gdpr retention launcher'}),
    'a dangling policy does not bring the worker down');
 
+# The worker seals the trail; expired events are purged, their prefix of the chain becomes a
+# checkpoint, and verification goes on from it.
+ok($node->poll_query_until('shop', q{SELECT (gdpr_verify_audit()->>'last_verified_seq')::int > 0}),
+   'the worker seals the trail');
+is($node->safe_psql('shop', q{SELECT gdpr_verify_audit()->>'ok'}), 'true', 'and the chain verifies');
+$node->safe_psql('postgres', 'CREATE DATABASE chain');
+$node->safe_psql('chain', q{
+    SET gdpr.audit_retention = '3 seconds';
+    CREATE EXTENSION gdpr;
+    CREATE TABLE person (id int PRIMARY KEY, name text);
+    SELECT gdpr.register_subject('person', 'id');
+    INSERT INTO person SELECT g, 'p' || g FROM generate_series(1, 50) g;
+});
+ok($node->poll_query_until('chain', q{SELECT count(*) > 0 FROM gdpr.audit_checkpoint}),
+   'a purged prefix of the chain becomes a checkpoint');
+$node->safe_psql('chain', q{INSERT INTO person VALUES (51, 'kept')});
+ok($node->poll_query_until('chain', q{SELECT count(*) = 1 FROM gdpr.audit_seal s JOIN gdpr.audit_log a USING (event_id) WHERE a.subject_id = '51'}),
+   'new events are sealed after it');
+is($node->safe_psql('chain', q{SELECT (v->>'ok') || ' from ' || (v->>'from_checkpoint')::int FROM gdpr_verify_audit() v}),
+   'true from ' . $node->safe_psql('chain', 'SELECT max(seq) FROM gdpr.audit_checkpoint'),
+   'verification starts from the checkpoint');
+
 $node->stop;
 done_testing();
