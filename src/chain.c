@@ -42,6 +42,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -58,6 +59,7 @@
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -104,6 +106,8 @@ typedef struct Digester
 	pg_cryptohash_ctx *sha;
 	StringInfoData buf;
 	int			first;			/* attribute number of event_id in the result */
+	Datum	   *values;			/* the current row, deformed once (by attribute number - 1) */
+	bool	   *nulls;
 	Oid			types[N_COLUMNS];
 	FmgrInfo	out[N_COLUMNS];
 } Digester;
@@ -142,8 +146,9 @@ typedef struct Redactions
 
 static void digester_init(Digester *d, TupleDesc desc, int first);
 static void sha256(Digester *d, const void *data, size_t len, uint8 *out);
-static void event_digests(Digester *d, HeapTuple tup, TupleDesc desc, const uint8 *nonce,
-						  const uint8 *personal_in, uint8 *personal_out, uint8 *event_out);
+static void deform(Digester *d, HeapTuple tup, TupleDesc desc);
+static void event_digests(Digester *d, const uint8 *nonce, const uint8 *personal_in,
+						  uint8 *personal_out, uint8 *event_out);
 static void append_field(Digester *d, int i, Datum value, bool isnull);
 static void chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest,
 					   uint8 *out);
@@ -153,6 +158,7 @@ static Datum current_writers(void);
 static bytea *to_bytea(const uint8 *data, size_t len);
 static void from_bytea(Datum d, uint8 *out, size_t len);
 static char *hex(const uint8 *data, size_t len);
+static bool text_equal_cstr(Datum t, const char *s);
 static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d);
 static Jsonb *verdict(bool ok, int64 checked, int64 last_seq, const uint8 *last_hash,
 					  int64 from_seq, int64 redacted, int64 purged, const char *digest_status,
@@ -293,13 +299,15 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 			for (uint64 i = 0; i < n; i++)
 			{
 				HeapTuple	tup = tuptable->vals[i];
-				int64		event_id = DatumGetInt64(SPI_getbinval(tup, tuptable->tupdesc, 1, &isnull));
+				int64		event_id;
 				uint8		nonce[NONCE_LEN];
 				uint8		personal[HASH_LEN];
 				uint8		event_digest[HASH_LEN];
 				uint8		chain[HASH_LEN];
 				Datum		values[7];
 
+				deform(&d, tup, tuptable->tupdesc);
+				event_id = DatumGetInt64(d.values[0]);
 				if (sealed >= max_events)
 				{
 					first_left = event_id;
@@ -311,14 +319,14 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 					ereport(ERROR,
 							(errcode(ERRCODE_INTERNAL_ERROR),
 							 errmsg("could not generate a random nonce")));
-				event_digests(&d, tup, tuptable->tupdesc, nonce, NULL, personal, event_digest);
+				event_digests(&d, nonce, NULL, personal, event_digest);
 				seq++;
 				chain_step(&d, prev, seq, event_digest, chain);
 				memcpy(prev, chain, HASH_LEN);
 
 				values[0] = Int64GetDatum(seq);
 				values[1] = Int64GetDatum(event_id);
-				values[2] = SPI_getbinval(tup, tuptable->tupdesc, N_PUBLIC, &isnull);
+				values[2] = d.values[N_PUBLIC - 1];
 				values[3] = PointerGetDatum(to_bytea(nonce, NONCE_LEN));
 				values[4] = PointerGetDatum(to_bytea(personal, HASH_LEN));
 				values[5] = PointerGetDatum(to_bytea(event_digest, HASH_LEN));
@@ -419,6 +427,9 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	/* the events are sorted by sequence number: in memory, not on disk (restored on leaving) */
+	(void) set_config_option("work_mem", "262144", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (saved != NULL)
 	{
 		Oid			jtypes[1] = {JSONBOID};
@@ -889,6 +900,8 @@ digester_init(Digester *d, TupleDesc desc, int first)
 		elog(ERROR, "could not create a SHA-256 context");
 	initStringInfo(&d->buf);
 	d->first = first;
+	d->values = palloc(sizeof(Datum) * desc->natts);
+	d->nulls = palloc(sizeof(bool) * desc->natts);
 	for (int i = 0; i < N_COLUMNS; i++)
 	{
 		Oid			out;
@@ -898,6 +911,13 @@ digester_init(Digester *d, TupleDesc desc, int first)
 		getTypeOutputInfo(d->types[i], &out, &varlena);
 		fmgr_info(out, &d->out[i]);
 	}
+}
+
+/* Deforms a row once; reading columns one by one walks the tuple again for each */
+static void
+deform(Digester *d, HeapTuple tup, TupleDesc desc)
+{
+	heap_deform_tuple(tup, desc, d->values, d->nulls);
 }
 
 static void
@@ -914,21 +934,18 @@ sha256(Digester *d, const void *data, size_t len, uint8 *out)
  * from the row; without (a redacted event), personal_in is taken as it is.
  */
 static void
-event_digests(Digester *d, HeapTuple tup, TupleDesc desc, const uint8 *nonce,
-			  const uint8 *personal_in, uint8 *personal_out, uint8 *event_out)
+event_digests(Digester *d, const uint8 *nonce, const uint8 *personal_in,
+			  uint8 *personal_out, uint8 *event_out)
 {
-	bool		isnull;
+	Datum	   *values = d->values + d->first - 1;
+	bool	   *nulls = d->nulls + d->first - 1;
 
 	if (nonce != NULL)
 	{
 		resetStringInfo(&d->buf);
 		appendBinaryStringInfo(&d->buf, (const char *) nonce, NONCE_LEN);
 		for (int i = N_PUBLIC; i < N_COLUMNS; i++)
-		{
-			Datum		v = SPI_getbinval(tup, desc, d->first + i, &isnull);
-
-			append_field(d, i, v, isnull);
-		}
+			append_field(d, i, values[i], nulls[i]);
 		sha256(d, d->buf.data, d->buf.len, personal_out);
 	}
 	else
@@ -936,11 +953,7 @@ event_digests(Digester *d, HeapTuple tup, TupleDesc desc, const uint8 *nonce,
 
 	resetStringInfo(&d->buf);
 	for (int i = 0; i < N_PUBLIC; i++)
-	{
-		Datum		v = SPI_getbinval(tup, desc, d->first + i, &isnull);
-
-		append_field(d, i, v, isnull);
-	}
+		append_field(d, i, values[i], nulls[i]);
 	appendBinaryStringInfo(&d->buf, (const char *) personal_out, HASH_LEN);
 	sha256(d, d->buf.data, d->buf.len, event_out);
 }
@@ -1100,6 +1113,14 @@ from_bytea(Datum d, uint8 *out, size_t len)
 		memset(out, 0, len);
 }
 
+static bool
+text_equal_cstr(Datum t, const char *s)
+{
+	text	   *txt = DatumGetTextPP(t);
+
+	return VARSIZE_ANY_EXHDR(txt) == strlen(s) && memcmp(VARDATA_ANY(txt), s, strlen(s)) == 0;
+}
+
 static char *
 hex(const uint8 *data, size_t len)
 {
@@ -1117,23 +1138,22 @@ hex(const uint8 *data, size_t len)
 static void
 read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
 {
-	bool		isnull;
-	Datum		v;
-	char	   *event;
+	Datum	   *v = d->values;
+	bool	   *n = d->nulls;
 
+	deform(d, tup, desc);
 	memset(r, 0, sizeof(*r));
-	r->seq = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	r->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	from_bytea(SPI_getbinval(tup, desc, 3, &isnull), r->event_digest, HASH_LEN);
-	from_bytea(SPI_getbinval(tup, desc, 4, &isnull), r->chain_hash, HASH_LEN);
-	from_bytea(SPI_getbinval(tup, desc, 5, &isnull), r->personal_digest, HASH_LEN);
-	v = SPI_getbinval(tup, desc, 6, &isnull);
-	r->has_nonce = !isnull;
-	if (!isnull)
-		from_bytea(v, r->nonce, NONCE_LEN);
-	r->redacted_by = SPI_getvalue(tup, desc, 7);
-	r->expired = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-	r->present = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+	r->seq = DatumGetInt64(v[0]);
+	r->event_id = DatumGetInt64(v[1]);
+	from_bytea(v[2], r->event_digest, HASH_LEN);
+	from_bytea(v[3], r->chain_hash, HASH_LEN);
+	from_bytea(v[4], r->personal_digest, HASH_LEN);
+	r->has_nonce = !n[5];
+	if (r->has_nonce)
+		from_bytea(v[5], r->nonce, NONCE_LEN);
+	r->redacted_by = n[6] ? NULL : TextDatumGetCString(v[6]);
+	r->expired = DatumGetBool(v[7]);
+	r->present = DatumGetBool(v[8]);
 	r->digest_ok = true;
 	r->personal_ok = true;
 	if (!r->present)
@@ -1143,20 +1163,19 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
 	{
 		uint8		personal[HASH_LEN];
 
-		event_digests(d, tup, desc, r->nonce, NULL, personal, r->recomputed);
+		event_digests(d, r->nonce, NULL, personal, r->recomputed);
 		r->personal_ok = memcmp(personal, r->personal_digest, HASH_LEN) == 0;
 	}
 	else
-		event_digests(d, tup, desc, NULL, r->personal_digest, (uint8[HASH_LEN]) {0}, r->recomputed);
+		event_digests(d, NULL, r->personal_digest, (uint8[HASH_LEN]) {0}, r->recomputed);
 	r->digest_ok = memcmp(r->recomputed, r->event_digest, HASH_LEN) == 0;
 
-	event = SPI_getvalue(tup, desc, d->first + 2);
-	if (event != NULL && strcmp(event, "ERASE") == 0)
+	/* columns from d->first (10): event is the third, subject_id the sixteenth */
+	if (!n[d->first + 1] && text_equal_cstr(v[d->first + 1], "ERASE"))
 	{
-		v = SPI_getbinval(tup, desc, d->first + N_COLUMNS, &isnull);
 		r->is_erase = true;
-		r->erase_pseudonym = SPI_getvalue(tup, desc, d->first + 15);
-		r->erase_redacted = isnull ? -1 : DatumGetInt64(v);
+		r->erase_pseudonym = n[d->first + 14] ? NULL : TextDatumGetCString(v[d->first + 14]);
+		r->erase_redacted = n[d->first + N_COLUMNS - 1] ? -1 : DatumGetInt64(v[d->first + N_COLUMNS - 1]);
 	}
 }
 
