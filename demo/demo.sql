@@ -52,7 +52,15 @@ SELECT e->>'event' AS event, e->>'table' AS "table", e->>'actor' AS actor FROM j
 \echo '   ... and where an index is missing for it'
 SELECT table_name, lookup, hint FROM gdpr.export_plan() WHERE NOT indexed;
 
-\echo '== 6. Art. 17: erase customer 42 -- a legal hold first, then the erasure'
+\echo '== 6. The trail is sealed into a hash chain; keep the digest somewhere else'
+SELECT gdpr.seal_audit() AS sealed;
+SELECT gdpr_audit_digest() AS digest \gset
+SELECT :'digest'::jsonb - 'sealed_at' AS digest_to_keep_elsewhere;
+\set ON_ERROR_STOP off
+UPDATE gdpr.audit_log SET actor = 'nobody';              -- refused, superusers included
+\set ON_ERROR_STOP on
+
+\echo '== 7. Art. 17: erase customer 42 -- a legal hold first, then the erasure'
 INSERT INTO invoice VALUES (1001, 42, 19.90);
 SELECT gdpr.add_legal_hold('invoice', 'total > 100', 'invoices over 100 are kept 10 years (tax law)');
 SELECT gdpr_can_erase(42);
@@ -62,8 +70,17 @@ SELECT * FROM customer;
 SELECT * FROM invoice;                                   -- kept by law, anonymized where classified
 SELECT event, table_name, subject_id, old_values, new_values FROM gdpr.audit_log
  WHERE subject_kind = 'default' ORDER BY event_id;        -- the history stays, without values
+\echo '   ... and the chain still verifies, through the digest kept before the erasure'
+SELECT gdpr.seal_audit() AS sealed;
+SELECT jsonb_pretty(gdpr_verify_audit(:'digest') - 'last_hash');
+\echo '   ... while a superuser who edits the trail behind the triggers is caught'
+BEGIN;
+SET LOCAL session_replication_role = replica;
+UPDATE gdpr.audit_log SET actor = 'nobody' WHERE event_id = (SELECT min(event_id) FROM gdpr.audit_log);
+SELECT gdpr_verify_audit() -> 'first_bad' AS first_bad;
+ROLLBACK;
 
-\echo '== 7. Retention: login addresses older than 90 days are masked; the worker does this on its own'
+\echo '== 8. Retention: login addresses older than 90 days are masked; the worker does this on its own'
 CREATE TABLE login_history (id int PRIMARY KEY, customer_id bigint REFERENCES customer, at timestamptz, ip inet);
 SELECT gdpr.register_table('login_history');
 SELECT gdpr.classify_column('login_history', 'ip', 'online_id', erase => 'mask');
@@ -74,6 +91,6 @@ SELECT * FROM gdpr_enforce_retention(dry_run => true);
 SELECT * FROM gdpr_enforce_retention();
 SELECT at::date, ip FROM login_history ORDER BY id LIMIT 12;
 
-\echo '== 8. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
+\echo '== 9. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
 SET gdpr.audit_reads = on;
 SELECT count(*) FROM customer c JOIN orders o ON o.customer_id = c.id;
