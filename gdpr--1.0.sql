@@ -184,12 +184,11 @@ CREATE TABLE gdpr.audit_checkpoint (
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
--- The sealers' state, one row, made by the first seal from the chain itself (so it is not dumped): the end of the chain, the frontier below which every event is
--- sealed, and the identity value the frontier may pass once the writers noted with it have ended.
+-- The sealers' state, one row (not dumped: the end of the chain is read from the chain itself):
+-- the frontier below which every event is sealed, and the identity value it may pass once the
+-- writers noted with it have ended.  Sealers lock the row; writers never touch it.
 CREATE TABLE gdpr.audit_seal_state (
     one              boolean PRIMARY KEY DEFAULT true CHECK (one),
-    last_seq         bigint NOT NULL DEFAULT 0,
-    last_hash        bytea NOT NULL DEFAULT pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'),
     frontier         bigint NOT NULL DEFAULT 1,
     pending_upto     bigint,
     pending_writers  bigint[]

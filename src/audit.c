@@ -191,7 +191,11 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 		SPI_finish();
 	}
 
-	if (!gdpr_event_wanted(event_class))
+	/*
+	 * Rows purged for retention leave no copy of their values behind: the
+	 * batch records one RETENTION event instead (retention.c).
+	 */
+	if (gdpr_retaining || !gdpr_event_wanted(event_class))
 		return PointerGetDatum(NULL);
 
 	if (SPI_connect() != SPI_OK_CONNECT)

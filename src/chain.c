@@ -208,25 +208,28 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 
 	/* the state row serializes sealers; writers never touch it */
 	/*
-	 * The state is not dumped (a restore would race the worker creating it):
-	 * the first seal after CREATE EXTENSION or a restore takes the end of the
-	 * chain from the seal rows themselves.
+	 * The end of the chain is read from the chain itself, so a restored dump
+	 * (whose state row is not dumped) or a state row made before the restore
+	 * brought the seal rows cannot disagree with it.  The state row holds
+	 * only the frontier; locking it serializes sealers, and writers never
+	 * touch it.
 	 */
-	if (SPI_execute("INSERT INTO gdpr.audit_seal_state (last_seq, last_hash) "
-					"SELECT e.seq, e.chain_hash FROM (" CHAIN_END ") e ON CONFLICT DO NOTHING",
+	if (SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
 					false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute failed");
-	if (SPI_execute("SELECT last_seq, last_hash, frontier, pending_upto, pending_writers "
+	if (SPI_execute("SELECT frontier, pending_upto, pending_writers "
 					"  FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "gdpr.audit_seal_state must hold exactly one row");
 	state = SPI_copytuple(SPI_tuptable->vals[0]);
 	state_desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
-	seq = DatumGetInt64(SPI_getbinval(state, state_desc, 1, &isnull));
-	from_bytea(SPI_getbinval(state, state_desc, 2, &isnull), prev, HASH_LEN);
-	frontier = DatumGetInt64(SPI_getbinval(state, state_desc, 3, &isnull));
-	pending_upto = SPI_getbinval(state, state_desc, 4, &pending_null);
-	pending_writers = SPI_getbinval(state, state_desc, 5, &isnull);
+	frontier = DatumGetInt64(SPI_getbinval(state, state_desc, 1, &isnull));
+	pending_upto = SPI_getbinval(state, state_desc, 2, &pending_null);
+	pending_writers = SPI_getbinval(state, state_desc, 3, &isnull);
+	if (SPI_execute(CHAIN_END, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed");
+	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull), prev, HASH_LEN);
 
 	/*
 	 * Every identity value up to pending_upto went to a transaction that was
@@ -358,21 +361,19 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	}
 
 	{
-		Oid			uargtypes[5] = {INT8OID, BYTEAOID, INT8OID, INT8OID, INT8ARRAYOID};
-		Datum		uvalues[5];
-		char		unulls[5] = {' ', ' ', ' ', pending_null ? 'n' : ' ', pending_null ? 'n' : ' '};
+		Oid			uargtypes[3] = {INT8OID, INT8OID, INT8ARRAYOID};
+		Datum		uvalues[3];
+		char		unulls[3] = {' ', pending_null ? 'n' : ' ', pending_null ? 'n' : ' '};
 
-		uvalues[0] = Int64GetDatum(seq);
-		uvalues[1] = PointerGetDatum(to_bytea(prev, HASH_LEN));
-		uvalues[2] = Int64GetDatum(frontier);
-		uvalues[3] = pending_upto;
-		uvalues[4] = pending_writers;
+		uvalues[0] = Int64GetDatum(frontier);
+		uvalues[1] = pending_upto;
+		uvalues[2] = pending_writers;
 		gdpr_audit_maintenance = true;
 		PG_TRY();
 		{
-			if (SPI_execute_with_args("UPDATE gdpr.audit_seal_state SET last_seq = $1, last_hash = $2, "
-									  "       frontier = $3, pending_upto = $4, pending_writers = $5",
-									  5, uargtypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
+			if (SPI_execute_with_args("UPDATE gdpr.audit_seal_state SET frontier = $1, pending_upto = $2, "
+									  "       pending_writers = $3",
+									  3, uargtypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "SPI_execute_with_args failed");
 		}
 		PG_FINALLY();
@@ -843,7 +844,7 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 		if (SPI_execute("WITH horizon AS ("
 						"  SELECT COALESCE((SELECT pg_catalog.min(seq) FROM gdpr.audit_seal "
 						"                    WHERE retention_until >= pg_catalog.now()), "
-						"                  (SELECT last_seq + 1 FROM gdpr.audit_seal_state)) - 1 AS seq), "
+						"                  (SELECT pg_catalog.max(seq) + 1 FROM gdpr.audit_seal)) - 1 AS seq), "
 						"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash) "
 						"       SELECT s.seq, s.chain_hash FROM gdpr.audit_seal s, horizon h WHERE s.seq = h.seq "
 						"       RETURNING seq) "

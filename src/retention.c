@@ -4,6 +4,10 @@
  *		Storage limitation (Art. 5(1)(e)): one batch of a table's retention
  *		policy, deleting or anonymizing rows past their time.
  *
+ * A batch records one RETENTION event (table, action, rows), not an event
+ * per row: a purge must not leave a copy of the expired values in the
+ * trail, which keeps its events for years.
+ *
  * A batch picks at most batch_size expired rows with FOR UPDATE SKIP LOCKED,
  * so rows the application holds are left for a later batch instead of being
  * waited for, and acts on them with one statement.  Rows matching a legal
@@ -43,7 +47,7 @@ PG_FUNCTION_INFO_V1(gdpr_retention_batch);
  */
 bool		gdpr_retaining = false;
 
-static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner);
+static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anonymize);
 
 /*
  * gdpr._retention_batch(tbl regclass, batch_size int, dry_run boolean):
@@ -60,6 +64,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	int			ret;
 	char	   *sql;
 	Oid			owner;
+	bool		anonymize;
 
 	if (batch_size < 1)
 		ereport(ERROR,
@@ -67,7 +72,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 				 errmsg("batch size must be at least 1")));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	sql = retention_sql(relid, batch_size, dry_run, &owner);
+	sql = retention_sql(relid, batch_size, dry_run, &owner, &anonymize);
 	gdpr_retaining = true;
 	PG_TRY();
 	{
@@ -81,13 +86,18 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed: %d", ret);
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (!dry_run && n > 0)
+		gdpr_audit_event("RETENTION", true, NULL, NULL, gdpr_relation_name(relid),
+						 DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+															CStringGetDatum(psprintf("{\"rows\": " INT64_FORMAT ", \"action\": \"%s\"}",
+																					 n, anonymize ? "anonymize" : "delete")))));
 	SPI_finish();
 	PG_RETURN_INT64(n);
 }
 
 /* The statement of one batch (or, dry, the count of rows a full pass would touch) */
 static char *
-retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner)
+retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anonymize)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -116,6 +126,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner)
 	time_column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	keep = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	action = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	*anonymize = strcmp(action, "anonymize") == 0;
 	condition = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 
 	map = gdpr_load_table_map(relid, CurrentMemoryContext);

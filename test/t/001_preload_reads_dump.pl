@@ -21,7 +21,10 @@ my $schema = q{
 # --- Preloaded: reads of registered tables go to the server log as JSON.
 my $node = PostgreSQL::Test::Cluster->new('preloaded');
 $node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'gdpr'\ngdpr.audit_reads = on\n");
+# A dump is restored into a database the worker does not serve yet (see the README's limits: a
+# seal during the restore would collide with the restored seal rows).
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'gdpr'\ngdpr.audit_reads = on\ngdpr.worker_databases = 'postgres'\n");
 $node->start;
 $node->safe_psql('postgres', $schema);
 
