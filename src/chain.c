@@ -748,6 +748,8 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 		result = verdict(true, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
 						 NULL, NULL, NULL);
 	gdpr_leave_role(save_userid, save_sec_context, nest);
+	/* SPI calls leave SPI's context current: the result must outlive SPI_finish */
+	MemoryContextSwitchTo(callercxt);
 	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
 	SPI_finish();
 	PG_RETURN_JSONB_P(result);
