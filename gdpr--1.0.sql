@@ -75,6 +75,12 @@ CREATE TABLE gdpr.path_step (
     ops        pg_catalog.regoperator[] NOT NULL,
     reverse    boolean NOT NULL,
     constraint_name name,
+    -- one operator per pair of columns, however the row is written
+    CHECK (pg_catalog.cardinality(from_cols) > 0
+           AND pg_catalog.cardinality(from_cols) = pg_catalog.cardinality(to_cols)
+           AND pg_catalog.cardinality(from_cols) = pg_catalog.cardinality(ops)
+           AND pg_catalog.array_position(from_cols, NULL) IS NULL
+           AND pg_catalog.array_position(to_cols, NULL) IS NULL),
     PRIMARY KEY (relid, path_name, step),
     FOREIGN KEY (relid, path_name) REFERENCES gdpr.subject_path ON DELETE CASCADE
 );
