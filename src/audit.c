@@ -44,6 +44,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 PG_FUNCTION_INFO_V1(gdpr_audit_row);
@@ -426,7 +427,14 @@ get_row_plan(Relation rel)
 		ap->mcxt = AllocSetContextCreate(CacheMemoryContext, "gdpr audit plan",
 										 ALLOCSET_SMALL_SIZES);
 	}
-	if (!ap->valid)
+	/*
+	 * Valid is set before the build: an invalidation that arrives while the
+	 * map is read clears it, and the plan is built again.  The map is read
+	 * with the latest snapshot, not the statement's: the invalidation that
+	 * brought us here may come from a map change committed after the
+	 * statement began.
+	 */
+	while (!ap->valid)
 	{
 		if (ap->plan != NULL)
 			SPI_freeplan(ap->plan);
@@ -435,8 +443,19 @@ get_row_plan(Relation rel)
 		ap->plan = ap->restrict_plan = NULL;
 		ap->kind = NULL;
 		MemoryContextReset(ap->mcxt);
-		build_row_plan(ap, rel);
 		ap->valid = true;
+		PushActiveSnapshot(GetLatestSnapshot());
+		PG_TRY();
+		{
+			build_row_plan(ap, rel);
+		}
+		PG_CATCH();
+		{
+			ap->valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		PopActiveSnapshot();
 	}
 	return ap;
 }
