@@ -1014,16 +1014,6 @@ chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest,
 	memcpy(buf, prev, HASH_LEN);
 	memcpy(buf + HASH_LEN, &nseq, sizeof(nseq));
 	memcpy(buf + HASH_LEN + sizeof(nseq), event_digest, HASH_LEN);
-	if (d->sha == NULL)
-	{
-		pg_cryptohash_ctx *sha = pg_cryptohash_create(PG_SHA256);
-
-		if (sha == NULL || pg_cryptohash_init(sha) < 0 || pg_cryptohash_update(sha, buf, sizeof(buf)) < 0 ||
-			pg_cryptohash_final(sha, out, HASH_LEN) < 0)
-			elog(ERROR, "could not compute a SHA-256 digest");
-		pg_cryptohash_free(sha);
-		return;
-	}
 	sha256(d, buf, sizeof(buf), out);
 }
 
