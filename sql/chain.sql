@@ -6,6 +6,8 @@ SET client_min_messages = warning;
 INSERT INTO customer (id, email, full_name) VALUES (70, 'gil70@example.com', 'Gil'), (71, 'hal71@example.com', 'Hal');
 INSERT INTO orders VALUES (70, 70, 1.50), (71, 71, 2.50), (72, 70, 3.50);
 UPDATE customer SET full_name = 'Gilbert' WHERE id = 70;
+-- two seals in one statement: the second sees the first one's row
+SELECT gdpr.seal_audit(1) AS one, gdpr.seal_audit(1) AS then_another;
 SELECT gdpr.seal_audit(5) AS first_five;
 SELECT gdpr.seal_audit() > 0 AS sealed_the_rest, gdpr.seal_audit() AS nothing_left;
 SELECT (v->>'ok')::boolean AS ok, (v->>'events_checked')::int = (SELECT max(seq) FROM gdpr.audit_seal) AS all_checked
