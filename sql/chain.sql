@@ -9,6 +9,13 @@ UPDATE customer SET full_name = 'Gilbert' WHERE id = 70;
 -- two seals in one statement: the second sees the first one's row
 SELECT gdpr.seal_audit(1) AS one, gdpr.seal_audit(1) AS then_another;
 SELECT gdpr.seal_audit(5) AS first_five;
+-- a state row edited by hand to name pending identity values but no writers
+BEGIN;
+SET LOCAL session_replication_role = replica;
+UPDATE gdpr.audit_seal_state SET pending_upto = 0, pending_writers = NULL;
+SET LOCAL session_replication_role = origin;
+SELECT gdpr.seal_audit(1) AS sealed_without_writers;
+ROLLBACK;
 SELECT gdpr.seal_audit() > 0 AS sealed_the_rest, gdpr.seal_audit() AS nothing_left;
 SELECT (v->>'ok')::boolean AS ok, (v->>'events_checked')::int = (SELECT max(seq) FROM gdpr.audit_seal) AS all_checked
   FROM gdpr_verify_audit() v;

@@ -228,9 +228,6 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	frontier = DatumGetInt64(SPI_getbinval(state, state_desc, 1, &isnull));
 	pending_upto = SPI_getbinval(state, state_desc, 2, &pending_null);
 	pending_writers = SPI_getbinval(state, state_desc, 3, &isnull);
-	/* a state row written by hand may lack the writers: nothing to wait for */
-	if (isnull)
-		pending_writers = (Datum) 0;
 
 	/*
 	 * Not read-only: a snapshot taken after the lock, so a sealer that waited
@@ -1072,6 +1069,7 @@ writers_ended(Datum pending)
 	bool	   *nulls;
 	int			n;
 
+	/* a state row written by hand may lack the writers: nothing to wait for */
 	if (pending == (Datum) 0)
 		return true;
 	deconstruct_array(DatumGetArrayTypeP(pending), INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
