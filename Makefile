@@ -10,7 +10,7 @@ PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile cleanup
 REGRESS_OPTS = --inputdir=. --load-extension=gdpr
 
-ISOLATION = audit_concurrent erase_concurrent seal_concurrent
+ISOLATION = audit_concurrent erase_concurrent seal_concurrent retention_concurrent
 ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso --load-extension=gdpr
 
 PG_CONFIG ?= pg_config

@@ -2412,9 +2412,22 @@ BEGIN
         CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
         CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
                                WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
-        EXECUTE format('CREATE TABLE gdpr.%I PARTITION OF gdpr.audit_log FOR VALUES FROM (%L) TO (%L)',
-                       name, m, m + interval '1 month');
-        PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+        IF i = 0 THEN
+            -- Events are being written into this month now.  Only the ACCESS EXCLUSIVE lock of
+            -- PARTITION OF keeps them out while it is created: a writer that routed an event
+            -- to the default partition before a concurrent ATTACH would fail.
+            EXECUTE format('CREATE TABLE gdpr.%I PARTITION OF gdpr.audit_log FOR VALUES FROM (%L) TO (%L)',
+                           name, m, m + interval '1 month');
+            PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+        ELSE
+            -- Built apart, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE on the trail,
+            -- which audited writes do not queue behind, where PARTITION OF takes ACCESS
+            -- EXCLUSIVE every month.
+            EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
+            PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+            EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
+                           name, m, m + interval '1 month');
+        END IF;
         n := n + 1;
     END LOOP;
     RETURN n;
