@@ -183,11 +183,15 @@ CREATE TABLE gdpr.audit_seal (
 );
 CREATE INDEX audit_seal_retention_idx ON gdpr.audit_seal (retention_until);
 
--- Where verification starts once the chain before it has been purged.
+-- Where verification starts once the chain before it has been purged, with its last link: the
+-- hash before it and the digest and retention_until of the last event it folds in.
 CREATE TABLE gdpr.audit_checkpoint (
-    seq         bigint PRIMARY KEY,
-    chain_hash  bytea NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+    seq              bigint PRIMARY KEY,
+    chain_hash       bytea NOT NULL,
+    prev_hash        bytea NOT NULL,
+    event_digest     bytea NOT NULL,
+    retention_until  timestamptz NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
 -- The sealers' state, one row (not dumped: the end of the chain is read from the chain itself):

@@ -59,7 +59,8 @@ SELECT pg_temp.problem() AS event_deleted;
 DELETE FROM gdpr.audit_seal WHERE event_id = :victim;
 SELECT pg_temp.problem() AS event_and_seal_deleted;
 ROLLBACK;
--- the newest events cut off: a shorter chain is consistent, the saved digest is not reached
+-- the newest events cut off: a shorter chain is consistent, but their events lie below the
+-- frontier of what was sealed
 BEGIN;
 SET LOCAL session_replication_role = replica;
 DELETE FROM gdpr.audit_seal WHERE seq > :k;
@@ -83,6 +84,40 @@ UPDATE gdpr.audit_seal SET seq = -1 WHERE seq = :k;
 UPDATE gdpr.audit_seal SET seq = :k WHERE seq = :k + 1;
 UPDATE gdpr.audit_seal SET seq = :k + 1 WHERE seq = -1;
 SELECT pg_temp.problem() AS events_swapped;
+ROLLBACK;
+-- an event edited, and its seal row dated back so that the event looks expired; then deleted
+BEGIN;
+SET LOCAL session_replication_role = replica;
+UPDATE gdpr.audit_log SET new_values = '{"full_name": "Mallory"}' WHERE event_id = :victim;
+UPDATE gdpr.audit_seal SET retention_until = now() - interval '1 day' WHERE event_id = :victim;
+SELECT pg_temp.problem() AS edited_and_dated_back;
+DELETE FROM gdpr.audit_log WHERE event_id = :victim;
+SELECT pg_temp.problem() AS deleted_and_dated_back;
+ROLLBACK;
+-- an event slipped in below the sealed part of the trail, with an identity value never handed out
+BEGIN;
+SET LOCAL session_replication_role = replica;
+INSERT INTO gdpr.audit_log (event_id, event, subject_kind, subject_id, retention_until)
+OVERRIDING SYSTEM VALUE VALUES (0, 'EXPORT', 'default', '70', now() + interval '1 year');
+SELECT pg_temp.problem() AS slipped_in_unsealed;
+ROLLBACK;
+-- a checkpoint made up to skip the chain before it: copied from a seal row whose event has not
+-- expired, then with the retention of its link dated back, then a consistent one over a chain
+-- whose rows are still there, then with those rows gone
+BEGIN;
+SET LOCAL session_replication_role = replica;
+INSERT INTO gdpr.audit_checkpoint (seq, chain_hash, prev_hash, event_digest, retention_until)
+SELECT s.seq, s.chain_hash, p.chain_hash, s.event_digest, s.retention_until
+  FROM gdpr.audit_seal s JOIN gdpr.audit_seal p ON p.seq = s.seq - 1 WHERE s.seq = :k;
+SELECT pg_temp.problem() AS checkpoint_not_expired;
+UPDATE gdpr.audit_checkpoint SET retention_until = now() - interval '1 day';
+SELECT pg_temp.problem() AS checkpoint_dated_back;
+UPDATE gdpr.audit_checkpoint c
+   SET chain_hash = sha256(c.prev_hash || int8send(c.seq) || c.event_digest ||
+                           int8send(((extract(epoch FROM c.retention_until) - 946684800) * 1000000)::int8));
+SELECT pg_temp.problem() AS checkpoint_over_sealed_rows;
+DELETE FROM gdpr.audit_seal WHERE seq <= :k;
+SELECT pg_temp.problem() AS checkpoint_over_live_events;
 ROLLBACK;
 -- a redaction without an erasure
 BEGIN;
@@ -127,6 +162,9 @@ SELECT gdpr.seal_audit(0);
 SELECT gdpr_verify_audit('{"seq": "x"}');
 SELECT gdpr_verify_audit('{"seq": 1, "hash": "abc"}');
 SELECT gdpr_verify_audit('[]');
+-- a digest of the empty chain: every chain starts there
+SELECT pg_temp.problem('{"seq": 0, "hash": "0000000000000000000000000000000000000000000000000000000000000000"}') AS from_empty_chain,
+       pg_temp.problem('{"seq": 0, "hash": "1000000000000000000000000000000000000000000000000000000000000000"}') AS from_another_start;
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT gdpr.seal_audit();
 ROLLBACK;

@@ -11,7 +11,8 @@
  *
  *	 personal_digest = SHA-256(nonce || the event's personal fields)
  *	 event_digest	 = SHA-256(the other fields || personal_digest)
- *	 chain_hash		 = SHA-256(previous chain_hash || seq || event_digest)
+ *	 chain_hash		 = SHA-256(previous chain_hash || seq || event_digest ||
+ *							   retention_until)
  *
  * The personal fields (subject key, row key, related subjects, old and new
  * values, detail) enter the chain only through their digest, salted with a
@@ -29,10 +30,16 @@
  * and trusted once they have all ended.  Sealing therefore needs READ
  * COMMITTED: a later snapshot must see what those transactions committed.
  *
+ * retention_until is chained on its own as well as inside the event digest:
+ * once the event is purged, the seal row's copy is what says the event was
+ * allowed to go.
+ *
  * Purging drops expired events; their seal rows stay, digests only, so the
  * chain still verifies across them, until a whole prefix of the chain has
- * expired: then it is replaced by a checkpoint (seq, chain_hash) from which
- * verification starts.
+ * expired: then it is replaced by a checkpoint from which verification
+ * starts.  The checkpoint keeps its last link (the hash before it, the
+ * event digest and retention_until), so a checkpoint made up from a seal
+ * row whose event has not expired does not verify.
  *
  * UPDATE, DELETE and TRUNCATE of the trail and its seal tables are refused
  * by gdpr.audit_guard() unless gdpr_audit_maintenance is set, which only
@@ -123,6 +130,7 @@ typedef struct SealRow
 	uint8		nonce[NONCE_LEN];
 	bool		has_nonce;
 	char	   *redacted_by;
+	TimestampTz retention_until;
 	bool		expired;
 	bool		present;
 	bool		digest_ok;		/* the event, if present, matches the digests */
@@ -153,7 +161,7 @@ static void event_digests(Digester *d, const uint8 *nonce, const uint8 *personal
 						  uint8 *personal_out, uint8 *event_out);
 static void append_field(Digester *d, int i, Datum value, bool isnull);
 static void chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest,
-					   uint8 *out);
+					   TimestampTz retention_until, uint8 *out);
 static Oid	audit_log_oid(void);
 static bool writers_ended(Datum pending);
 static Datum current_writers(void);
@@ -200,7 +208,7 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 				 errmsg("max_events must be at least 1")));
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
 				 errmsg("gdpr.seal_audit() must run in a READ COMMITTED transaction"),
 				 errhint("Events committed after this transaction's snapshot would be missed; call it on its own.")));
 
@@ -330,7 +338,8 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 							 errmsg("could not generate a random nonce")));
 				event_digests(&d, nonce, NULL, personal, event_digest);
 				seq++;
-				chain_step(&d, prev, seq, event_digest, chain);
+				chain_step(&d, prev, seq, event_digest,
+						   DatumGetTimestampTz(d.values[N_PUBLIC - 1]), chain);
 				memcpy(prev, chain, HASH_LEN);
 
 				values[0] = Int64GetDatum(seq);
@@ -397,6 +406,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	int64		digest_seq = -1;
 	uint8		digest_hash[HASH_LEN];
 	const char *digest_status = saved == NULL ? "none" : "not reached";
+	char	   *checkpoint_problem = NULL;
 	uint8		prev[HASH_LEN];
 	int64		from_seq = 0;
 	int64		expected;
@@ -437,7 +447,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_execute_with_args failed");
 		digest_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		hash_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		if (isnull || digest_seq < 1 || hash_text == NULL)
+		if (isnull || digest_seq < 0 || hash_text == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("digest must be an object with \"seq\" and a 64-digit hex \"hash\""),
@@ -447,16 +457,61 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 
 	/* start from the latest checkpoint, or from nothing */
 	memset(prev, 0, HASH_LEN);
-	if (SPI_execute("SELECT seq, chain_hash FROM gdpr.audit_checkpoint ORDER BY seq DESC LIMIT 1",
+	if (SPI_execute("SELECT seq, chain_hash, prev_hash, event_digest, retention_until "
+					"  FROM gdpr.audit_checkpoint ORDER BY seq DESC LIMIT 1",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
 	if (SPI_processed == 1)
 	{
-		from_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull), prev, HASH_LEN);
+		HeapTuple	cp = SPI_tuptable->vals[0];
+		TupleDesc	cpdesc = SPI_tuptable->tupdesc;
+		uint8		link_prev[HASH_LEN];
+		uint8		link_digest[HASH_LEN];
+		uint8		link[HASH_LEN];
+		TimestampTz link_retention;
+		Digester	linker;
+
+		from_seq = DatumGetInt64(SPI_getbinval(cp, cpdesc, 1, &isnull));
+		from_bytea(SPI_getbinval(cp, cpdesc, 2, &isnull), prev, HASH_LEN);
+		from_bytea(SPI_getbinval(cp, cpdesc, 3, &isnull), link_prev, HASH_LEN);
+		from_bytea(SPI_getbinval(cp, cpdesc, 4, &isnull), link_digest, HASH_LEN);
+		link_retention = DatumGetTimestampTz(SPI_getbinval(cp, cpdesc, 5, &isnull));
+		linker.sha = pg_cryptohash_create(PG_SHA256);
+		if (linker.sha == NULL)
+			elog(ERROR, "could not create a SHA-256 context");
+		chain_step(&linker, link_prev, from_seq, link_digest, link_retention, link);
+		pg_cryptohash_free(linker.sha);
+
+		/*
+		 * A checkpoint is only made where the whole chain before it has
+		 * expired: one that does not follow from its last link, or whose
+		 * last event has not expired, was not made by the purge.
+		 */
+		if (memcmp(link, prev, HASH_LEN) != 0)
+			checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " does not follow from its last link",
+										  from_seq);
+		else if (link_retention >= GetCurrentTransactionStartTimestamp())
+			checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides events whose retention has not ended",
+										  from_seq);
+		else
+		{
+			if (SPI_execute("SELECT pg_catalog.min(seq) FROM gdpr.audit_seal", true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "SPI_execute failed");
+			if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) <= from_seq &&
+				!isnull)
+				checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides sealed events still in the chain",
+											  from_seq);
+		}
 	}
 	expected = from_seq + 1;
-	if (saved != NULL && digest_seq <= from_seq)
+	if (saved != NULL && digest_seq == 0)
+	{
+		/* taken from an empty chain: every chain starts there */
+		uint8		origin[HASH_LEN] = {0};
+
+		digest_status = memcmp(origin, digest_hash, HASH_LEN) == 0 ? "matched" : "mismatch";
+	}
+	else if (saved != NULL && digest_seq <= from_seq)
 	{
 		Oid			ctypes[1] = {INT8OID};
 		Datum		cargs[1] = {Int64GetDatum(digest_seq)};
@@ -483,12 +538,11 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	redactions = hash_create("gdpr redactions", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	plan = SPI_prepare("SELECT s.seq, s.event_id, s.event_digest, s.chain_hash, s.personal_digest, "
-					   "       s.nonce, s.redacted_by, s.retention_until < pg_catalog.now(), "
+					   "       s.nonce, s.redacted_by, s.retention_until, "
 					   "       a.event_id IS NOT NULL, " EVENT_COLUMNS ", "
 					   "       CASE WHEN a.event = 'ERASE' "
 					   "            THEN (a.detail->>'sealed_events_redacted')::pg_catalog.int8 END "
-					   "  FROM gdpr.audit_seal s LEFT JOIN gdpr.audit_log a "
-					   "    ON a.event_id = s.event_id AND a.retention_until = s.retention_until "
+					   "  FROM gdpr.audit_seal s LEFT JOIN gdpr.audit_log a ON a.event_id = s.event_id "
 					   " WHERE s.seq > $1 ORDER BY s.seq",
 					   1, argtypes);
 	if (plan == NULL)
@@ -563,7 +617,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 			bool		event_ok = !r->present || (r->personal_ok && r->digest_ok);
 			bool		chain_ok;
 
-			chain_step(&d, prev, r->seq, r->event_digest, chain);
+			chain_step(&d, prev, r->seq, r->event_digest, r->retention_until, chain);
 			chain_ok = memcmp(chain, r->chain_hash, HASH_LEN) == 0;
 			if (!event_ok || !chain_ok)
 			{
@@ -572,10 +626,10 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 
 				/* does the chain go on from the next row as if this one were not there? */
 				if (next != NULL)
-					chain_step(&d, prev, r->seq, next->event_digest, alt);
+					chain_step(&d, prev, r->seq, next->event_digest, next->retention_until, alt);
 				if (next != NULL && memcmp(alt, next->chain_hash, HASH_LEN) == 0)
 				{
-					chain_step(&d, next->chain_hash, r->seq + 1, r->event_digest, back);
+					chain_step(&d, next->chain_hash, r->seq + 1, r->event_digest, r->retention_until, back);
 					if (memcmp(back, r->chain_hash, HASH_LEN) == 0)
 					{
 						problem = "reordered";
@@ -676,6 +730,35 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	if (d.sha != NULL)
 		pg_cryptohash_free(d.sha);
 	MemoryContextSwitchTo(callercxt);
+
+	/* the checkpoint comes first in the chain, so does its verdict */
+	if (checkpoint_problem != NULL)
+		result = verdict(false, 0, from_seq, prev, from_seq, 0, 0, digest_status, NULL,
+						 "rewritten", checkpoint_problem);
+
+	/*
+	 * Below the frontier every event was sealed, and a seal row leaves only
+	 * with its expired prefix: an event there that is neither sealed nor
+	 * expired was added with an old identity value, or its seal row removed.
+	 */
+	if (result == NULL)
+	{
+		if (SPI_execute("SELECT pg_catalog.min(a.event_id) FROM gdpr.audit_log a, gdpr.audit_seal_state st "
+						" WHERE a.event_id < st.frontier AND a.retention_until >= pg_catalog.now() "
+						"   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)",
+						true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed");
+		if (SPI_processed == 1)
+		{
+			int64		unsealed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+			if (!isnull)
+				result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
+								 NULL, "unsealed",
+								 psprintf("event " INT64_FORMAT " lies in the sealed part of the trail but is not in the chain: "
+										  "it was added afterwards or its seal row was removed", unsealed));
+		}
+	}
 
 	if (result == NULL && saved != NULL && strcmp(digest_status, "not reached") == 0)
 		result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
@@ -836,8 +919,13 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 							"  SELECT COALESCE((SELECT pg_catalog.min(seq) FROM gdpr.audit_seal "
 							"                    WHERE retention_until >= pg_catalog.now()), "
 							"                  (SELECT pg_catalog.max(seq) + 1 FROM gdpr.audit_seal)) - 1 AS seq), "
-							"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash) "
-							"       SELECT s.seq, s.chain_hash FROM gdpr.audit_seal s, horizon h WHERE s.seq = h.seq "
+							"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash, prev_hash, event_digest, retention_until) "
+							"       SELECT s.seq, s.chain_hash, "
+							"              COALESCE((SELECT p.chain_hash FROM gdpr.audit_seal p WHERE p.seq = s.seq - 1), "
+							"                       (SELECT c.chain_hash FROM gdpr.audit_checkpoint c WHERE c.seq = s.seq - 1), "
+							"                       pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex')), "
+							"              s.event_digest, s.retention_until "
+							"         FROM gdpr.audit_seal s, horizon h WHERE s.seq = h.seq "
 							"       ON CONFLICT DO NOTHING RETURNING seq) "
 							"DELETE FROM gdpr.audit_seal s USING cp WHERE s.seq <= cp.seq",
 							0, NULL, NULL, NULL) != SPI_OK_DELETE)
@@ -871,6 +959,27 @@ gdpr_chain_redact(Datum event_ids, const char *pseudonym)
 	n = SPI_processed;
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 	return n;
+}
+
+/*
+ * Makes sealers wait for the caller's transaction.  An erasure takes this
+ * before it scrubs: a sealer already running has then committed, and its
+ * seal rows are there to be redacted; one that starts later sees only the
+ * scrubbed events.  Otherwise a sealer could keep the nonce and the digest
+ * of values the erasure removed.  SPI must be connected.
+ */
+void
+gdpr_chain_hold_sealers(void)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+
+	if (SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
+					false, 0) != SPI_OK_INSERT ||
+		SPI_execute("SELECT FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	gdpr_leave_role(save_userid, save_sec_context, nest);
 }
 
 /*
@@ -1011,14 +1120,17 @@ append_field(Digester *d, int i, Datum value, bool isnull)
 }
 
 static void
-chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest, uint8 *out)
+chain_step(Digester *d, const uint8 *prev, int64 seq, const uint8 *event_digest,
+		   TimestampTz retention_until, uint8 *out)
 {
-	uint8		buf[HASH_LEN + sizeof(uint64) + HASH_LEN];
+	uint8		buf[HASH_LEN + sizeof(uint64) + HASH_LEN + sizeof(uint64)];
 	uint64		nseq = pg_hton64((uint64) seq);
+	uint64		nretention = pg_hton64((uint64) retention_until);
 
 	memcpy(buf, prev, HASH_LEN);
 	memcpy(buf + HASH_LEN, &nseq, sizeof(nseq));
 	memcpy(buf + HASH_LEN + sizeof(nseq), event_digest, HASH_LEN);
+	memcpy(buf + HASH_LEN + sizeof(nseq) + HASH_LEN, &nretention, sizeof(nretention));
 	sha256(d, buf, sizeof(buf), out);
 }
 
@@ -1148,7 +1260,8 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
 	if (r->has_nonce)
 		from_bytea(v[5], r->nonce, NONCE_LEN);
 	r->redacted_by = n[6] ? NULL : TextDatumGetCString(v[6]);
-	r->expired = DatumGetBool(v[7]);
+	r->retention_until = DatumGetTimestampTz(v[7]);
+	r->expired = r->retention_until < GetCurrentTransactionStartTimestamp();
 	r->present = DatumGetBool(v[8]);
 	r->digest_ok = true;
 	r->personal_ok = true;

@@ -893,6 +893,7 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, int
 	int			save_sec_context;
 	int			nest;
 
+	gdpr_chain_hold_sealers();
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	gdpr_audit_maintenance = true;
 	PG_TRY();

@@ -174,6 +174,7 @@ extern bool gdpr_erasing;
 /* chain.c */
 extern bool gdpr_audit_maintenance;
 extern int64 gdpr_chain_redact(Datum event_ids, const char *pseudonym);	/* SPI */
+extern void gdpr_chain_hold_sealers(void);	/* SPI */
 
 /* retention.c */
 extern bool gdpr_retaining;
