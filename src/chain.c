@@ -301,6 +301,10 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	{
 		bool		done = false;
 
+		/* a row's field texts and digests go with it: a large max_events must not pile them up */
+		MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr seal row",
+													 ALLOCSET_DEFAULT_SIZES);
+
 		while (!done)
 		{
 			SPITupleTable *tuptable;
@@ -322,6 +326,7 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 				uint8		event_digest[HASH_LEN];
 				uint8		chain[HASH_LEN];
 				Datum		values[7];
+				MemoryContext old;
 
 				deform(&d, tup, tuptable->tupdesc);
 				event_id = DatumGetInt64(d.values[0]);
@@ -336,6 +341,7 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 					ereport(ERROR,
 							(errcode(ERRCODE_INTERNAL_ERROR),
 							 errmsg("could not generate a random nonce")));
+				old = MemoryContextSwitchTo(rowcxt);
 				event_digests(&d, nonce, NULL, personal, event_digest);
 				seq++;
 				chain_step(&d, prev, seq, event_digest,
@@ -349,8 +355,10 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 				values[4] = PointerGetDatum(to_bytea(personal, HASH_LEN));
 				values[5] = PointerGetDatum(to_bytea(event_digest, HASH_LEN));
 				values[6] = PointerGetDatum(to_bytea(chain, HASH_LEN));
+				MemoryContextSwitchTo(old);
 				if (SPI_execute_plan(insert, values, NULL, false, 0) != SPI_OK_INSERT)
 					elog(ERROR, "SPI_execute_plan failed");
+				MemoryContextReset(rowcxt);
 				sealed++;
 			}
 			SPI_freetuptable(tuptable);
