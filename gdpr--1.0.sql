@@ -184,13 +184,17 @@ CREATE TABLE gdpr.audit_seal (
 CREATE INDEX audit_seal_retention_idx ON gdpr.audit_seal (retention_until);
 
 -- Where verification starts once the chain before it has been purged, with its last link: the
--- hash before it and the digest and retention_until of the last event it folds in.
+-- hash before it and the digest and retention_until of the last event it folds in.  redactions
+-- counts, per erasure pseudonym, the redacted seal rows folded into this and earlier checkpoints,
+-- for as long as that erasure's ERASE event is in the trail: verification adds them to the
+-- redactions it still sees before comparing with what the erasure says it redacted.
 CREATE TABLE gdpr.audit_checkpoint (
     seq              bigint PRIMARY KEY,
     chain_hash       bytea NOT NULL,
     prev_hash        bytea NOT NULL,
     event_digest     bytea NOT NULL,
     retention_until  timestamptz NOT NULL,
+    redactions       jsonb NOT NULL DEFAULT '{}',
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 

@@ -146,6 +146,7 @@ typedef struct Redactions
 {
 	char		pseudonym[NAMEDATALEN * 2];
 	int64		count;
+	int64		folded;			/* redacted rows folded into the checkpoint */
 	int64		first_seq;
 	int64		first_event_id;
 	bool		erase_seen;
@@ -170,6 +171,7 @@ static void from_bytea(Datum d, uint8 *out, size_t len);
 static char *hex(const uint8 *data, size_t len);
 static bool text_equal_cstr(Datum t, const char *s);
 static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d);
+static void redaction_init(Redactions *red);
 static Jsonb *verdict(bool ok, int64 checked, int64 last_seq, const uint8 *last_hash,
 					  int64 from_seq, int64 redacted, int64 purged, const char *digest_status,
 					  const SealRow *bad, const char *problem, const char *detail);
@@ -544,6 +546,29 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	ctl.entrysize = sizeof(Redactions);
 	ctl.hcxt = CurrentMemoryContext;
 	redactions = hash_create("gdpr redactions", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	{
+		Oid			ctypes[1] = {INT8OID};
+		Datum		cargs[1] = {Int64GetDatum(from_seq)};
+
+		if (SPI_execute_with_args("SELECT e.key, e.value::pg_catalog.text::pg_catalog.int8 "
+								  "  FROM gdpr.audit_checkpoint c, pg_catalog.jsonb_each(c.redactions) e "
+								  " WHERE c.seq = $1 AND pg_catalog.jsonb_typeof(e.value) = 'number'",
+								  1, ctypes, cargs, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			char	   *pseudonym = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			Redactions *red;
+			bool		found;
+
+			if (pseudonym == NULL || strlen(pseudonym) >= sizeof(red->pseudonym))
+				continue;
+			red = hash_search(redactions, pseudonym, HASH_ENTER, &found);
+			if (!found)
+				redaction_init(red);
+			red->folded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		}
+	}
 
 	plan = SPI_prepare("SELECT s.seq, s.event_id, s.event_digest, s.chain_hash, s.personal_digest, "
 					   "       s.nonce, s.redacted_by, s.retention_until, "
@@ -705,12 +730,11 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 			redacted++;
 			red = hash_search(redactions, r->redacted_by, HASH_ENTER, &found);
 			if (!found)
+				redaction_init(red);
+			if (red->count == 0)
 			{
-				red->count = 0;
 				red->first_seq = r->seq;
 				red->first_event_id = r->event_id;
-				red->erase_seen = false;
-				red->erase_says = -1;
 			}
 			red->count++;
 		}
@@ -721,11 +745,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 
 			red = hash_search(redactions, r->erase_pseudonym, HASH_ENTER, &found);
 			if (!found)
-			{
-				red->count = 0;
-				red->first_seq = -1;
-				red->first_event_id = -1;
-			}
+				redaction_init(red);
 			red->erase_seen = true;
 			red->erase_says = r->erase_redacted;
 		}
@@ -811,9 +831,9 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 			}
 			if (!red->erase_seen)
 				why = "no erasure of that subject is in the trail";
-			else if (red->erase_says != red->count)
+			else if (red->erase_says != red->count + red->folded)
 				why = psprintf("its erasure redacted " INT64_FORMAT " sealed events, the chain shows " INT64_FORMAT,
-							   red->erase_says, red->count);
+							   red->erase_says, red->count + red->folded);
 			if (why == NULL)
 				continue;
 			memset(&bad, 0, sizeof(bad));
@@ -927,12 +947,25 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 							"  SELECT COALESCE((SELECT pg_catalog.min(seq) FROM gdpr.audit_seal "
 							"                    WHERE retention_until >= pg_catalog.now()), "
 							"                  (SELECT pg_catalog.max(seq) + 1 FROM gdpr.audit_seal)) - 1 AS seq), "
-							"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash, prev_hash, event_digest, retention_until) "
+							"folded AS ("
+							"  SELECT m.pseudonym, pg_catalog.sum(m.n)::pg_catalog.int8 AS n FROM ("
+							"    SELECT e.key AS pseudonym, e.value::pg_catalog.text::pg_catalog.int8 AS n "
+							"      FROM (SELECT c.redactions FROM gdpr.audit_checkpoint c ORDER BY c.seq DESC LIMIT 1) p, "
+							"           pg_catalog.jsonb_each(p.redactions) e "
+							"    UNION ALL "
+							"    SELECT s.redacted_by, pg_catalog.count(*) FROM gdpr.audit_seal s, horizon h "
+							"     WHERE s.seq <= h.seq AND s.redacted_by IS NOT NULL GROUP BY s.redacted_by) m "
+							"   WHERE EXISTS (SELECT FROM gdpr.audit_log a "
+							"                  WHERE a.event = 'ERASE' AND a.subject_id = m.pseudonym) "
+							"   GROUP BY m.pseudonym), "
+							"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash, prev_hash, event_digest, retention_until, "
+							"                                          redactions) "
 							"       SELECT s.seq, s.chain_hash, "
 							"              COALESCE((SELECT p.chain_hash FROM gdpr.audit_seal p WHERE p.seq = s.seq - 1), "
 							"                       (SELECT c.chain_hash FROM gdpr.audit_checkpoint c WHERE c.seq = s.seq - 1), "
 							"                       pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex')), "
-							"              s.event_digest, s.retention_until "
+							"              s.event_digest, s.retention_until, "
+							"              COALESCE((SELECT pg_catalog.jsonb_object_agg(f.pseudonym, f.n) FROM folded f), '{}') "
 							"         FROM gdpr.audit_seal s, horizon h WHERE s.seq = h.seq "
 							"       ON CONFLICT DO NOTHING RETURNING seq) "
 							"DELETE FROM gdpr.audit_seal s USING cp WHERE s.seq <= cp.seq",
@@ -1294,6 +1327,18 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
 		r->erase_pseudonym = n[d->first + 14] ? NULL : TextDatumGetCString(v[d->first + 14]);
 		r->erase_redacted = n[d->first + N_COLUMNS - 1] ? -1 : DatumGetInt64(v[d->first + N_COLUMNS - 1]);
 	}
+}
+
+/* A new entry: the key is set by hash_search, the rest is ours */
+static void
+redaction_init(Redactions *red)
+{
+	red->count = 0;
+	red->folded = 0;
+	red->first_seq = -1;
+	red->first_event_id = -1;
+	red->erase_seen = false;
+	red->erase_says = -1;
 }
 
 static Jsonb *

@@ -147,5 +147,27 @@ is($node->safe_psql('chain', q{SELECT (v->>'ok') || ' from ' || (v->>'from_check
    'true from ' . $node->safe_psql('chain', 'SELECT max(seq) FROM gdpr.audit_checkpoint'),
    'verification starts from the checkpoint');
 
+# An erasure whose oldest redacted events are folded into a checkpoint still verifies: the
+# checkpoint carries how many of that erasure's redactions it folded in.
+$node->safe_psql('postgres', 'CREATE DATABASE folded');
+$node->safe_psql('folded', q{
+    SET gdpr.audit_retention = '4 seconds';
+    CREATE EXTENSION gdpr;
+    CREATE TABLE person (id int PRIMARY KEY, name text);
+    SELECT gdpr.register_subject('person', 'id');
+    INSERT INTO person VALUES (1, 'short-lived event');
+    SELECT gdpr.seal_audit();
+    SET gdpr.audit_retention = '1 year';
+    UPDATE person SET name = 'long-lived event' WHERE id = 1;
+    SELECT gdpr.seal_audit();
+    SELECT gdpr_erase(1);
+});
+is($node->safe_psql('folded', q{SELECT detail->>'sealed_events_redacted' FROM gdpr.audit_log WHERE event = 'ERASE'}),
+   '2', 'the erasure redacts both sealed events');
+ok($node->poll_query_until('folded', q{SELECT count(*) > 0 FROM gdpr.audit_checkpoint WHERE redactions <> '{}'}),
+   'the short-lived one is folded into a checkpoint');
+is($node->safe_psql('folded', q{SELECT (v->>'ok') || ' ' || (v->>'redacted') FROM gdpr_verify_audit() v}),
+   'true 1', 'the chain verifies, one redaction still in it');
+
 $node->stop;
 done_testing();
