@@ -101,6 +101,21 @@ SELECT id FROM page_view ORDER BY id;
 SELECT event, detail - 'hold_id' AS detail FROM gdpr.audit_log WHERE table_name = 'shop.page_view' AND event <> 'INSERT'
  ORDER BY event_id;
 
+-- A partitioned table is purged by key (a ctid names a row only within one partition), in
+-- batches that span partitions: the fresh row sharing a ctid with an expired one stays.
+CREATE TABLE visit_log (id int, customer_id bigint REFERENCES customer, at timestamptz NOT NULL,
+                        PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE visit_log_old PARTITION OF visit_log FOR VALUES FROM ('2000-01-01') TO ('2020-01-01');
+CREATE TABLE visit_log_new PARTITION OF visit_log FOR VALUES FROM ('2020-01-01') TO ('2100-01-01');
+SELECT gdpr.register_table('visit_log');
+INSERT INTO visit_log SELECT g, 3, '2010-01-01'::timestamptz + g * interval '1 day' FROM generate_series(1, 5) g;
+INSERT INTO visit_log SELECT g, 3, now() - (g - 5) * interval '2 days' FROM generate_series(6, 15) g;
+SELECT gdpr.set_retention('visit_log', 'at', '5 days');
+SELECT deleted FROM gdpr_enforce_retention(batch_size => 4) WHERE table_name = 'shop.visit_log';
+SELECT id, tableoid::regclass AS part, ctid FROM visit_log ORDER BY id;
+SELECT gdpr.drop_retention('visit_log');
+DROP TABLE visit_log;
+
 -- Bad input.
 SELECT gdpr.set_retention('session_log', 'nope', '1 day');
 SELECT gdpr.set_retention('session_log', 'ip', '1 day');

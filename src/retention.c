@@ -29,6 +29,7 @@
 #include "postgres.h"
 
 #include "access/table.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -113,6 +114,9 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anony
 	char	   *condition;
 	char	   *pk;
 	char	   *pk_outer;
+	bool		by_ctid;
+	char	   *batch;
+	char	   *match;
 
 	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition "
 							  "  FROM gdpr.retention_policy WHERE relid::pg_catalog.oid = $1",
@@ -175,6 +179,14 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anony
 	pk = gdpr_pk_list(rel, "t.");
 	pk_outer = gdpr_pk_list(rel, "");
 
+	/*
+	 * The rows of a batch are found again by ctid, a direct fetch, where
+	 * matching their keys lets the planner join against a scan of the
+	 * whole table on every batch.  A ctid names a row only within one
+	 * table: partitioned and inheritance trees are matched by key.
+	 */
+	by_ctid = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relhassubclass;
+
 	/* anonymization: the SET list, and a condition true while a row is not yet anonymized */
 	initStringInfo(&set);
 	initStringInfo(&pending);
@@ -224,14 +236,15 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anony
 
 	if (dry_run)
 		return psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
+	batch = psprintf("SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
+					 by_ctid ? "t.ctid" : pk, map->qualified_name, where.data, batch_size);
+	if (by_ctid)
+		match = psprintf("ctid OPERATOR(pg_catalog.=) ANY (ARRAY(%s))", batch);
+	else
+		match = psprintf("(%s) IN (%s)", set.len > 0 ? pk : pk_outer, batch);
 	if (set.len > 0)
-		return psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN "
-						"(SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING 1) "
-						"SELECT pg_catalog.count(*) FROM u",
-						map->qualified_name, set.data, pk, pk, map->qualified_name, where.data,
-						batch_size);
-	return psprintf("WITH d AS (DELETE FROM %s WHERE (%s) IN "
-					"(SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING 1) "
-					"SELECT pg_catalog.count(*) FROM d",
-					map->qualified_name, pk_outer, pk, map->qualified_name, where.data, batch_size);
+		return psprintf("WITH u AS (UPDATE %s t SET %s WHERE %s RETURNING 1) SELECT pg_catalog.count(*) FROM u",
+						map->qualified_name, set.data, match);
+	return psprintf("WITH d AS (DELETE FROM %s WHERE %s RETURNING 1) SELECT pg_catalog.count(*) FROM d",
+					map->qualified_name, match);
 }

@@ -2,7 +2,8 @@
 # Retention benchmark: the worker purging a million expired rows of a registered table, against
 # one bulk DELETE of the same rows in a twin table (both audited, so both do the same work), and
 # the p99 latency of a concurrent pgbench workload on the same table with the worker purging
-# against the same workload without it.
+# against the same workload without it.  The p99 compared is that of the transactions that ended
+# while the worker purged: over the whole run, a fast purge would hide in the quiet after it.
 #   bash test/bench/retention.sh [rows] [seconds]
 set -eu
 cd "$(dirname "$0")/../.."
@@ -56,8 +57,11 @@ psql_ -c "CHECKPOINT" >/dev/null
 # The workload: single-row updates of fresh rows.
 printf '\\set id random(100000001, 100100000)\nUPDATE event_log SET note = note WHERE id = :id;\n' >"$WORK/update.sql"
 chown postgres "$WORK/update.sql"
-p99() {				# p99 <log prefix>: 99th percentile latency in ms from pgbench's per-transaction logs
-	cat "$WORK"/"$1".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.99)]/1000}'
+# p99 <log prefix> [from to]: 99th percentile latency in ms from pgbench's per-transaction logs,
+# of the transactions that ended between the two epoch times if given
+p99() {
+	cat "$WORK"/"$1".* | awk -v a="${2:-0}" -v b="${3:-1e12}" '{ t = $5 + $6 / 1e6 } t >= a && t <= b {print $3}' |
+		sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.99)]/1000}'
 }
 maxlat() {			# maxlat <log prefix>: the slowest transaction, in ms
 	cat "$WORK"/"$1".* | awk '$3 > m {m = $3} END {printf "%.1f", m/1000}'
@@ -76,9 +80,11 @@ as_postgres "$PGBIN/pg_ctl" -D "$WORK/data" reload >/dev/null
 	-f "$WORK/update.sql" postgres >/dev/null 2>&1) &
 bench=$!
 until [ "$(psql_ -At -c "SELECT count(*) FROM event_log WHERE at < now() - interval '30 days'")" = 0 ]; do sleep 0.5; done
-worker_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+end=$(date +%s.%N)
+worker_s=$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')
 wait $bench
-busy=$(p99 busy)
+busy=$(p99 busy "$start" "$end")
+busy_all=$(p99 busy)
 busy_max=$(maxlat busy)
 left=$(psql_ -At -c "SELECT count(*) FROM event_log")
 
@@ -87,7 +93,9 @@ awk -v n="$ROWS" -v b="$bulk_ms" -v w="$worker_s" 'BEGIN {
 	printf "bulk DELETE:      %8.1f s  %10.0f rows/s\n", b / 1000, n / (b / 1000);
 	printf "worker:           %8.1f s  %10.0f rows/s (with the workload running)\n", w, n / w;
 	printf "throughput ratio (worker / bulk DELETE): %.2f\n", (n / w) / (n / (b / 1000)) }'
-awk -v q="$quiet" -v b="$busy" 'BEGIN { printf "workload p99: %.2f ms alone, %.2f ms with the worker purging; ratio %.2f\n", q, b, b / q }'
+awk -v q="$quiet" -v b="$busy" -v w="$busy_all" -v s="$SECS" 'BEGIN {
+	printf "workload p99: %.2f ms alone, %.2f ms while the worker purges; ratio %.2f\n", q, b, b / q;
+	printf "  (over the whole %d s run, the purge and what follows it: %.2f ms, ratio %.2f)\n", s, w, w / q }'
 echo "slowest workload transaction: $quiet_max ms alone, $busy_max ms with the worker purging"
 echo "fresh rows left: $left (100000 expected)"
 echo "targets: throughput ratio >= 0.5, p99 ratio <= 1.3"
