@@ -48,7 +48,23 @@ PG_FUNCTION_INFO_V1(gdpr_retention_batch);
  */
 bool		gdpr_retaining = false;
 
-static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anonymize);
+/*
+ * Where the next batch of a table starts looking, by block.  Each batch
+ * leaves the rows it removed behind it as dead tuples until vacuum; a scan
+ * from the first block would walk over all of them again, and a pass over
+ * a large table would cost the square of its size.  A batch resumes at the
+ * last block the previous one took rows from and, when it finds too few
+ * there, looks from the first block for what it skipped (rows locked then,
+ * rows written since).  One table at a time: the worker and
+ * gdpr_enforce_retention work through a table before the next.
+ */
+static Oid	resume_relid = InvalidOid;
+static BlockNumber resume_block = 0;
+
+static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
+						   Oid *owner, bool *anonymize);
+static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
+					   bool *anonymize, BlockNumber *last);
 
 /*
  * gdpr._retention_batch(tbl regclass, batch_size int, dry_run boolean):
@@ -60,11 +76,9 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	Oid			relid = PG_GETARG_OID(0);
 	int32		batch_size = PG_GETARG_INT32(1);
 	bool		dry_run = PG_GETARG_BOOL(2);
-	bool		isnull;
+	BlockNumber start = (!dry_run && relid == resume_relid) ? resume_block : 0;
+	BlockNumber last = InvalidBlockNumber;
 	int64		n;
-	int			ret;
-	char	   *sql;
-	Oid			owner;
 	bool		anonymize;
 
 	if (batch_size < 1)
@@ -73,7 +87,39 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 				 errmsg("batch size must be at least 1")));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	sql = retention_sql(relid, batch_size, dry_run, &owner, &anonymize);
+	/* forgotten until this batch succeeds: an error must not leave a stale start */
+	resume_relid = InvalidOid;
+	n = run_batch(relid, batch_size, dry_run, start, &anonymize, &last);
+	if (start > 0 && n < batch_size)
+		n += run_batch(relid, batch_size - n, dry_run, 0, &anonymize, &last);
+	if (!dry_run && n == batch_size && last != InvalidBlockNumber)
+	{
+		resume_relid = relid;
+		resume_block = last;
+	}
+	if (!dry_run && n > 0)
+		gdpr_audit_event("RETENTION", true, NULL, NULL, gdpr_relation_name(relid),
+						 DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+															CStringGetDatum(psprintf("{\"rows\": " INT64_FORMAT ", \"action\": \"%s\"}",
+																					 n, anonymize ? "anonymize" : "delete")))));
+	SPI_finish();
+	PG_RETURN_INT64(n);
+}
+
+/*
+ * Runs one batch statement from block start; returns the rows it deleted or
+ * anonymized and sets *last to the last block it took rows from, when known.
+ */
+static int64
+run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *anonymize,
+		  BlockNumber *last)
+{
+	Oid			owner;
+	char	   *sql = retention_sql(relid, batch_size, dry_run, start, &owner, anonymize);
+	int			ret;
+	bool		isnull;
+	Datum		tid;
+
 	gdpr_retaining = true;
 	PG_TRY();
 	{
@@ -86,19 +132,22 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed: %d", ret);
-	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (!dry_run && n > 0)
-		gdpr_audit_event("RETENTION", true, NULL, NULL, gdpr_relation_name(relid),
-						 DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-															CStringGetDatum(psprintf("{\"rows\": " INT64_FORMAT ", \"action\": \"%s\"}",
-																					 n, anonymize ? "anonymize" : "delete")))));
-	SPI_finish();
-	PG_RETURN_INT64(n);
+	if (SPI_tuptable->tupdesc->natts > 1)
+	{
+		tid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		if (!isnull)
+			*last = ItemPointerGetBlockNumber((ItemPointer) DatumGetPointer(tid));
+	}
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
-/* The statement of one batch (or, dry, the count of rows a full pass would touch) */
+/*
+ * The statement of one batch, looking from block start (or, dry, the count
+ * of rows a full pass would touch).
+ */
 static char *
-retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anonymize)
+retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid *owner,
+			  bool *anonymize)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -116,7 +165,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anony
 	char	   *pk_outer;
 	bool		by_ctid;
 	char	   *batch;
-	char	   *match;
+	char	   *change;
 
 	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition "
 							  "  FROM gdpr.retention_policy WHERE relid::pg_catalog.oid = $1",
@@ -236,15 +285,30 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, Oid *owner, bool *anony
 
 	if (dry_run)
 		return psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
-	batch = psprintf("SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
-					 by_ctid ? "t.ctid" : pk, map->qualified_name, where.data, batch_size);
-	if (by_ctid)
-		match = psprintf("ctid OPERATOR(pg_catalog.=) ANY (ARRAY(%s))", batch);
-	else
-		match = psprintf("(%s) IN (%s)", set.len > 0 ? pk : pk_outer, batch);
+	if (!by_ctid)
+	{
+		batch = psprintf("SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
+						 pk, map->qualified_name, where.data, batch_size);
+		if (set.len > 0)
+			return psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN (%s) RETURNING 1) "
+							"SELECT pg_catalog.count(*) FROM u",
+							map->qualified_name, set.data, pk, batch);
+		return psprintf("WITH d AS (DELETE FROM %s WHERE (%s) IN (%s) RETURNING 1) "
+						"SELECT pg_catalog.count(*) FROM d",
+						map->qualified_name, pk_outer, batch);
+	}
+
+	/* the batch's locked rows, by ctid; the last of them says where the next batch starts */
+	batch = psprintf("SELECT t.ctid FROM %s t WHERE %s%s LIMIT %d FOR UPDATE SKIP LOCKED",
+					 map->qualified_name, where.data,
+					 start > 0 ? psprintf(" AND t.ctid OPERATOR(pg_catalog.>=) '(%u,0)'::pg_catalog.tid", start) : "",
+					 batch_size);
 	if (set.len > 0)
-		return psprintf("WITH u AS (UPDATE %s t SET %s WHERE %s RETURNING 1) SELECT pg_catalog.count(*) FROM u",
-						map->qualified_name, set.data, match);
-	return psprintf("WITH d AS (DELETE FROM %s WHERE %s RETURNING 1) SELECT pg_catalog.count(*) FROM d",
-					map->qualified_name, match);
+		change = psprintf("UPDATE %s t SET %s", map->qualified_name, set.data);
+	else
+		change = psprintf("DELETE FROM %s", map->qualified_name);
+	return psprintf("WITH b AS (%s), "
+					"c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT b.ctid FROM b)) RETURNING 1) "
+					"SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.max(b.ctid) FROM b)",
+					batch, change);
 }
