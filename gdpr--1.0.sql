@@ -207,6 +207,9 @@ CREATE TABLE gdpr.audit_seal_state (
     pending_upto     bigint,
     pending_writers  bigint[]
 );
+-- There from the start: the first erasures and sealers then only lock it, none waits on another's
+-- insert of it.  (Sealers and erasures still make it if it is gone.)
+INSERT INTO gdpr.audit_seal_state DEFAULT VALUES;
 
 CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON gdpr.audit_seal
     FOR EACH ROW EXECUTE FUNCTION gdpr.audit_guard();
@@ -1495,7 +1498,8 @@ END
 $wrappers$;
 
 -- Carries out the erasure requests whose grace period is over, each in its own subtransaction:
--- one that fails (a legal hold, say) is recorded as failed and the others go on.
+-- one that fails (a legal hold, say) is recorded as failed and the others go on.  One that only
+-- met a lock or a serialization conflict stays pending, with the error, for the next pass.
 CREATE FUNCTION gdpr.run_due_erasures(requested_by name DEFAULT NULL)
     RETURNS TABLE (request_id bigint, status text, detail jsonb)
     LANGUAGE plpgsql
@@ -1514,11 +1518,16 @@ BEGIN
             UPDATE gdpr.erasure_request q SET status = 'done', finished_at = now()
              WHERE q.request_id = r.request_id;
             request_id := r.request_id; status := 'done'; detail := report;
-        EXCEPTION WHEN OTHERS THEN
-            UPDATE gdpr.erasure_request q SET status = 'failed', finished_at = now(), error = SQLERRM
-             WHERE q.request_id = r.request_id;
-            request_id := r.request_id; status := 'failed';
-            detail := jsonb_build_object('error', SQLERRM, 'sqlstate', SQLSTATE);
+        EXCEPTION
+            WHEN serialization_failure OR deadlock_detected OR lock_not_available THEN
+                UPDATE gdpr.erasure_request q SET error = SQLERRM WHERE q.request_id = r.request_id;
+                request_id := r.request_id; status := 'pending';
+                detail := jsonb_build_object('error', SQLERRM, 'sqlstate', SQLSTATE);
+            WHEN OTHERS THEN
+                UPDATE gdpr.erasure_request q SET status = 'failed', finished_at = now(), error = SQLERRM
+                 WHERE q.request_id = r.request_id;
+                request_id := r.request_id; status := 'failed';
+                detail := jsonb_build_object('error', SQLERRM, 'sqlstate', SQLSTATE);
         END;
         RETURN NEXT;
     END LOOP;

@@ -94,6 +94,13 @@ SELECT pg_temp.problem() AS edited_and_dated_back;
 DELETE FROM gdpr.audit_log WHERE event_id = :victim;
 SELECT pg_temp.problem() AS deleted_and_dated_back;
 ROLLBACK;
+-- a nonce dropped from an event that is neither erased nor expired, its values then changed
+BEGIN;
+SET LOCAL session_replication_role = replica;
+UPDATE gdpr.audit_seal SET nonce = NULL WHERE event_id = :victim;
+UPDATE gdpr.audit_log SET new_values = '{"full_name": "Mallory"}' WHERE event_id = :victim;
+SELECT pg_temp.problem() AS nonce_dropped;
+ROLLBACK;
 -- an event slipped in below the sealed part of the trail, with an identity value never handed out
 BEGIN;
 SET LOCAL session_replication_role = replica;

@@ -170,7 +170,7 @@ static bytea *to_bytea(const uint8 *data, size_t len);
 static void from_bytea(Datum d, uint8 *out, size_t len);
 static char *hex(const uint8 *data, size_t len);
 static bool text_equal_cstr(Datum t, const char *s);
-static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d);
+static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d, TimestampTz now);
 static void redaction_init(Redactions *red);
 static Jsonb *verdict(bool ok, int64 checked, int64 last_seq, const uint8 *last_hash,
 					  int64 from_seq, int64 redacted, int64 purged, const char *digest_status,
@@ -417,6 +417,14 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	uint8		digest_hash[HASH_LEN];
 	const char *digest_status = saved == NULL ? "none" : "not reached";
 	char	   *checkpoint_problem = NULL;
+	uint8		checkpoint_hash[HASH_LEN];
+
+	/*
+	 * What has expired is judged by the clock after the snapshot was taken:
+	 * a purge this snapshot sees judged by a clock no later than this one.
+	 * The transaction's start may lie before a purge it sees.
+	 */
+	TimestampTz now = GetCurrentTimestamp();
 	uint8		prev[HASH_LEN];
 	int64		from_seq = 0;
 	int64		expected;
@@ -483,6 +491,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 
 		from_seq = DatumGetInt64(SPI_getbinval(cp, cpdesc, 1, &isnull));
 		from_bytea(SPI_getbinval(cp, cpdesc, 2, &isnull), prev, HASH_LEN);
+		memcpy(checkpoint_hash, prev, HASH_LEN);
 		from_bytea(SPI_getbinval(cp, cpdesc, 3, &isnull), link_prev, HASH_LEN);
 		from_bytea(SPI_getbinval(cp, cpdesc, 4, &isnull), link_digest, HASH_LEN);
 		link_retention = DatumGetTimestampTz(SPI_getbinval(cp, cpdesc, 5, &isnull));
@@ -500,7 +509,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 		if (memcmp(link, prev, HASH_LEN) != 0)
 			checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " does not follow from its last link",
 										  from_seq);
-		else if (link_retention >= GetCurrentTransactionStartTimestamp())
+		else if (link_retention >= now)
 			checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides events whose retention has not ended",
 										  from_seq);
 		else
@@ -552,7 +561,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 
 		if (SPI_execute_with_args("SELECT e.key, e.value::pg_catalog.text::pg_catalog.int8 "
 								  "  FROM gdpr.audit_checkpoint c, pg_catalog.jsonb_each(c.redactions) e "
-								  " WHERE c.seq = $1 AND pg_catalog.jsonb_typeof(e.value) = 'number'",
+								  " WHERE c.seq = $1 AND e.value::pg_catalog.text ~ '^[0-9]{1,18}$'",
 								  1, ctypes, cargs, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed");
 		for (uint64 i = 0; i < SPI_processed; i++)
@@ -621,7 +630,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 				if (keep != NULL)
 					rows[nrows++] = saved_row;
 				for (uint64 i = 0; i < SPI_processed; i++)
-					read_seal_row(&rows[nrows++], SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &d);
+					read_seal_row(&rows[nrows++], SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &d, now);
 				MemoryContextSwitchTo(old);
 				pos = 0;
 			}
@@ -761,7 +770,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 
 	/* the checkpoint comes first in the chain, so does its verdict */
 	if (checkpoint_problem != NULL)
-		result = verdict(false, 0, from_seq, prev, from_seq, 0, 0, digest_status, NULL,
+		result = verdict(false, 0, from_seq, checkpoint_hash, from_seq, 0, 0, digest_status, NULL,
 						 "rewritten", checkpoint_problem);
 
 	/*
@@ -771,11 +780,14 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	 */
 	if (result == NULL)
 	{
-		if (SPI_execute("SELECT pg_catalog.min(a.event_id) FROM gdpr.audit_log a, gdpr.audit_seal_state st "
-						" WHERE a.event_id < st.frontier AND a.retention_until >= pg_catalog.now() "
-						"   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)",
-						true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute failed");
+		Oid			ntypes[1] = {TIMESTAMPTZOID};
+		Datum		nargs[1] = {TimestampTzGetDatum(now)};
+
+		if (SPI_execute_with_args("SELECT pg_catalog.min(a.event_id) FROM gdpr.audit_log a, gdpr.audit_seal_state st "
+								  " WHERE a.event_id < st.frontier AND a.retention_until >= $1 "
+								  "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)",
+								  1, ntypes, nargs, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
 		if (SPI_processed == 1)
 		{
 			int64		unsealed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -933,6 +945,16 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * Sealers and erasures wait while a checkpoint is made, and it is made
+	 * after a running erasure has committed: its redactions and its ERASE
+	 * event must be seen to be counted, not deleted uncounted.
+	 */
+	if (SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
+					false, 0) != SPI_OK_INSERT ||
+		SPI_execute("SELECT FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
 	if (execute_maintenance("DELETE FROM gdpr.audit_log_default d "
 							" WHERE d.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.ctid FROM gdpr.audit_log_default x "
 							"                           WHERE x.retention_until < pg_catalog.now() LIMIT $1))",
@@ -952,11 +974,13 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 							"    SELECT e.key AS pseudonym, e.value::pg_catalog.text::pg_catalog.int8 AS n "
 							"      FROM (SELECT c.redactions FROM gdpr.audit_checkpoint c ORDER BY c.seq DESC LIMIT 1) p, "
 							"           pg_catalog.jsonb_each(p.redactions) e "
+							"     WHERE e.value::pg_catalog.text ~ '^[0-9]{1,18}$' "
 							"    UNION ALL "
 							"    SELECT s.redacted_by, pg_catalog.count(*) FROM gdpr.audit_seal s, horizon h "
 							"     WHERE s.seq <= h.seq AND s.redacted_by IS NOT NULL GROUP BY s.redacted_by) m "
-							"   WHERE EXISTS (SELECT FROM gdpr.audit_log a "
-							"                  WHERE a.event = 'ERASE' AND a.subject_id = m.pseudonym) "
+							"   WHERE EXISTS (SELECT FROM gdpr.erasure er JOIN gdpr.audit_log a "
+							"                   ON a.subject_kind = er.kind AND a.subject_id = er.pseudonym "
+							"                  WHERE er.pseudonym = m.pseudonym AND a.event = 'ERASE') "
 							"   GROUP BY m.pseudonym), "
 							"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash, prev_hash, event_digest, retention_until, "
 							"                                          redactions) "
@@ -1007,7 +1031,10 @@ gdpr_chain_redact(Datum event_ids, const char *pseudonym)
  * before it scrubs: a sealer already running has then committed, and its
  * seal rows are there to be redacted; one that starts later sees only the
  * scrubbed events.  Otherwise a sealer could keep the nonce and the digest
- * of values the erasure removed.  SPI must be connected.
+ * of values the erasure removed.  A share lock: erasures do not wait for
+ * each other.  Under REPEATABLE READ a seal committed since the snapshot
+ * makes this fail with a serialization error, as it must: the redaction
+ * could not see that seal's rows.  SPI must be connected.
  */
 void
 gdpr_chain_hold_sealers(void)
@@ -1016,9 +1043,13 @@ gdpr_chain_hold_sealers(void)
 	int			save_sec_context;
 	int			nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 
-	if (SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
-					false, 0) != SPI_OK_INSERT ||
-		SPI_execute("SELECT FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT FROM gdpr.audit_seal_state FOR SHARE", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	/* made here only where none exists: a row being inserted would be waited for */
+	if (SPI_processed == 0 &&
+		(SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
+					 false, 0) != SPI_OK_INSERT ||
+		 SPI_execute("SELECT FROM gdpr.audit_seal_state FOR SHARE", false, 0) != SPI_OK_SELECT))
 		elog(ERROR, "SPI_execute failed");
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 }
@@ -1285,7 +1316,7 @@ hex(const uint8 *data, size_t len)
  * column 10) the event's, and checks the event against its digests.
  */
 static void
-read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
+read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d, TimestampTz now)
 {
 	Datum	   *v = d->values;
 	bool	   *n = d->nulls;
@@ -1302,10 +1333,11 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
 		from_bytea(v[5], r->nonce, NONCE_LEN);
 	r->redacted_by = n[6] ? NULL : TextDatumGetCString(v[6]);
 	r->retention_until = DatumGetTimestampTz(v[7]);
-	r->expired = r->retention_until < GetCurrentTransactionStartTimestamp();
+	r->expired = r->retention_until < now;
 	r->present = DatumGetBool(v[8]);
 	r->digest_ok = true;
-	r->personal_ok = true;
+	/* only an erasure or the end of retention takes a nonce away */
+	r->personal_ok = r->has_nonce || r->redacted_by != NULL || r->expired;
 	if (!r->present)
 		return;
 
@@ -1314,7 +1346,7 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d)
 		uint8		personal[HASH_LEN];
 
 		event_digests(d, r->nonce, NULL, personal, r->recomputed);
-		r->personal_ok = memcmp(personal, r->personal_digest, HASH_LEN) == 0;
+		r->personal_ok = r->personal_ok && memcmp(personal, r->personal_digest, HASH_LEN) == 0;
 	}
 	else
 		event_digests(d, NULL, r->personal_digest, (uint8[HASH_LEN]) {0}, r->recomputed);
