@@ -172,6 +172,9 @@ static char *hex(const uint8 *data, size_t len);
 static bool text_equal_cstr(Datum t, const char *s);
 static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d, TimestampTz now);
 static void redaction_init(Redactions *red);
+static int64 latest_checkpoint(uint8 *hash, TimestampTz now, char **problem);
+static void load_folded_redactions(HTAB *redactions, int64 checkpoint_seq);
+static int64 first_unsealed(TimestampTz now);
 static Jsonb *verdict(bool ok, int64 checked, int64 last_seq, const uint8 *last_hash,
 					  int64 from_seq, int64 redacted, int64 purged, const char *digest_status,
 					  const SealRow *bad, const char *problem, const char *detail);
@@ -474,54 +477,8 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	}
 
 	/* start from the latest checkpoint, or from nothing */
-	memset(prev, 0, HASH_LEN);
-	if (SPI_execute("SELECT seq, chain_hash, prev_hash, event_digest, retention_until "
-					"  FROM gdpr.audit_checkpoint ORDER BY seq DESC LIMIT 1",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed");
-	if (SPI_processed == 1)
-	{
-		HeapTuple	cp = SPI_tuptable->vals[0];
-		TupleDesc	cpdesc = SPI_tuptable->tupdesc;
-		uint8		link_prev[HASH_LEN];
-		uint8		link_digest[HASH_LEN];
-		uint8		link[HASH_LEN];
-		TimestampTz link_retention;
-		Digester	linker;
-
-		from_seq = DatumGetInt64(SPI_getbinval(cp, cpdesc, 1, &isnull));
-		from_bytea(SPI_getbinval(cp, cpdesc, 2, &isnull), prev, HASH_LEN);
-		memcpy(checkpoint_hash, prev, HASH_LEN);
-		from_bytea(SPI_getbinval(cp, cpdesc, 3, &isnull), link_prev, HASH_LEN);
-		from_bytea(SPI_getbinval(cp, cpdesc, 4, &isnull), link_digest, HASH_LEN);
-		link_retention = DatumGetTimestampTz(SPI_getbinval(cp, cpdesc, 5, &isnull));
-		linker.sha = pg_cryptohash_create(PG_SHA256);
-		if (linker.sha == NULL)
-			elog(ERROR, "could not create a SHA-256 context");
-		chain_step(&linker, link_prev, from_seq, link_digest, link_retention, link);
-		pg_cryptohash_free(linker.sha);
-
-		/*
-		 * A checkpoint is only made where the whole chain before it has
-		 * expired: one that does not follow from its last link, or whose
-		 * last event has not expired, was not made by the purge.
-		 */
-		if (memcmp(link, prev, HASH_LEN) != 0)
-			checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " does not follow from its last link",
-										  from_seq);
-		else if (link_retention >= now)
-			checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides events whose retention has not ended",
-										  from_seq);
-		else
-		{
-			if (SPI_execute("SELECT pg_catalog.min(seq) FROM gdpr.audit_seal", true, 1) != SPI_OK_SELECT)
-				elog(ERROR, "SPI_execute failed");
-			if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) <= from_seq &&
-				!isnull)
-				checkpoint_problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides sealed events still in the chain",
-											  from_seq);
-		}
-	}
+	from_seq = latest_checkpoint(prev, now, &checkpoint_problem);
+	memcpy(checkpoint_hash, prev, HASH_LEN);
 	expected = from_seq + 1;
 	if (saved != NULL && digest_seq == 0)
 	{
@@ -555,29 +512,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	ctl.entrysize = sizeof(Redactions);
 	ctl.hcxt = CurrentMemoryContext;
 	redactions = hash_create("gdpr redactions", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	{
-		Oid			ctypes[1] = {INT8OID};
-		Datum		cargs[1] = {Int64GetDatum(from_seq)};
-
-		if (SPI_execute_with_args("SELECT e.key, e.value::pg_catalog.text::pg_catalog.int8 "
-								  "  FROM gdpr.audit_checkpoint c, pg_catalog.jsonb_each(c.redactions) e "
-								  " WHERE c.seq = $1 AND e.value::pg_catalog.text ~ '^[0-9]{1,18}$'",
-								  1, ctypes, cargs, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			char	   *pseudonym = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-			Redactions *red;
-			bool		found;
-
-			if (pseudonym == NULL || strlen(pseudonym) >= sizeof(red->pseudonym))
-				continue;
-			red = hash_search(redactions, pseudonym, HASH_ENTER, &found);
-			if (!found)
-				redaction_init(red);
-			red->folded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		}
-	}
+	load_folded_redactions(redactions, from_seq);
 
 	plan = SPI_prepare("SELECT s.seq, s.event_id, s.event_digest, s.chain_hash, s.personal_digest, "
 					   "       s.nonce, s.redacted_by, s.retention_until, "
@@ -773,31 +708,15 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 		result = verdict(false, 0, from_seq, checkpoint_hash, from_seq, 0, 0, digest_status, NULL,
 						 "rewritten", checkpoint_problem);
 
-	/*
-	 * Below the frontier every event was sealed, and a seal row leaves only
-	 * with its expired prefix: an event there that is neither sealed nor
-	 * expired was added with an old identity value, or its seal row removed.
-	 */
 	if (result == NULL)
 	{
-		Oid			ntypes[1] = {TIMESTAMPTZOID};
-		Datum		nargs[1] = {TimestampTzGetDatum(now)};
+		int64		unsealed = first_unsealed(now);
 
-		if (SPI_execute_with_args("SELECT pg_catalog.min(a.event_id) FROM gdpr.audit_log a, gdpr.audit_seal_state st "
-								  " WHERE a.event_id < st.frontier AND a.retention_until >= $1 "
-								  "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)",
-								  1, ntypes, nargs, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		if (SPI_processed == 1)
-		{
-			int64		unsealed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-
-			if (!isnull)
-				result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
-								 NULL, "unsealed",
-								 psprintf("event " INT64_FORMAT " lies in the sealed part of the trail but is not in the chain: "
-										  "it was added afterwards or its seal row was removed", unsealed));
-		}
+		if (unsealed >= 0)
+			result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
+							 NULL, "unsealed",
+							 psprintf("event " INT64_FORMAT " lies in the sealed part of the trail but is not in the chain: "
+									  "it was added afterwards or its seal row was removed", unsealed));
 	}
 
 	if (result == NULL && saved != NULL && strcmp(digest_status, "not reached") == 0)
@@ -1359,6 +1278,120 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d, TimestampT
 		r->erase_pseudonym = n[d->first + 14] ? NULL : TextDatumGetCString(v[d->first + 14]);
 		r->erase_redacted = n[d->first + N_COLUMNS - 1] ? -1 : DatumGetInt64(v[d->first + N_COLUMNS - 1]);
 	}
+}
+
+/*
+ * The latest checkpoint's sequence number (0 without one), its hash in
+ * *hash (zeros without one).  A checkpoint is only made where the whole
+ * chain before it has expired: one that does not follow from its last link,
+ * whose last event has not expired, or below which seal rows remain, was
+ * not made by the purge, and *problem says so.
+ */
+static int64
+latest_checkpoint(uint8 *hash, TimestampTz now, char **problem)
+{
+	HeapTuple	cp;
+	TupleDesc	desc;
+	int64		seq;
+	uint8		link_prev[HASH_LEN];
+	uint8		link_digest[HASH_LEN];
+	uint8		link[HASH_LEN];
+	TimestampTz link_retention;
+	Digester	linker;
+	bool		isnull;
+
+	memset(hash, 0, HASH_LEN);
+	*problem = NULL;
+	if (SPI_execute("SELECT seq, chain_hash, prev_hash, event_digest, retention_until "
+					"  FROM gdpr.audit_checkpoint ORDER BY seq DESC LIMIT 1",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	if (SPI_processed == 0)
+		return 0;
+	cp = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	seq = DatumGetInt64(SPI_getbinval(cp, desc, 1, &isnull));
+	from_bytea(SPI_getbinval(cp, desc, 2, &isnull), hash, HASH_LEN);
+	from_bytea(SPI_getbinval(cp, desc, 3, &isnull), link_prev, HASH_LEN);
+	from_bytea(SPI_getbinval(cp, desc, 4, &isnull), link_digest, HASH_LEN);
+	link_retention = DatumGetTimestampTz(SPI_getbinval(cp, desc, 5, &isnull));
+	linker.sha = pg_cryptohash_create(PG_SHA256);
+	if (linker.sha == NULL)
+		elog(ERROR, "could not create a SHA-256 context");
+	chain_step(&linker, link_prev, seq, link_digest, link_retention, link);
+	pg_cryptohash_free(linker.sha);
+
+	if (memcmp(link, hash, HASH_LEN) != 0)
+		*problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " does not follow from its last link",
+							seq);
+	else if (link_retention >= now)
+		*problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides events whose retention has not ended",
+							seq);
+	else
+	{
+		int64		lowest;
+
+		if (SPI_execute("SELECT pg_catalog.min(seq) FROM gdpr.audit_seal", true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed");
+		lowest = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (!isnull && lowest <= seq)
+			*problem = psprintf("the checkpoint at sequence number " INT64_FORMAT " hides sealed events still in the chain",
+								seq);
+	}
+	return seq;
+}
+
+/* The redactions of each erasure folded into the checkpoint at checkpoint_seq */
+static void
+load_folded_redactions(HTAB *redactions, int64 checkpoint_seq)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(checkpoint_seq)};
+
+	if (SPI_execute_with_args("SELECT e.key, e.value::pg_catalog.text::pg_catalog.int8 "
+							  "  FROM gdpr.audit_checkpoint c, pg_catalog.jsonb_each(c.redactions) e "
+							  " WHERE c.seq = $1 AND e.value::pg_catalog.text ~ '^[0-9]{1,18}$'",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *pseudonym = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		Redactions *red;
+		bool		found;
+		bool		isnull;
+
+		if (pseudonym == NULL || strlen(pseudonym) >= sizeof(red->pseudonym))
+			continue;
+		red = hash_search(redactions, pseudonym, HASH_ENTER, &found);
+		if (!found)
+			redaction_init(red);
+		red->folded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+}
+
+/*
+ * The first unexpired event below the frontier without a seal row, or -1.
+ * Below the frontier every event was sealed, and a seal row leaves only
+ * with its expired prefix: such an event was added with an old identity
+ * value, or its seal row removed.
+ */
+static int64
+first_unsealed(TimestampTz now)
+{
+	Oid			argtypes[1] = {TIMESTAMPTZOID};
+	Datum		args[1] = {TimestampTzGetDatum(now)};
+	Datum		first;
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT pg_catalog.min(a.event_id) FROM gdpr.audit_log a, gdpr.audit_seal_state st "
+							  " WHERE a.event_id < st.frontier AND a.retention_until >= $1 "
+							  "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	if (SPI_processed != 1)
+		return -1;
+	first = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? -1 : DatumGetInt64(first);
 }
 
 /* A new entry: the key is set by hash_search, the rest is ours */
