@@ -2412,7 +2412,10 @@ $$;
 
 -- Monthly partitions of the trail by retention_until, from the month events written now expire
 -- in to `ahead` months past it.  A month the default partition already holds events of is left
--- to the default partition: creating its partition would have to move them.
+-- to the default partition: creating its partition would have to move them.  When the locks of a
+-- month are not granted within lock_timeout (1s when the caller has none), it and the months
+-- after it are left for the next call: while a month is created, readers of the trail queue
+-- behind it.
 CREATE FUNCTION gdpr.create_audit_partitions(ahead int DEFAULT 3) RETURNS int
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -2422,31 +2425,40 @@ DECLARE
     m     timestamptz;
     name  text;
     n     int := 0;
+    saved text := current_setting('lock_timeout');
 BEGIN
+    IF saved = '0' THEN
+        PERFORM set_config('lock_timeout', '1s', true);
+    END IF;
     FOR i IN 0 .. GREATEST(ahead, 0) LOOP
         m := first + make_interval(months => i);
         name := 'audit_log_' || to_char(m, '"y"YYYY"m"MM');
         CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
         CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
                                WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
-        IF i = 0 THEN
-            -- Events are being written into this month now.  Only the ACCESS EXCLUSIVE lock of
-            -- PARTITION OF keeps them out while it is created: a writer that routed an event
-            -- to the default partition before a concurrent ATTACH would fail.
-            EXECUTE format('CREATE TABLE gdpr.%I PARTITION OF gdpr.audit_log FOR VALUES FROM (%L) TO (%L)',
-                           name, m, m + interval '1 month');
-            PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
-        ELSE
-            -- Built apart, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE on the trail,
-            -- which audited writes do not queue behind, where PARTITION OF takes ACCESS
-            -- EXCLUSIVE every month.
-            EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
-            PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
-            EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
-                           name, m, m + interval '1 month');
-        END IF;
-        n := n + 1;
+        BEGIN
+            IF i = 0 THEN
+                -- Events are being written into this month now.  Only the ACCESS EXCLUSIVE lock
+                -- of PARTITION OF keeps them out while it is created: a writer that routed an
+                -- event to the default partition before a concurrent ATTACH would fail.
+                EXECUTE format('CREATE TABLE gdpr.%I PARTITION OF gdpr.audit_log FOR VALUES FROM (%L) TO (%L)',
+                               name, m, m + interval '1 month');
+                PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+            ELSE
+                -- Built apart, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE on the trail,
+                -- which audited writes do not queue behind, where PARTITION OF takes ACCESS
+                -- EXCLUSIVE every month.
+                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
+                PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+                EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
+                               name, m, m + interval '1 month');
+            END IF;
+            n := n + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            EXIT;
+        END;
     END LOOP;
+    PERFORM set_config('lock_timeout', saved, true);
     RETURN n;
 END
 $$;

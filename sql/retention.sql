@@ -115,6 +115,18 @@ SELECT deleted FROM gdpr_enforce_retention(batch_size => 4) WHERE table_name = '
 SELECT id, tableoid::regclass AS part, ctid FROM visit_log ORDER BY id;
 SELECT gdpr.drop_retention('visit_log');
 DROP TABLE visit_log;
+-- An inheritance tree: keys repeat across it, so rows are matched by table and key; the child's
+-- fresh row with the parent's expired row's key stays.
+CREATE TABLE visit_arch (id int PRIMARY KEY, customer_id bigint REFERENCES customer, at timestamptz NOT NULL);
+CREATE TABLE visit_arch_2020 () INHERITS (visit_arch);
+SELECT gdpr.register_table('visit_arch');
+INSERT INTO visit_arch VALUES (1, 3, now() - interval '90 days');
+INSERT INTO visit_arch_2020 VALUES (1, 3, now()), (2, 3, now() - interval '90 days');
+SELECT gdpr.set_retention('visit_arch', 'at', '30 days');
+SELECT deleted FROM gdpr_enforce_retention() WHERE table_name = 'shop.visit_arch';
+SELECT id, tableoid::regclass AS part FROM visit_arch ORDER BY id;
+SELECT gdpr.drop_retention('visit_arch');
+DROP TABLE visit_arch CASCADE;
 
 -- Bad input.
 SELECT gdpr.set_retention('session_log', 'nope', '1 day');

@@ -62,9 +62,10 @@ static Oid	resume_relid = InvalidOid;
 static BlockNumber resume_block = 0;
 
 static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
-						   Oid *owner, bool *anonymize);
+						   Oid *owner, bool *anonymize, char **again);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
 					   bool *anonymize, BlockNumber *last);
+static int64 run_statement(Oid owner, const char *sql, int nargs, Datum *args, bool read_only);
 
 /*
  * gdpr._retention_batch(tbl regclass, batch_size int, dry_run boolean):
@@ -107,7 +108,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 }
 
 /*
- * Runs one batch statement from block start; returns the rows it deleted or
+ * Runs one batch from block start; returns the rows it deleted or
  * anonymized and sets *last to the last block it took rows from, when known.
  */
 static int64
@@ -115,15 +116,51 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *an
 		  BlockNumber *last)
 {
 	Oid			owner;
-	char	   *sql = retention_sql(relid, batch_size, dry_run, start, &owner, anonymize);
+	char	   *again = NULL;
+	char	   *sql = retention_sql(relid, batch_size, dry_run, start, &owner, anonymize, &again);
+	int64		n;
+	bool		isnull;
+	Datum		locked = (Datum) 0;
+
+	n = run_statement(owner, sql, 0, NULL, dry_run);
+	if (SPI_tuptable->tupdesc->natts > 1)
+	{
+		Datum		tid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+		if (!isnull)
+			*last = ItemPointerGetBlockNumber((ItemPointer) DatumGetPointer(tid));
+		locked = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		if (isnull)
+			locked = (Datum) 0;
+	}
+
+	/*
+	 * A row updated by a transaction that committed after this statement's
+	 * snapshot was locked in its new version (rechecked against the policy
+	 * and the holds), which that snapshot cannot see to change.  A new
+	 * statement sees it, and the lock keeps it as it was checked.  Rows
+	 * already changed are dead to the new statement and are not touched
+	 * twice.
+	 */
+	if (locked != (Datum) 0 && again != NULL)
+		n += run_statement(owner, again, 1, &locked, false);
+	return n;
+}
+
+/* Runs a statement of the batch as the table's owner; returns its first column */
+static int64
+run_statement(Oid owner, const char *sql, int nargs, Datum *args, bool read_only)
+{
+	Oid			argtypes[1] = {TIDARRAYOID};
 	int			ret;
 	bool		isnull;
-	Datum		tid;
+	Datum		n;
 
+	Assert(nargs <= 1);
 	gdpr_retaining = true;
 	PG_TRY();
 	{
-		ret = gdpr_execute_as_role(owner, NULL, sql, 0, NULL, NULL, NULL, dry_run, 1);
+		ret = gdpr_execute_as_role(owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 1);
 	}
 	PG_FINALLY();
 	{
@@ -132,22 +169,18 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *an
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed: %d", ret);
-	if (SPI_tuptable->tupdesc->natts > 1)
-	{
-		tid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		if (!isnull)
-			*last = ItemPointerGetBlockNumber((ItemPointer) DatumGetPointer(tid));
-	}
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	n = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(n);
 }
 
 /*
  * The statement of one batch, looking from block start (or, dry, the count
- * of rows a full pass would touch).
+ * of rows a full pass would touch).  Where rows are found again by ctid,
+ * *again is the change for the ctids in $1 (see run_batch).
  */
 static char *
 retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid *owner,
-			  bool *anonymize)
+			  bool *anonymize, char **again)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -232,7 +265,10 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	 * The rows of a batch are found again by ctid, a direct fetch, where
 	 * matching their keys lets the planner join against a scan of the
 	 * whole table on every batch.  A ctid names a row only within one
-	 * table: partitioned and inheritance trees are matched by key.
+	 * table: partitioned and inheritance trees are matched by table and key
+	 * (keys repeat across an inheritance tree).  The ctid statements name
+	 * the table ONLY: a child attached since this was decided is left for
+	 * the next batch, which matches by key.
 	 */
 	by_ctid = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relhassubclass;
 
@@ -287,28 +323,36 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 		return psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
 	if (!by_ctid)
 	{
-		batch = psprintf("SELECT %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
+		batch = psprintf("SELECT t.tableoid, %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
 						 pk, map->qualified_name, where.data, batch_size);
 		if (set.len > 0)
-			return psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN (%s) RETURNING 1) "
+			return psprintf("WITH u AS (UPDATE %s t SET %s WHERE (t.tableoid, %s) IN (%s) RETURNING 1) "
 							"SELECT pg_catalog.count(*) FROM u",
 							map->qualified_name, set.data, pk, batch);
-		return psprintf("WITH d AS (DELETE FROM %s WHERE (%s) IN (%s) RETURNING 1) "
+		return psprintf("WITH d AS (DELETE FROM %s WHERE (tableoid, %s) IN (%s) RETURNING 1) "
 						"SELECT pg_catalog.count(*) FROM d",
 						map->qualified_name, pk_outer, batch);
 	}
 
-	/* the batch's locked rows, by ctid; the last of them says where the next batch starts */
-	batch = psprintf("SELECT t.ctid FROM %s t WHERE %s%s LIMIT %d FOR UPDATE SKIP LOCKED",
+	/*
+	 * The batch's locked rows, by ctid: the last of them says where the next
+	 * batch starts, and all of them are returned when some were not changed.
+	 */
+	batch = psprintf("SELECT t.ctid FROM ONLY %s t WHERE %s%s LIMIT %d FOR UPDATE SKIP LOCKED",
 					 map->qualified_name, where.data,
 					 start > 0 ? psprintf(" AND t.ctid OPERATOR(pg_catalog.>=) '(%u,0)'::pg_catalog.tid", start) : "",
 					 batch_size);
 	if (set.len > 0)
-		change = psprintf("UPDATE %s t SET %s", map->qualified_name, set.data);
+		change = psprintf("UPDATE ONLY %s t SET %s", map->qualified_name, set.data);
 	else
-		change = psprintf("DELETE FROM %s", map->qualified_name);
+		change = psprintf("DELETE FROM ONLY %s", map->qualified_name);
+	*again = psprintf("WITH c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY ($1) RETURNING 1) "
+					  "SELECT pg_catalog.count(*) FROM c", change);
 	return psprintf("WITH b AS (%s), "
 					"c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT b.ctid FROM b)) RETURNING 1) "
-					"SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.max(b.ctid) FROM b)",
+					"SELECT pg_catalog.count(*), (SELECT pg_catalog.max(b.ctid) FROM b), "
+					"       CASE WHEN pg_catalog.count(*) < (SELECT pg_catalog.count(*) FROM b) "
+					"            THEN ARRAY(SELECT b.ctid FROM b) END "
+					"  FROM c",
 					batch, change);
 }
