@@ -172,6 +172,7 @@ static char *hex(const uint8 *data, size_t len);
 static bool text_equal_cstr(Datum t, const char *s);
 static void read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d, TimestampTz now);
 static void redaction_init(Redactions *red);
+static void lock_seal_state(const char *strength);
 static int64 latest_checkpoint(uint8 *hash, TimestampTz now, char **problem);
 static void load_folded_redactions(HTAB *redactions, int64 checkpoint_seq);
 static int64 first_unsealed(TimestampTz now);
@@ -221,19 +222,17 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 
-	/* the state row serializes sealers; writers never touch it */
 	/*
 	 * The end of the chain is read from the chain itself, so a restored dump
 	 * (whose state row is not dumped) or a state row made before the restore
 	 * brought the seal rows cannot disagree with it.  The state row holds
 	 * only the frontier; locking it serializes sealers, and writers never
-	 * touch it.
+	 * touch it.  Read after the lock: a sealer that waited sees what the one
+	 * before it wrote.
 	 */
-	if (SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
-					false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute failed");
-	if (SPI_execute("SELECT frontier, pending_upto, pending_writers "
-					"  FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT ||
+	lock_seal_state("UPDATE");
+	if (SPI_execute("SELECT frontier, pending_upto, pending_writers FROM gdpr.audit_seal_state",
+					false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "gdpr.audit_seal_state must hold exactly one row");
 	state = SPI_copytuple(SPI_tuptable->vals[0]);
@@ -870,10 +869,7 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 	 * after a running erasure has committed: its redactions and its ERASE
 	 * event must be seen to be counted, not deleted uncounted.
 	 */
-	if (SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
-					false, 0) != SPI_OK_INSERT ||
-		SPI_execute("SELECT FROM gdpr.audit_seal_state FOR UPDATE", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed");
+	lock_seal_state("UPDATE");
 	if (execute_maintenance("DELETE FROM gdpr.audit_log_default d "
 							" WHERE d.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.ctid FROM gdpr.audit_log_default x "
 							"                           WHERE x.retention_until < pg_catalog.now() LIMIT $1))",
@@ -962,15 +958,28 @@ gdpr_chain_hold_sealers(void)
 	int			save_sec_context;
 	int			nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 
-	if (SPI_execute("SELECT FROM gdpr.audit_seal_state FOR SHARE", false, 0) != SPI_OK_SELECT)
+	lock_seal_state("SHARE");
+	gdpr_leave_role(save_userid, save_sec_context, nest);
+}
+
+/*
+ * Locks the state row FOR UPDATE (sealers, purges) or FOR SHARE (erasures).
+ * CREATE EXTENSION makes the row; it is made again here only where it is
+ * gone, since an insert of it would make every other locker wait for the
+ * inserting transaction.
+ */
+static void
+lock_seal_state(const char *strength)
+{
+	char	   *lock = psprintf("SELECT FROM gdpr.audit_seal_state FOR %s", strength);
+
+	if (SPI_execute(lock, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
-	/* made here only where none exists: a row being inserted would be waited for */
 	if (SPI_processed == 0 &&
 		(SPI_execute("INSERT INTO gdpr.audit_seal_state DEFAULT VALUES ON CONFLICT DO NOTHING",
 					 false, 0) != SPI_OK_INSERT ||
-		 SPI_execute("SELECT FROM gdpr.audit_seal_state FOR SHARE", false, 0) != SPI_OK_SELECT))
+		 SPI_execute(lock, false, 0) != SPI_OK_SELECT))
 		elog(ERROR, "SPI_execute failed");
-	gdpr_leave_role(save_userid, save_sec_context, nest);
 }
 
 /*
