@@ -1515,7 +1515,7 @@ BEGIN
               ORDER BY q.due_at FOR UPDATE SKIP LOCKED LOOP
         BEGIN
             report := public.gdpr_erase(r.subject_id, false, r.kind);
-            UPDATE gdpr.erasure_request q SET status = 'done', finished_at = now()
+            UPDATE gdpr.erasure_request q SET status = 'done', finished_at = now(), error = NULL
              WHERE q.request_id = r.request_id;
             request_id := r.request_id; status := 'done'; detail := report;
         EXCEPTION
@@ -2433,10 +2433,10 @@ BEGIN
     FOR i IN 0 .. GREATEST(ahead, 0) LOOP
         m := first + make_interval(months => i);
         name := 'audit_log_' || to_char(m, '"y"YYYY"m"MM');
-        CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
-        CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
-                               WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
         BEGIN
+            CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
+            CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
+                                   WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
             IF i = 0 THEN
                 -- Events are being written into this month now.  Only the ACCESS EXCLUSIVE lock
                 -- of PARTITION OF keeps them out while it is created: a writer that routed an
@@ -2454,7 +2454,7 @@ BEGIN
                                name, m, m + interval '1 month');
             END IF;
             n := n + 1;
-        EXCEPTION WHEN lock_not_available THEN
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             EXIT;
         END;
     END LOOP;
@@ -2531,6 +2531,9 @@ BEGIN
     IF NOT dry_run THEN
         table_name := 'gdpr.audit_log';
         deleted := 0;
+        -- before the purge, as the worker does: the purge holds the sealers' lock to the end of
+        -- the transaction, which an erasure writing into the trail may be waiting to share
+        PERFORM gdpr.create_audit_partitions();
         LOOP
             n := gdpr.purge_audit_log(batch_size);
             deleted := deleted + n;
@@ -2538,7 +2541,6 @@ BEGIN
         END LOOP;
         anonymized := 0;
         error := NULL;
-        PERFORM gdpr.create_audit_partitions();
         INSERT INTO gdpr.retention_history (started_at, table_name, deleted) VALUES (started, table_name, deleted);
         RETURN NEXT;
         table_name := 'gdpr.erasure_request';
