@@ -20,6 +20,16 @@ SELECT gdpr.seal_audit() > 0 AS sealed_the_rest, gdpr.seal_audit() AS nothing_le
 SELECT (v->>'ok')::boolean AS ok, (v->>'events_checked')::int = (SELECT max(seq) FROM gdpr.audit_seal) AS all_checked
   FROM gdpr_verify_audit() v;
 SELECT gdpr_audit_digest() AS digest \gset
+-- An event that expired before it was sealed stays out of the chain (after a restore, the
+-- expired events of a folded prefix are not sealed again).
+BEGIN;
+SET LOCAL session_replication_role = replica;
+INSERT INTO gdpr.audit_log (event_id, event, subject_kind, subject_id, retention_until)
+OVERRIDING SYSTEM VALUE VALUES (-1, 'EXPORT', 'default', '70', now() - interval '1 day');
+UPDATE gdpr.audit_seal_state SET frontier = -1;
+SET LOCAL session_replication_role = origin;
+SELECT gdpr.seal_audit() AS expired_sealed;
+ROLLBACK;
 -- Who sealed what: nothing personal in the seal, one row per event, in sequence.
 SELECT count(*) = max(seq) AS gapless, bool_and(length(chain_hash) = 32 AND length(nonce) = 16) AS well_formed
   FROM gdpr.audit_seal;

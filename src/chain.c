@@ -288,9 +288,15 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	{
 		Oid			fargtypes[1] = {INT8OID};
 		Datum		fargs[1] = {Int64GetDatum(frontier)};
+		/*
+		 * An event that expired unsealed stays out of the chain.  After a
+		 * restore the frontier starts again from the first event (the state
+		 * row is not dumped): the expired events whose seal rows a checkpoint
+		 * folded in must not be sealed a second time.
+		 */
 		SPIPlanPtr	scan = SPI_prepare("SELECT " EVENT_COLUMNS " FROM gdpr.audit_log a "
-									   " WHERE a.event_id >= $1 AND NOT EXISTS "
-									   "       (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id) "
+									   " WHERE a.event_id >= $1 AND a.retention_until >= pg_catalog.now() "
+									   "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id) "
 									   " ORDER BY a.event_id",
 									   1, fargtypes);
 

@@ -132,7 +132,7 @@ ok($node->poll_query_until('shop', q{SELECT (gdpr_verify_audit()->>'last_verifie
 is($node->safe_psql('shop', q{SELECT gdpr_verify_audit()->>'ok'}), 'true', 'and the chain verifies');
 $node->safe_psql('postgres', 'CREATE DATABASE chain');
 $node->safe_psql('chain', q{
-    SET gdpr.audit_retention = '3 seconds';
+    SET gdpr.audit_retention = '5 seconds';
     CREATE EXTENSION gdpr;
     CREATE TABLE person (id int PRIMARY KEY, name text);
     SELECT gdpr.register_subject('person', 'id');
