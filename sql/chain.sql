@@ -157,8 +157,15 @@ SELECT pg_temp.problem(:'digest') AS untouched_against_digest;
 
 -- An erasure removes the values and the nonces, keeps the digests: the chain still verifies,
 -- and says which events were redacted, when and by which erasure.
+-- Erased under a shorter retention than its events had: the erasure's event is kept as long as
+-- the events it redacted, so that verification finds it while they are in the chain.
+SET gdpr.audit_retention = '1 day';
 SELECT v->>'status' AS status, (v->>'sealed_events_redacted')::int > 0 AS redacted_sealed
   FROM gdpr_erase(70) v;
+RESET gdpr.audit_retention;
+SELECT a.retention_until >= (SELECT max(s.retention_until) FROM gdpr.audit_seal s WHERE s.redacted_by = a.subject_id)
+       AS erasure_kept_as_long
+  FROM gdpr.audit_log a WHERE a.event = 'ERASE' ORDER BY a.event_id DESC LIMIT 1;
 SELECT count(*) > 0 AS marked, bool_and(nonce IS NULL AND redacted_at IS NOT NULL) AS nonces_gone,
        bool_and(redacted_by = (SELECT pseudonym FROM gdpr.erasure ORDER BY erased_at DESC LIMIT 1)) AS by_that_erasure
   FROM gdpr.audit_seal WHERE redacted_by IS NOT NULL;

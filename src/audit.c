@@ -752,7 +752,18 @@ gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes
  */
 int64
 gdpr_audit_event(const char *event, bool success, const char *kind, const char *subject,
-			 const char *table_name, Jsonb *detail)
+				 const char *table_name, Jsonb *detail)
+{
+	return gdpr_audit_event_until(event, success, kind, subject, table_name, detail, 0);
+}
+
+/*
+ * The same, kept at least until keep_until (0: the retention of the
+ * setting); an erasure's event must outlive the events it redacted.
+ */
+int64
+gdpr_audit_event_until(const char *event, bool success, const char *kind, const char *subject,
+					   const char *table_name, Jsonb *detail, TimestampTz keep_until)
 {
 	Datum		values[CONTEXT_NPARAMS + 6];
 	char		nulls[CONTEXT_NPARAMS + 6];
@@ -800,6 +811,8 @@ gdpr_audit_event(const char *event, bool success, const char *kind, const char *
 	nulls[13] = detail != NULL ? ' ' : 'n';
 	values[14] = table_name != NULL ? CStringGetTextDatum(table_name) : (Datum) 0;
 	nulls[14] = table_name != NULL ? ' ' : 'n';
+	if (keep_until > DatumGetTimestampTz(values[8]))
+		values[8] = TimestampTzGetDatum(keep_until);
 
 	ret = gdpr_execute_as_owner(event_plan, NULL, 0, NULL, values, nulls, false, 1);
 	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)

@@ -146,6 +146,7 @@ typedef struct Redactions
 {
 	char		pseudonym[NAMEDATALEN * 2];
 	int64		count;
+	int64		unexpired;		/* of count, those whose retention has not ended */
 	int64		folded;			/* redacted rows folded into the checkpoint */
 	int64		first_seq;
 	int64		first_event_id;
@@ -686,6 +687,8 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 				red->first_event_id = r->event_id;
 			}
 			red->count++;
+			if (!r->expired)
+				red->unexpired++;
 		}
 		if (r->is_erase && r->erase_pseudonym != NULL)
 		{
@@ -765,8 +768,16 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 						red->erase_says = -1;
 				}
 			}
+			/*
+			 * An erasure's event is kept as long as the events it redacted,
+			 * but their seal rows can stay longer, until everything sealed
+			 * before them has expired too: once expired, they need it no more.
+			 */
 			if (!red->erase_seen)
-				why = "no erasure of that subject is in the trail";
+			{
+				if (red->unexpired > 0)
+					why = "no erasure of that subject is in the trail";
+			}
 			else if (red->erase_says != red->count + red->folded)
 				why = psprintf("its erasure redacted " INT64_FORMAT " sealed events, the chain shows " INT64_FORMAT,
 							   red->erase_says, red->count + red->folded);
@@ -924,25 +935,31 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
  * Marks sealed events redacted by the erasure whose pseudonym is given:
  * their nonce goes, so their remaining digest cannot be matched against a
  * guess of the erased values.  event_ids is an int8[] of the events the
- * erasure scrubbed.  Returns how many were sealed (and are now redacted).
+ * erasure scrubbed.  Returns how many were sealed (and are now redacted),
+ * and in *keep_until the latest retention among them (0 for none).
  * SPI must be connected; runs as the trail's owner.
  */
 int64
-gdpr_chain_redact(Datum event_ids, const char *pseudonym)
+gdpr_chain_redact(Datum event_ids, const char *pseudonym, TimestampTz *keep_until)
 {
 	Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
 	Datum		args[2] = {event_ids, CStringGetTextDatum(pseudonym)};
 	int64		n;
+	bool		isnull;
+	Datum		latest;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 
-	if (execute_maintenance("UPDATE gdpr.audit_seal SET nonce = NULL, redacted_at = pg_catalog.now(), "
-							"       redacted_by = $2 "
-							" WHERE event_id = ANY ($1) AND redacted_by IS NULL",
-							2, argtypes, args, NULL) != SPI_OK_UPDATE)
+	if (execute_maintenance("WITH r AS (UPDATE gdpr.audit_seal SET nonce = NULL, redacted_at = pg_catalog.now(), "
+							"                  redacted_by = $2 "
+							"            WHERE event_id = ANY ($1) AND redacted_by IS NULL RETURNING retention_until) "
+							"SELECT pg_catalog.count(*), pg_catalog.max(retention_until) FROM r",
+							2, argtypes, args, NULL) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed");
-	n = SPI_processed;
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	latest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	*keep_until = isnull ? 0 : DatumGetTimestampTz(latest);
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 	return n;
 }
@@ -1414,6 +1431,7 @@ static void
 redaction_init(Redactions *red)
 {
 	red->count = 0;
+	red->unexpired = 0;
 	red->folded = 0;
 	red->first_seq = -1;
 	red->first_event_id = -1;

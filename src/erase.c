@@ -74,18 +74,29 @@ typedef struct EraseTable
 static bool subject_erased(const GdprSubject *subject, Jsonb **record);
 static bool lock_subject(const GdprSubject *subject);
 static List *holds(const GdprSubject *subject);
+/*
+ * What an erasure did to the sealed trail: how many sealed events it
+ * redacted, and the latest retention among them, which its own ERASE event
+ * must reach (verification looks for it as long as they are in the chain).
+ */
+typedef struct Redacted
+{
+	int64		events;
+	TimestampTz keep_until;
+} Redacted;
+
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
 static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
-							 MemoryContext cxt, ResourceOwner owner, int64 *redacted);
+							 MemoryContext cxt, ResourceOwner owner, Redacted *redacted);
 static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
-							 int64 *redacted);
+							 Redacted *redacted);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
 static char *owned_rows(const EraseTable *t, const char *join_keyword);
 static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables,
-						 int64 *redacted);
+						 Redacted *redacted);
 static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
 							   bool keep_subject_row, Jsonb *report);
@@ -125,7 +136,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	List	   *tables;
 	bool		keep_subject_row;
 	int64		scrubbed = 0;
-	int64		redacted = 0;
+	Redacted	redacted = {0, 0};
 	ListCell   *lc;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -198,7 +209,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 		scrubbed = dry_run_erasure(tables, subject, pseudonym, spicxt, callerowner, &redacted);
 	else
 		scrubbed = execute_erasure(tables, subject, pseudonym, &redacted);
-	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed, redacted);
+	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed, redacted.events);
 	if (dry_run)
 	{
 		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
@@ -208,7 +219,8 @@ gdpr_erase(PG_FUNCTION_ARGS)
 		if (!PG_ARGISNULL(3))
 			gdpr_complete_request(PG_GETARG_INT64(3), subject, "erasure", "erased");
 		finish_bookkeeping(subject, pseudonym, keep_subject_row, report);
-		gdpr_audit_event("ERASE", true, subject->kind, pseudonym, NULL, report);
+		gdpr_audit_event_until("ERASE", true, subject->kind, pseudonym, NULL, report,
+							   redacted.keep_until);
 	}
 
 	MemoryContextSwitchTo(callercxt);
@@ -273,7 +285,7 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
  */
 static int64
 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
-				MemoryContext cxt, ResourceOwner owner, int64 *redacted)
+				MemoryContext cxt, ResourceOwner owner, Redacted *redacted)
 {
 	int64		scrubbed = 0;
 
@@ -305,11 +317,11 @@ dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 /*
  * Changes the subject's rows, table by table in the planned order, and then
  * the audit trail.  Returns the number of audit events scrubbed; *redacted
- * is how many of them were sealed (chain.c).
+ * says how many of them were sealed (chain.c) and until when they are kept.
  * Restrictions do not apply meanwhile: erasure is what they wait for.
  */
 static int64
-execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym, int64 *redacted)
+execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym, Redacted *redacted)
 {
 	int64		scrubbed = 0;
 	ListCell   *lc;
@@ -881,7 +893,7 @@ execute_table(EraseTable *t, const GdprSubject *subject)
  * and key through the index on unattributed events.
  */
 static int64
-scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, int64 *redacted)
+scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, Redacted *redacted)
 {
 	ListCell   *lc;
 	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
@@ -941,7 +953,8 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, int
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 
 	/* events already sealed keep their digests and lose their nonce */
-	*redacted = 0;
+	redacted->events = 0;
+	redacted->keep_until = 0;
 	if (scrubbed != NIL)
 	{
 		Datum	   *ids = palloc(sizeof(Datum) * list_length(scrubbed));
@@ -949,9 +962,9 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, int
 
 		foreach(lc, scrubbed)
 			ids[n++] = Int64GetDatum(*(int64 *) lfirst(lc));
-		*redacted = gdpr_chain_redact(PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64),
-																	   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
-									  pseudonym);
+		redacted->events = gdpr_chain_redact(PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64),
+																			 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+											 pseudonym, &redacted->keep_until);
 	}
 	return list_length(scrubbed);
 }

@@ -150,6 +150,9 @@ extern void gdpr_audit_invalidate(Oid relid);
 extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
 							  const char *subject, const char *table_name,
 							  Jsonb *detail);	/* SPI */
+extern int64 gdpr_audit_event_until(const char *event, bool success, const char *kind,
+									 const char *subject, const char *table_name, Jsonb *detail,
+									 TimestampTz keep_until);	/* SPI */
 extern int	gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
 extern int	gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
 								  Datum *values, const char *nulls, bool read_only, long count);	/* SPI */
@@ -173,7 +176,8 @@ extern bool gdpr_erasing;
 
 /* chain.c */
 extern bool gdpr_audit_maintenance;
-extern int64 gdpr_chain_redact(Datum event_ids, const char *pseudonym);	/* SPI */
+extern int64 gdpr_chain_redact(Datum event_ids, const char *pseudonym,
+								TimestampTz *keep_until);	/* SPI */
 extern void gdpr_chain_hold_sealers(void);	/* SPI */
 
 /* retention.c */

@@ -169,5 +169,27 @@ ok($node->poll_query_until('folded', q{SELECT count(*) > 0 FROM gdpr.audit_check
 is($node->safe_psql('folded', q{SELECT (v->>'ok') || ' ' || (v->>'redacted') FROM gdpr_verify_audit() v}),
    'true 1', 'the chain verifies, one redaction still in it');
 
+# Redacted seal rows can outlive their erasure's event: they stay until everything sealed before
+# them has expired.  Once expired themselves they verify without it.
+$node->safe_psql('postgres', 'CREATE DATABASE outlived');
+$node->safe_psql('outlived', q{
+    SET gdpr.audit_retention = '1 year';
+    CREATE EXTENSION gdpr;
+    CREATE TABLE person (id int PRIMARY KEY, name text);
+    SELECT gdpr.register_subject('person', 'id');
+    INSERT INTO person VALUES (2, 'long-lived');
+    SELECT gdpr.seal_audit();
+    SET gdpr.audit_retention = '3 seconds';
+    INSERT INTO person VALUES (1, 'short-lived');
+    SELECT gdpr.seal_audit();
+    SELECT gdpr_erase(1);
+    SELECT gdpr.seal_audit();
+});
+ok($node->poll_query_until('outlived', q{SELECT count(*) = 0 FROM gdpr.audit_log WHERE event = 'ERASE'}),
+   "the erasure's event is purged");
+is($node->safe_psql('outlived', q{SELECT count(*) FROM gdpr.audit_seal WHERE redacted_by IS NOT NULL}),
+   '1', 'its redacted seal row is still in the chain');
+is($node->safe_psql('outlived', q{SELECT gdpr_verify_audit()->>'ok'}), 'true', 'and the chain verifies');
+
 $node->stop;
 done_testing();
