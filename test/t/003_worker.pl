@@ -130,14 +130,23 @@ ok($node->safe_psql('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHER
 ok($node->poll_query_until('shop', q{SELECT (gdpr_verify_audit()->>'last_verified_seq')::int > 0}),
    'the worker seals the trail');
 is($node->safe_psql('shop', q{SELECT gdpr_verify_audit()->>'ok'}), 'true', 'and the chain verifies');
-$node->safe_psql('postgres', 'CREATE DATABASE chain');
-$node->safe_psql('chain', q{
-    SET gdpr.audit_retention = '5 seconds';
+
+# person_db(name, retention, sql): a new database with the extension installed under that
+# gdpr.audit_retention and table person registered, then sql run in the same session
+sub person_db
+{
+	my ($name, $retention, $sql) = @_;
+	$node->safe_psql('postgres', "CREATE DATABASE $name");
+	$node->safe_psql($name, qq{
+    SET gdpr.audit_retention = '$retention';
     CREATE EXTENSION gdpr;
     CREATE TABLE person (id int PRIMARY KEY, name text);
     SELECT gdpr.register_subject('person', 'id');
-    INSERT INTO person SELECT g, 'p' || g FROM generate_series(1, 50) g;
+    $sql
 });
+}
+
+person_db('chain', '5 seconds', q{INSERT INTO person SELECT g, 'p' || g FROM generate_series(1, 50) g;});
 ok($node->poll_query_until('chain', q{SELECT count(*) > 0 FROM gdpr.audit_checkpoint}),
    'a purged prefix of the chain becomes a checkpoint');
 $node->safe_psql('chain', q{INSERT INTO person VALUES (51, 'kept')});
@@ -149,12 +158,7 @@ is($node->safe_psql('chain', q{SELECT (v->>'ok') || ' from ' || (v->>'from_check
 
 # An erasure whose oldest redacted events are folded into a checkpoint still verifies: the
 # checkpoint carries how many of that erasure's redactions it folded in.
-$node->safe_psql('postgres', 'CREATE DATABASE folded');
-$node->safe_psql('folded', q{
-    SET gdpr.audit_retention = '4 seconds';
-    CREATE EXTENSION gdpr;
-    CREATE TABLE person (id int PRIMARY KEY, name text);
-    SELECT gdpr.register_subject('person', 'id');
+person_db('folded', '4 seconds', q{
     INSERT INTO person VALUES (1, 'short-lived event');
     SELECT gdpr.seal_audit();
     SET gdpr.audit_retention = '1 year';
@@ -171,12 +175,7 @@ is($node->safe_psql('folded', q{SELECT (v->>'ok') || ' ' || (v->>'redacted') FRO
 
 # Redacted seal rows can outlive their erasure's event: they stay until everything sealed before
 # them has expired.  Once expired themselves they verify without it.
-$node->safe_psql('postgres', 'CREATE DATABASE outlived');
-$node->safe_psql('outlived', q{
-    SET gdpr.audit_retention = '1 year';
-    CREATE EXTENSION gdpr;
-    CREATE TABLE person (id int PRIMARY KEY, name text);
-    SELECT gdpr.register_subject('person', 'id');
+person_db('outlived', '1 year', q{
     INSERT INTO person VALUES (2, 'long-lived');
     SELECT gdpr.seal_audit();
     SET gdpr.audit_retention = '3 seconds';
