@@ -71,9 +71,6 @@ typedef struct EraseTable
 	char	   *keys;			/* jsonb array of the keys of the rows erased */
 } EraseTable;
 
-static bool subject_erased(const GdprSubject *subject, Jsonb **record);
-static bool lock_subject(const GdprSubject *subject);
-static List *holds(const GdprSubject *subject);
 /*
  * What an erasure did to the sealed trail: how many sealed events it
  * redacted, and the latest retention among them, which its own ERASE event
@@ -85,6 +82,9 @@ typedef struct Redacted
 	TimestampTz keep_until;
 } Redacted;
 
+static bool subject_erased(const GdprSubject *subject, Jsonb **record);
+static bool lock_subject(const GdprSubject *subject);
+static List *holds(const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
