@@ -32,9 +32,11 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/bitmapset.h"
+#include "nodes/makefuncs.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -70,23 +72,37 @@ static const Oid context_types[CONTEXT_NPARAMS] = {
 #define ROW_NPARAMS (CONTEXT_NPARAMS + 6)
 #define P_EVENT		9			/* 0-based indexes into the parameter arrays */
 #define P_CHANGED	10
-#define P_OLD		11
+#define P_OLD		11			/* jsonb images, computed as the caller */
 #define P_NEW		12
-#define P_EXCLUDE	13
-#define P_KEYROW	14
+#define P_ROWKEY	13
+#define P_KEYROW	14			/* the row itself, for the subject paths */
 
-/* The cached audit plan of one relation */
-typedef struct AuditPlan
+/*
+ * One build of a relation's audit plans.  A nested write (user code run by
+ * the caller's own statement) can invalidate the relation while an outer
+ * call still executes this build: the outer call holds a use, and the build
+ * is freed when the last use ends, never under it.
+ */
+typedef struct AuditPlanData
 {
-	Oid			relid;			/* hash key: the relation the trigger fires on */
-	bool		valid;			/* false once invalidated; rebuilt on next use */
+	MemoryContext mcxt;			/* holds this struct and all it points to */
+	int			uses;
+	bool		retired;		/* no longer in the cache: freed at the last release */
 	SPIPlanPtr	plan;
 	SPIPlanPtr	restrict_plan;	/* the row's subject's restrictions, or NULL: no subject */
 	int			natts;
 	bool	   *secret;			/* by attribute number - 1: never leaves the table */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
+	Datum		nonkey;			/* text[] of the columns outside the primary key */
 	char	   *kind;			/* the subject kind, when the table has an owner path */
-	MemoryContext mcxt;			/* holds secret, attnames, kind */
+} AuditPlanData;
+
+/* The cache entry of one relation */
+typedef struct AuditPlan
+{
+	Oid			relid;			/* hash key: the relation the trigger fires on */
+	bool		valid;			/* false once invalidated; rebuilt on next use */
+	AuditPlanData *data;		/* NULL until built */
 } AuditPlan;
 
 /* Row plans by relation; created on first use, lives for the backend */
@@ -108,15 +124,22 @@ static Oid	restriction_relid = InvalidOid;
 static Oid	audit_log_relid = InvalidOid;
 static Oid	audit_log_owner = InvalidOid;
 
-static AuditPlan *get_row_plan(Relation rel);
-static void build_row_plan(AuditPlan *ap, Relation rel);
+static AuditPlanData *acquire_row_plan(Relation rel);
+static void release_row_plan(AuditPlanData *d);
+static void retire_row_plan(AuditPlanData *d);
+static AuditPlanData *build_row_plan(Relation rel);
+static Jsonb *row_image(HeapTuple tup, TupleDesc desc);
 static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
-static void check_restriction(AuditPlan *ap, Datum row, bool erased_only);
-static bool *changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup,
+static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
+static void check_restriction(AuditPlanData *d, Datum row, bool erased_only);
+static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
-static Datum names_array(const AuditPlan *ap, const bool *which);
+static Datum names_array(const AuditPlanData *d, const bool *which);
+static void insert_row_event(Relation rel, const char *event, HeapTuple oldtup,
+							 HeapTuple newtup, Jsonb *oldimage, Jsonb *newimage,
+							 Jsonb *keyimage);
 
 /*
  * AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW on registered tables.
@@ -131,13 +154,10 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	HeapTuple	newtup = NULL;
 	const char *event;
 	int			event_class;
-	AuditPlan  *ap;
-	Datum		values[ROW_NPARAMS];
-	char		nulls[ROW_NPARAMS];
-	bool	   *dropped;
-	bool	   *changed = NULL;
-	Datum		keyrow;
-	int			ret;
+	bool		exempt;
+	Jsonb	   *oldimage = NULL;
+	Jsonb	   *newimage = NULL;
+	Jsonb	   *keyimage;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -175,81 +195,146 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(rel);
 
 	/*
-	 * Restrictions hold whatever is audited; erasure itself is exempt.  A
-	 * writer that waited for a row lock (an erasure's) has not read the
+	 * Restrictions hold whatever is audited; erasure itself is exempt, and a
+	 * retention batch for its own statement on its policy's table.  A writer
+	 * that waited for a row lock (an erasure's) has not read the
 	 * invalidations sent meanwhile: read them now.
 	 */
 	AcceptInvalidationMessages();
-	if (!gdpr_erasing && !gdpr_retaining && restrictions_exist())
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		ap = get_row_plan(rel);
-		if (oldtup != NULL)
-			check_restriction(ap, heap_copy_tuple_as_datum(oldtup, desc), false);
-		if (newtup != NULL)
-			check_restriction(ap, heap_copy_tuple_as_datum(newtup, desc), true);
-		SPI_finish();
-	}
+	exempt = gdpr_retention_exempt(RelationGetRelid(rel), event_class);
+	if (!gdpr_erasing && !exempt && restrictions_exist())
+		check_restrictions(rel, oldtup, newtup);
 
 	/*
 	 * Rows purged for retention leave no copy of their values behind: the
 	 * batch records one RETENTION event instead (retention.c).
 	 */
-	if (gdpr_retaining || !gdpr_event_wanted(event_class))
+	if (exempt || !gdpr_event_wanted(event_class))
 		return PointerGetDatum(NULL);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ap = get_row_plan(rel);
-
-	fill_context(values, nulls);
-	values[P_EVENT] = CStringGetTextDatum(event);
-	nulls[P_EVENT] = ' ';
-
-	nulls[P_CHANGED] = 'n';
-	values[P_CHANGED] = (Datum) 0;
-	if (oldtup != NULL && newtup != NULL)
-	{
-		changed = changed_columns(ap, desc, oldtup, newtup);
-		values[P_CHANGED] = names_array(ap, changed);
-		nulls[P_CHANGED] = ' ';
-	}
-
-	/* the key row (subject and primary key) is the new row, or the old one of a DELETE */
-	keyrow = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
-	values[P_KEYROW] = keyrow;
-	nulls[P_KEYROW] = ' ';
-	nulls[P_OLD] = nulls[P_NEW] = 'n';
-	values[P_OLD] = values[P_NEW] = (Datum) 0;
+	/*
+	 * The row images are made here, as the caller, before any plan is held:
+	 * to_jsonb() runs casts to json that any role can define for its own
+	 * types, and those must never run with the audit owner's rights.
+	 */
+	keyimage = row_image(newtup != NULL ? newtup : oldtup, desc);
 	if (gdpr_audit_values != GDPR_VALUES_NONE)
 	{
 		if (oldtup != NULL)
-		{
-			values[P_OLD] = newtup != NULL ? heap_copy_tuple_as_datum(oldtup, desc) : keyrow;
-			nulls[P_OLD] = ' ';
-		}
+			oldimage = newtup != NULL ? row_image(oldtup, desc) : keyimage;
 		if (newtup != NULL)
-		{
-			values[P_NEW] = keyrow;
-			nulls[P_NEW] = ' ';
-		}
+			newimage = keyimage;
 	}
-
-	/* what the row images leave out: secret columns, and unchanged ones under "changed" */
-	dropped = palloc(sizeof(bool) * ap->natts);
-	for (int i = 0; i < ap->natts; i++)
-		dropped[i] = ap->secret[i] ||
-			(changed != NULL && gdpr_audit_values == GDPR_VALUES_CHANGED && !changed[i]);
-	values[P_EXCLUDE] = names_array(ap, dropped);
-	nulls[P_EXCLUDE] = ' ';
-
-	ret = gdpr_execute_as_owner(ap->plan, NULL, 0, NULL, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute_plan failed: %d", ret);
-
-	SPI_finish();
+	insert_row_event(rel, event, oldtup, newtup, oldimage, newimage, keyimage);
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * Writes one row event.  Only the INSERT runs as the audit owner, and all it
+ * computes itself is the subject key, through the foreign keys' own
+ * equality operators and the key type's output function.
+ */
+static void
+insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple newtup,
+				 Jsonb *oldimage, Jsonb *newimage, Jsonb *keyimage)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum		values[ROW_NPARAMS];
+	char		nulls[ROW_NPARAMS];
+	AuditPlanData *d;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	d = acquire_row_plan(rel);
+	PG_TRY();
+	{
+		bool	   *changed = NULL;
+		bool	   *dropped;
+		Datum		exclude;
+		int			ret;
+
+		fill_context(values, nulls);
+		values[P_EVENT] = CStringGetTextDatum(event);
+		nulls[P_EVENT] = ' ';
+		nulls[P_CHANGED] = 'n';
+		values[P_CHANGED] = (Datum) 0;
+		if (oldtup != NULL && newtup != NULL)
+		{
+			changed = changed_columns(d, desc, oldtup, newtup);
+			values[P_CHANGED] = names_array(d, changed);
+			nulls[P_CHANGED] = ' ';
+		}
+
+		/* what the row images leave out: secret columns, and unchanged ones under "changed" */
+		dropped = palloc(sizeof(bool) * d->natts);
+		for (int i = 0; i < d->natts; i++)
+			dropped[i] = d->secret[i] ||
+				(changed != NULL && gdpr_audit_values == GDPR_VALUES_CHANGED && !changed[i]);
+		exclude = names_array(d, dropped);
+		nulls[P_OLD] = oldimage != NULL ? ' ' : 'n';
+		values[P_OLD] = oldimage != NULL
+			? DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(oldimage), exclude) : (Datum) 0;
+		nulls[P_NEW] = newimage != NULL ? ' ' : 'n';
+		values[P_NEW] = newimage != NULL
+			? DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(newimage), exclude) : (Datum) 0;
+		values[P_ROWKEY] = DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(keyimage),
+											   d->nonkey);
+		nulls[P_ROWKEY] = ' ';
+		values[P_KEYROW] = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
+		nulls[P_KEYROW] = ' ';
+
+		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute_plan failed: %d", ret);
+	}
+	PG_FINALLY();
+	{
+		release_row_plan(d);
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+/* The restrictions on the subjects of the old and the new row */
+static void
+check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	AuditPlanData *d;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	d = acquire_row_plan(rel);
+	PG_TRY();
+	{
+		if (oldtup != NULL)
+			check_restriction(d, heap_copy_tuple_as_datum(oldtup, desc), false);
+		if (newtup != NULL)
+			check_restriction(d, heap_copy_tuple_as_datum(newtup, desc), true);
+	}
+	PG_FINALLY();
+	{
+		release_row_plan(d);
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+/*
+ * to_jsonb() of a row, in the caller's security context.  The function
+ * manager needs the call expression to know the argument's type.
+ */
+static Jsonb *
+row_image(HeapTuple tup, TupleDesc desc)
+{
+	FmgrInfo	flinfo;
+	Datum		row = heap_copy_tuple_as_datum(tup, desc);
+
+	fmgr_info(F_TO_JSONB, &flinfo);
+	flinfo.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+										   list_make1(makeNullConst(desc->tdtypeid, -1, InvalidOid)),
+										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	return DatumGetJsonbP(FunctionCall1(&flinfo, row));
 }
 
 /*
@@ -374,9 +459,9 @@ gdpr_log_event(PG_FUNCTION_ARGS)
 }
 
 /*
- * The relcache callback's part for audit plans: forget the plan of one
- * relation, or of all (InvalidOid), and the audit table's owner.  Plans are freed when rebuilt, not here:
- * a callback may run while a plan is being executed.
+ * The relcache callback's part for audit: forget the plans of one relation,
+ * or of all (InvalidOid), and the audit table's owner.  Builds are retired
+ * when rebuilt, not here: a callback may run while one is being executed.
  */
 void
 gdpr_audit_invalidate(Oid relid)
@@ -402,8 +487,14 @@ gdpr_audit_invalidate(Oid relid)
 		ap->valid = false;
 }
 
-static AuditPlan *
-get_row_plan(Relation rel)
+/*
+ * The current build of rel's plans, held until release_row_plan().  The map
+ * is read with the latest snapshot, not the statement's: the invalidation
+ * that brought us here may come from a map change committed after the
+ * statement began.  SPI must be connected.
+ */
+static AuditPlanData *
+acquire_row_plan(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
 	AuditPlan  *ap;
@@ -423,31 +514,21 @@ get_row_plan(Relation rel)
 	if (!found)
 	{
 		ap->valid = false;
-		ap->plan = ap->restrict_plan = NULL;
-		ap->mcxt = AllocSetContextCreate(CacheMemoryContext, "gdpr audit plan",
-										 ALLOCSET_SMALL_SIZES);
+		ap->data = NULL;
 	}
-	/*
-	 * Valid is set before the build: an invalidation that arrives while the
-	 * map is read clears it, and the plan is built again.  The map is read
-	 * with the latest snapshot, not the statement's: the invalidation that
-	 * brought us here may come from a map change committed after the
-	 * statement began.
-	 */
+	/* valid is set before the build: an invalidation during it makes us build again */
 	while (!ap->valid)
 	{
-		if (ap->plan != NULL)
-			SPI_freeplan(ap->plan);
-		if (ap->restrict_plan != NULL)
-			SPI_freeplan(ap->restrict_plan);
-		ap->plan = ap->restrict_plan = NULL;
-		ap->kind = NULL;
-		MemoryContextReset(ap->mcxt);
+		AuditPlanData *d;
+
+		if (ap->data != NULL)
+			retire_row_plan(ap->data);
+		ap->data = NULL;
 		ap->valid = true;
 		PushActiveSnapshot(GetLatestSnapshot());
 		PG_TRY();
 		{
-			build_row_plan(ap, rel);
+			d = build_row_plan(rel);
 		}
 		PG_CATCH();
 		{
@@ -456,118 +537,154 @@ get_row_plan(Relation rel)
 		}
 		PG_END_TRY();
 		PopActiveSnapshot();
+		ap->data = d;
 	}
-	return ap;
+	ap->data->uses++;
+	return ap->data;
+}
+
+static void
+release_row_plan(AuditPlanData *d)
+{
+	Assert(d->uses > 0);
+	if (--d->uses == 0 && d->retired)
+		retire_row_plan(d);
+}
+
+/* Takes a build out of use: freed now, or by the release of its last use */
+static void
+retire_row_plan(AuditPlanData *d)
+{
+	d->retired = true;
+	if (d->uses > 0)
+		return;
+	SPI_freeplan(d->plan);
+	if (d->restrict_plan != NULL)
+		SPI_freeplan(d->restrict_plan);
+	MemoryContextDelete(d->mcxt);
 }
 
 /*
- * Builds the INSERT of one relation's row events from its map.  A relation
- * that carries the trigger but is no longer in the map is still audited,
- * without a subject, rather than letting its changes pass unrecorded.
+ * Builds the INSERT of one relation's row events from its map.  The trigger
+ * is attached by the map functions only; on a relation outside the map it
+ * refuses rather than record events without a subject.
  */
-static void
-build_row_plan(AuditPlan *ap, Relation rel)
+static AuditPlanData *
+build_row_plan(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Oid			root = gdpr_root_relid(RelationGetRelid(rel));
-	MemoryContext tmpcxt;
+	MemoryContext mcxt;
 	MemoryContext oldcxt;
+	AuditPlanData *d;
 	GdprTableMap *map;
 	StringInfoData sql;
 	Oid			argtypes[ROW_NPARAMS];
-	char	   *table_name;
 	int			nrelated = 0;
 	ListCell   *lc;
-	SPIPlanPtr	plan;
+	bool	   *nonkey;
+	Bitmapset  *pkattrs;
 
-	tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr plan build",
-								   ALLOCSET_DEFAULT_SIZES);
-	oldcxt = MemoryContextSwitchTo(tmpcxt);
-	map = gdpr_load_table_map(root, tmpcxt);
-	table_name = map != NULL ? map->qualified_name :
-		quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
-								   get_rel_name(root));
+	/* a child of the caller's context until complete: an error frees it */
+	mcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr audit plan", ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	d = palloc0(sizeof(AuditPlanData));
+	d->mcxt = mcxt;
+	MemoryContextSwitchTo(oldcxt);
+	map = gdpr_load_table_map(root, oldcxt);
+	if (map == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not registered with gdpr",
+						quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
+												   get_rel_name(root))),
+				 errdetail("gdpr.audit_row() audits registered tables only."),
+				 errhint("Register the table with gdpr.register_table(), which attaches the trigger.")));
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "INSERT INTO gdpr.audit_log (%s, event, changed_columns, old_values, new_values, "
-					 "table_name, subject_kind, subject_id, related_subject_ids, row_key) VALUES (%s, "
-					 "$10, $11, pg_catalog.to_jsonb($12) OPERATOR(pg_catalog.-) $14, "
-					 "pg_catalog.to_jsonb($13) OPERATOR(pg_catalog.-) $14, %s, %s, ",
-					 context_columns, context_values, quote_literal_cstr(table_name),
-					 map != NULL ? quote_literal_cstr(map->kind) : "NULL");
+					 "row_key, table_name, subject_kind, subject_id, related_subject_ids) VALUES (%s, "
+					 "$10, $11, $12, $13, $14, %s, %s, ",
+					 context_columns, context_values, quote_literal_cstr(map->qualified_name),
+					 quote_literal_cstr(map->kind));
 
 	/* subject_id: the first owner path; related_subject_ids: every other path */
-	if (map != NULL && map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
 		appendStringInfoString(&sql, gdpr_subject_sql(map, linitial(map->paths), "$15"));
 	else
 		appendStringInfoString(&sql, "NULL");
 	appendStringInfoString(&sql, ", ");
-	if (map != NULL)
+	foreach(lc, map->paths)
 	{
-		foreach(lc, map->paths)
-		{
-			if (foreach_current_index(lc) == 0 && ((GdprPath *) lfirst(lc))->owner)
-				continue;
-			appendStringInfoString(&sql, nrelated == 0
-								   ? "NULLIF(pg_catalog.array_remove(ARRAY["
-								   : ", ");
-			appendStringInfoString(&sql, gdpr_subject_sql(map, lfirst(lc), "$15"));
-			nrelated++;
-		}
+		if (foreach_current_index(lc) == 0 && ((GdprPath *) lfirst(lc))->owner)
+			continue;
+		appendStringInfoString(&sql, nrelated == 0
+							   ? "NULLIF(pg_catalog.array_remove(ARRAY["
+							   : ", ");
+		appendStringInfoString(&sql, gdpr_subject_sql(map, lfirst(lc), "$15"));
+		nrelated++;
 	}
-	if (nrelated > 0)
-		appendStringInfoString(&sql, "]::pg_catalog.text[], NULL), '{}')");
-	else
-		appendStringInfoString(&sql, "NULL");
-
-	/* row_key: the primary key columns as a JSON object */
-	appendStringInfo(&sql, ", %s)", gdpr_pk_json(rel, "($15)."));
+	appendStringInfoString(&sql, nrelated > 0 ? "]::pg_catalog.text[], NULL), '{}'))" : "NULL)");
 
 	memcpy(argtypes, context_types, sizeof(context_types));
 	argtypes[P_EVENT] = TEXTOID;
 	argtypes[P_CHANGED] = TEXTARRAYOID;
-	argtypes[P_OLD] = rel->rd_rel->reltype;
-	argtypes[P_NEW] = rel->rd_rel->reltype;
-	argtypes[P_EXCLUDE] = TEXTARRAYOID;
+	argtypes[P_OLD] = JSONBOID;
+	argtypes[P_NEW] = JSONBOID;
+	argtypes[P_ROWKEY] = JSONBOID;
 	argtypes[P_KEYROW] = rel->rd_rel->reltype;
 
-	plan = SPI_prepare(sql.data, ROW_NPARAMS, argtypes);
-	if (plan == NULL)
+	d->plan = SPI_prepare(sql.data, ROW_NPARAMS, argtypes);
+	if (d->plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
 
-	if (map != NULL && map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
 	{
-		char	   *check = psprintf("SELECT s, pg_catalog.bool_or(source = 'erased'), pg_catalog.min(reason) "
-									 "  FROM (SELECT %s AS s) k JOIN gdpr.restriction r "
-									 "    ON r.kind = %s AND r.subject_id = k.s GROUP BY s",
-									 gdpr_subject_sql(map, linitial(map->paths), "$1"),
-									 quote_literal_cstr(map->kind));
+		const char *kind = quote_literal_cstr(map->kind);
 
-		ap->restrict_plan = SPI_prepare(check, 1, &argtypes[P_KEYROW]);
-		if (ap->restrict_plan == NULL || SPI_keepplan(ap->restrict_plan) != 0)
+		/* an erased subject is marked by its pseudonym, never by its key (see erase.c) */
+		char	   *check = psprintf("SELECT s, pg_catalog.bool_or(r.source OPERATOR(pg_catalog.=) 'erased'), "
+									 "       pg_catalog.min(r.source) "
+									 "  FROM (SELECT %s AS s) k JOIN gdpr.restriction r "
+									 "    ON r.kind OPERATOR(pg_catalog.=) %s "
+									 "   AND r.subject_id OPERATOR(pg_catalog.=) ANY (ARRAY[k.s, "
+									 "       gdpr._pseudonym('subject' OPERATOR(pg_catalog.||) E'\\x1f' "
+									 "         OPERATOR(pg_catalog.||) %s OPERATOR(pg_catalog.||) E'\\x1f' "
+									 "         OPERATOR(pg_catalog.||) k.s)]) "
+									 " GROUP BY s",
+									 gdpr_subject_sql(map, linitial(map->paths), "$1"), kind, kind);
+
+		d->restrict_plan = SPI_prepare(check, 1, &argtypes[P_KEYROW]);
+		if (d->restrict_plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\"", check);
-		ap->kind = MemoryContextStrdup(ap->mcxt, map->kind);
+		d->kind = MemoryContextStrdup(mcxt, map->kind);
 	}
 
-	MemoryContextSwitchTo(ap->mcxt);
-	ap->natts = desc->natts;
-	ap->secret = palloc0(sizeof(bool) * desc->natts);
-	ap->attnames = palloc0(sizeof(Datum) * desc->natts);
+	MemoryContextSwitchTo(mcxt);
+	d->natts = desc->natts;
+	d->secret = palloc0(sizeof(bool) * desc->natts);
+	d->attnames = palloc0(sizeof(Datum) * desc->natts);
+	nonkey = palloc0(sizeof(bool) * desc->natts);
+	pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		ap->attnames[i] = CStringGetTextDatum(NameStr(att->attname));
-		ap->secret[i] = att->attisdropped ||
-			(map != NULL && gdpr_column_is_secret(map, NameStr(att->attname)));
+		d->attnames[i] = CStringGetTextDatum(NameStr(att->attname));
+		d->secret[i] = att->attisdropped || gdpr_column_is_secret(map, NameStr(att->attname));
+		nonkey[i] = !bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, pkattrs);
 	}
+	d->nonkey = names_array(d, nonkey);
+
+	/* complete: now it may outlive the statement */
+	if (SPI_keepplan(d->plan) != 0 ||
+		(d->restrict_plan != NULL && SPI_keepplan(d->restrict_plan) != 0))
+		elog(ERROR, "SPI_keepplan failed");
+	MemoryContextSetParent(mcxt, CacheMemoryContext);
 	MemoryContextSwitchTo(oldcxt);
-	MemoryContextDelete(tmpcxt);
-	ap->plan = plan;
+	return d;
 }
 
 /*
@@ -576,11 +693,11 @@ build_row_plan(AuditPlan *ap, Relation rel)
  * keeps its toast pointer and compares equal.
  */
 static bool *
-changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
+changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
 {
-	bool	   *changed = palloc0(sizeof(bool) * ap->natts);
+	bool	   *changed = palloc0(sizeof(bool) * d->natts);
 
-	for (int i = 0; i < ap->natts; i++)
+	for (int i = 0; i < d->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		bool		oldnull,
@@ -602,14 +719,14 @@ changed_columns(const AuditPlan *ap, TupleDesc desc, HeapTuple oldtup, HeapTuple
 
 /* The names of the columns flagged in which, as a text[] datum */
 static Datum
-names_array(const AuditPlan *ap, const bool *which)
+names_array(const AuditPlanData *d, const bool *which)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * ap->natts);
+	Datum	   *elems = palloc(sizeof(Datum) * d->natts);
 	int			n = 0;
 
-	for (int i = 0; i < ap->natts; i++)
+	for (int i = 0; i < d->natts; i++)
 		if (which[i])
-			elems[n++] = ap->attnames[i];
+			elems[n++] = d->attnames[i];
 	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
@@ -670,17 +787,17 @@ restrictions_exist(void)
  * write of a row for a subject that was erased.  SPI must be connected.
  */
 static void
-check_restriction(AuditPlan *ap, Datum row, bool erased_only)
+check_restriction(AuditPlanData *d, Datum row, bool erased_only)
 {
 	Datum		values[1] = {row};
 	bool		isnull;
 	bool		erased;
 	int			ret;
 
-	if (ap->restrict_plan == NULL)
+	if (d->restrict_plan == NULL)
 		return;
 	/* a fresh snapshot: an erasure this statement waited for has committed its marker */
-	ret = gdpr_execute_as_owner(ap->restrict_plan, NULL, 0, NULL, values, NULL, false, 1);
+	ret = gdpr_execute_as_owner(d->restrict_plan, NULL, 0, NULL, values, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	if (SPI_processed == 0)
@@ -690,15 +807,24 @@ check_restriction(AuditPlan *ap, Datum row, bool erased_only)
 		ereport(ERROR,
 				(errcode(ERRCODE_GDPR_ERASED),
 				 errmsg("subject %s of kind \"%s\" was erased",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), ap->kind),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), d->kind),
 				 errhint("An erased subject's row is kept anonymized; write nothing new about them.")));
-	if (!erased_only)
+	if (erased_only)
+		return;
+	/* the reason can be confidential (a legal claim): the error only says where it is */
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "manual") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_GDPR_RESTRICTED),
 				 errmsg("processing of subject %s of kind \"%s\" is restricted",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), ap->kind),
-				 errdetail("Reason: %s.", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3)),
-				 errhint("Rows of a restricted subject can be read, exported and erased, not changed; lift it with gdpr_unrestrict().")));
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), d->kind),
+				 errdetail("The restriction was set with gdpr_restrict(); gdpr_admin can read its reason in gdpr.restriction."),
+				 errhint("Rows of a restricted subject can be read, exported and erased, not changed; lift the restriction with gdpr_unrestrict().")));
+	ereport(ERROR,
+			(errcode(ERRCODE_GDPR_RESTRICTED),
+			 errmsg("processing of subject %s of kind \"%s\" is restricted",
+					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), d->kind),
+			 errdetail("An erasure of the subject was requested and is not yet due; gdpr_admin can see it in gdpr.erasure_request."),
+			 errhint("Rows of a subject awaiting erasure can be read, exported and erased, not changed; cancel the request with gdpr_cancel_erasure().")));
 }
 
 /*

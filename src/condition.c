@@ -38,7 +38,6 @@
 
 PG_FUNCTION_INFO_V1(gdpr_check_condition);
 
-static Oid	relation_owner(Oid relid);
 static List *parse_condition(const char *condition, Oid owner, const char *sql);
 
 /*
@@ -57,7 +56,7 @@ gdpr_check_condition(PG_FUNCTION_ARGS)
 	LockRelationOid(relid, AccessShareLock);
 	name = gdpr_relation_name(relid);
 	gdpr_check_expression(condition);
-	owner = relation_owner(relid);
+	owner = gdpr_relation_owner(relid);
 	if (!has_privs_of_role(GetUserId(), owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -129,17 +128,4 @@ parse_condition(const char *condition, Oid owner, const char *sql)
 	}
 	PG_END_TRY();
 	return raw;
-}
-
-static Oid
-relation_owner(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
 }

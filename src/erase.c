@@ -85,6 +85,7 @@ typedef struct Redacted
 static bool subject_erased(const GdprSubject *subject, Jsonb **record);
 static bool lock_subject(const GdprSubject *subject);
 static List *holds(const GdprSubject *subject);
+static int64 held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
@@ -412,28 +413,13 @@ holds(const GdprSubject *subject)
 		Oid			relid = DatumGetObjectId(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 1, &isnull));
 		char	   *condition = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 2);
 		GdprTableMap *map;
-		Relation	rel;
-		char	   *pk;
-		char	   *rows;
 		int64		count;
 
 		gdpr_check_expression(condition);
 		map = gdpr_load_table_map(relid, CurrentMemoryContext);
 		if (map == NULL)
 			continue;
-		rel = table_open(relid, AccessShareLock);
-		pk = gdpr_pk_list(rel, "t.");
-		rows = gdpr_path_rows_sql(map, pk, GDPR_PATHS_OWNER);
-		{
-			char	   *outerpk = gdpr_pk_list(rel, "");
-
-			table_close(rel, NoLock);
-			if (rows == NULL)
-				continue;
-			count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE (\n%s\n) AND (%s) IN (%s)",
-										map->qualified_name, condition, outerpk, rows),
-							   subject, true);
-		}
+		count = held_rows(map, condition, subject);
 		if (count > 0)
 		{
 			Held	   *h = palloc(sizeof(Held));
@@ -445,6 +431,53 @@ holds(const GdprSubject *subject)
 		}
 	}
 	return result;
+}
+
+/*
+ * How many of the subject's rows of a table match a hold's condition.  The
+ * rows are found as the caller; the condition, which the table's owner
+ * wrote (condition.c), runs with the owner's rights over those rows only,
+ * whoever erases: never with the caller's, which may be a superuser's.
+ */
+static int64
+held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *subject)
+{
+	Oid			keytype[1] = {subject->key_type};
+	Datum		key[1] = {subject->key};
+	Oid			argtypes[2] = {OIDARRAYOID, TIDARRAYOID};
+	Datum		args[2];
+	char	   *rows;
+	char	   *sql;
+	Relation	rel;
+	bool		isnull;
+	int			ret;
+
+	rel = table_open(map->relid, AccessShareLock);
+	rows = gdpr_path_rows_sql(map, gdpr_pk_list(rel, "t."), GDPR_PATHS_OWNER);
+	sql = rows == NULL ? NULL :
+		psprintf("SELECT pg_catalog.array_agg(tableoid), pg_catalog.array_agg(ctid) FROM %s "
+				 " WHERE (%s) IN (%s)", map->qualified_name, gdpr_pk_list(rel, ""), rows);
+	table_close(rel, NoLock);
+	if (sql == NULL)
+		return 0;
+	ret = SPI_execute_with_args(sql, 1, keytype, key, NULL, true, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	args[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return 0;
+	args[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+	sql = psprintf("SELECT pg_catalog.count(*) FROM %s h "
+				   " WHERE EXISTS (SELECT FROM pg_catalog.unnest($1, $2) u(o, c) "
+				   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
+				   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
+				   "   AND (\n%s\n)", map->qualified_name, condition);
+	ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, 2, argtypes, args,
+							   NULL, true, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*
@@ -1010,7 +1043,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  "       finished_at = COALESCE(finished_at, pg_catalog.now()) "
 							  " WHERE kind = $1 AND subject_id = $2",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
-		SPI_execute_with_args("DELETE FROM gdpr.restriction WHERE kind = $1 AND subject_id = $2",
+		SPI_execute_with_args("DELETE FROM gdpr.restriction WHERE kind = $1 AND subject_id IN ($2, $3)",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_DELETE ||
 		SPI_execute_with_args("UPDATE gdpr.consent SET subject_id = $3 WHERE kind = $1 AND subject_id = $2",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
@@ -1025,7 +1058,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 		elog(ERROR, "erasure bookkeeping failed");
 	if (keep_subject_row &&
 		SPI_execute_with_args("INSERT INTO gdpr.restriction (kind, subject_id, source, reason) "
-							  "VALUES ($1, $2, 'erased', 'the subject was erased')",
+							  "VALUES ($1, $3, 'erased', 'the subject was erased')",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "erasure bookkeeping failed");
 	gdpr_leave_role(save_userid, save_sec_context, nest);

@@ -70,6 +70,16 @@ typedef struct ExportPlans
 
 static HTAB *export_plans = NULL;
 
+/*
+ * An export runs the caller's casts to json, and they may change a table
+ * and export again: a nested call then rebuilds plans that an outer call
+ * is executing.  Those are kept here until no export plan runs.
+ */
+static int	export_plans_running = 0;
+static List *retired_plans = NIL;	/* SPIPlanPtr, in CacheMemoryContext */
+
+static void retire_plan(SPIPlanPtr plan);
+
 static ExportPlans *get_plans(Oid relid, Oid key_type);
 static SPIPlanPtr prepare_kept(const char *sql, Oid key_type);
 static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
@@ -337,9 +347,9 @@ get_plans(Oid relid, Oid key_type)
 	if (!ep->valid || ep->key_type != key_type)
 	{
 		if (ep->aggregate != NULL)
-			SPI_freeplan(ep->aggregate);
+			retire_plan(ep->aggregate);
 		if (ep->stream != NULL)
-			SPI_freeplan(ep->stream);
+			retire_plan(ep->stream);
 		ep->aggregate = ep->stream = NULL;
 		ep->aggregate = prepare_kept(rows_sql(relid, true), key_type);
 		ep->stream = prepare_kept(rows_sql(relid, false), key_type);
@@ -347,6 +357,22 @@ get_plans(Oid relid, Oid key_type)
 		ep->valid = true;
 	}
 	return ep;
+}
+
+/* Frees a plan now, or once no export plan runs */
+static void
+retire_plan(SPIPlanPtr plan)
+{
+	MemoryContext old;
+
+	if (export_plans_running == 0)
+	{
+		SPI_freeplan(plan);
+		return;
+	}
+	old = MemoryContextSwitchTo(CacheMemoryContext);
+	retired_plans = lappend(retired_plans, plan);
+	MemoryContextSwitchTo(old);
 }
 
 static SPIPlanPtr
@@ -370,8 +396,26 @@ table_rows(const ExportTable *t, const GdprSubject *subject)
 	bool		isnull;
 	Datum		d;
 	int			ret;
+	SPIPlanPtr	plan = get_plans(t->relid, subject->key_type)->aggregate;
 
-	ret = SPI_execute_plan(get_plans(t->relid, subject->key_type)->aggregate, args, NULL, true, 1);
+	export_plans_running++;
+	PG_TRY();
+	{
+		ret = SPI_execute_plan(plan, args, NULL, true, 1);
+	}
+	PG_FINALLY();
+	{
+		if (--export_plans_running == 0 && retired_plans != NIL)
+		{
+			ListCell   *lc;
+
+			foreach(lc, retired_plans)
+				SPI_freeplan(lfirst(lc));
+			list_free(retired_plans);
+			retired_plans = NIL;
+		}
+	}
+	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -163,6 +163,7 @@ extern void gdpr_leave_role(Oid save_userid, int save_sec_context, int nest);
 extern int	gdpr_execute_as_role(Oid role, SPIPlanPtr plan, const char *sql, int nargs,
 								 Oid *argtypes, Datum *values, const char *nulls,
 								 bool read_only, long count);	/* SPI */
+extern Oid	gdpr_relation_owner(Oid relid);
 
 /* anonymize.c */
 extern char *gdpr_pseudonym(const char *seed, size_t len);
@@ -181,7 +182,7 @@ extern int64 gdpr_chain_redact(Datum event_ids, const char *pseudonym,
 extern void gdpr_chain_hold_sealers(void);	/* SPI */
 
 /* retention.c */
-extern bool gdpr_retaining;
+extern bool gdpr_retention_exempt(Oid relid, int event_class);
 
 /* export.c */
 extern void gdpr_export_invalidate(Oid relid);

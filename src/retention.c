@@ -42,11 +42,14 @@
 PG_FUNCTION_INFO_V1(gdpr_retention_batch);
 
 /*
- * True while a batch runs: the audit trigger then lets it change rows of
- * restricted and erased subjects (the batch itself leaves out the rows of
- * subjects restricted by hand, Art. 18).
+ * The table and the kind of change of the batch statement running now
+ * (InvalidOid: none).  The audit trigger exempts exactly those writes from
+ * the trail and from restrictions (the batch itself leaves out the rows of
+ * subjects restricted by hand, Art. 18); whatever else runs meanwhile, such
+ * as an application trigger writing another table, is audited as usual.
  */
-bool		gdpr_retaining = false;
+static Oid	retaining_relid = InvalidOid;
+static int	retaining_event = 0;
 
 /*
  * Where the next batch of a table starts looking, by block.  Each batch
@@ -65,7 +68,8 @@ static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumbe
 						   Oid *owner, bool *anonymize, char **again);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
 					   bool *anonymize, BlockNumber *last);
-static int64 run_statement(Oid owner, const char *sql, int nargs, Datum *args, bool read_only);
+static int64 run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs,
+						   Datum *args, bool read_only);
 
 /*
  * gdpr._retention_batch(tbl regclass, batch_size int, dry_run boolean):
@@ -122,7 +126,7 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *an
 	bool		isnull;
 	Datum		locked = (Datum) 0;
 
-	n = run_statement(owner, sql, 0, NULL, dry_run);
+	n = run_statement(relid, *anonymize, owner, sql, 0, NULL, dry_run);
 	if (SPI_tuptable->tupdesc->natts > 1)
 	{
 		Datum		tid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
@@ -143,13 +147,25 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *an
 	 * twice.
 	 */
 	if (locked != (Datum) 0 && again != NULL)
-		n += run_statement(owner, again, 1, &locked, false);
+		n += run_statement(relid, *anonymize, owner, again, 1, &locked, false);
 	return n;
+}
+
+/*
+ * Whether a write to relid (a registered table or one of its partitions) of
+ * event_class is the retention batch's own.
+ */
+bool
+gdpr_retention_exempt(Oid relid, int event_class)
+{
+	return OidIsValid(retaining_relid) && event_class == retaining_event &&
+		gdpr_root_relid(relid) == retaining_relid;
 }
 
 /* Runs a statement of the batch as the table's owner; returns its first column */
 static int64
-run_statement(Oid owner, const char *sql, int nargs, Datum *args, bool read_only)
+run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, Datum *args,
+			  bool read_only)
 {
 	Oid			argtypes[1] = {TIDARRAYOID};
 	int			ret;
@@ -157,14 +173,15 @@ run_statement(Oid owner, const char *sql, int nargs, Datum *args, bool read_only
 	Datum		n;
 
 	Assert(nargs <= 1);
-	gdpr_retaining = true;
+	retaining_relid = relid;
+	retaining_event = anonymize ? GDPR_EV_UPDATE : GDPR_EV_DELETE;
 	PG_TRY();
 	{
 		ret = gdpr_execute_as_role(owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 1);
 	}
 	PG_FINALLY();
 	{
-		gdpr_retaining = false;
+		retaining_relid = InvalidOid;
 	}
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)

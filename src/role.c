@@ -16,10 +16,13 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "gdpr.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/syscache.h"
 
 /*
  * Runs what follows as role, until gdpr_leave_role().  Returns the GUC nest
@@ -65,4 +68,21 @@ gdpr_execute_as_role(Oid role, SPIPlanPtr plan, const char *sql, int nargs, Oid 
 		ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, count);
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 	return ret;
+}
+
+/*
+ * The owner of a relation: user-written conditions on a table (legal holds,
+ * retention policies) run with these rights, in every caller.
+ */
+Oid
+gdpr_relation_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
 }

@@ -470,18 +470,23 @@ gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which)
 /*
  * An SQL expression of type text giving the subject key a row (rowref, an
  * expression of the table's row type such as "$15") reaches through one
- * path, or NULL when it reaches none.
+ * path, or NULL when it reaches none.  The key becomes text through its
+ * type's output function (format's %s), as gdpr_resolve_subject makes it,
+ * never through a cast: anyone may create a cast from a type of their own,
+ * and this expression runs with the audit owner's rights.
  */
 char *
 gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowref)
 {
 	char	   *prefix = psprintf("(%s).", rowref);
 	GdprPathSql p = gdpr_path_sql(map, path, prefix);
+	char	   *text = psprintf("CASE WHEN (%s) IS NULL THEN NULL ELSE pg_catalog.format('%%s', %s) END",
+								p.key, p.key);
 
 	if (p.from[0] == '\0')
-		return psprintf("(%s)::pg_catalog.text", p.key);
+		return text;
 	/* a reverse step may find several subject rows: take one, always the same */
-	return psprintf("(SELECT (%s)::pg_catalog.text FROM %s WHERE %s%s)", p.key, p.from,
+	return psprintf("(SELECT %s FROM %s WHERE %s%s)", text, p.from,
 					p.where, p.many ? " ORDER BY 1 LIMIT 1" : "");
 }
 
