@@ -86,6 +86,7 @@ CREATE TABLE gdpr.path_step (
 );
 CREATE INDEX ON gdpr.path_step (to_rel);
 
+
 CREATE TABLE gdpr.column_class (
     relid        pg_catalog.regclass NOT NULL REFERENCES gdpr.registered_table ON DELETE CASCADE,
     column_name  name NOT NULL,
@@ -303,6 +304,35 @@ FROM (
      WHERE c.contype = 'f'
 ) e
 GROUP BY src, src_cols, dst, dst_cols, ops;
+
+-- The audit trigger follows a path as the trail's owner, with the operators of its steps: a step
+-- must be a real foreign key, its tables and its operators, however the row is written.
+CREATE FUNCTION gdpr._check_step() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM gdpr._fk_edge e
+                    WHERE e.ops OPERATOR(pg_catalog.=) NEW.ops
+                      AND CASE WHEN NEW.reverse
+                               THEN e.src OPERATOR(pg_catalog.=) NEW.to_rel
+                                    AND e.src_cols OPERATOR(pg_catalog.=) NEW.to_cols
+                                    AND e.dst_cols OPERATOR(pg_catalog.=) NEW.from_cols
+                               ELSE e.dst OPERATOR(pg_catalog.=) NEW.to_rel
+                                    AND e.dst_cols OPERATOR(pg_catalog.=) NEW.to_cols
+                                    AND e.src_cols OPERATOR(pg_catalog.=) NEW.from_cols
+                          END) THEN
+        RAISE EXCEPTION 'step % of path "%" of table % is not a foreign key', NEW.step, NEW.path_name, NEW.relid
+            USING ERRCODE = '42830',
+                  DETAIL = format('Columns %s to %s(%s) with operators %s.', NEW.from_cols, NEW.to_rel,
+                                  NEW.to_cols, NEW.ops),
+                  HINT = 'Write paths with gdpr.register_table() or gdpr.add_path(), which derive them from foreign keys.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_step BEFORE INSERT OR UPDATE ON gdpr.path_step
+    FOR EACH ROW EXECUTE FUNCTION gdpr._check_step();
 
 CREATE FUNCTION gdpr._qualified(tbl pg_catalog.regclass) RETURNS text
     LANGUAGE sql STABLE STRICT
@@ -995,8 +1025,9 @@ END
 $$;
 
 -- SECURITY DEFINER: the owner of a registered table may drop it without being gdpr_admin, and the
--- map must follow all the same.
-CREATE FUNCTION gdpr._on_sql_drop() RETURNS event_trigger
+-- map must follow all the same.  It acts on pg_event_trigger_dropped_objects() only, which exists
+-- only while a sql_drop event trigger runs: calling it elsewhere fails.
+CREATE FUNCTION gdpr._forget_dropped() RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1007,19 +1038,6 @@ DECLARE
     col  name;
     qual text;
 BEGIN
-    -- Dropping an audit trigger by hand switches auditing off: say so in the trail.
-    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
-              WHERE object_type = 'trigger' AND NOT is_temporary LOOP
-        CONTINUE WHEN r.address_names[3] NOT IN ('gdpr_audit_row', 'gdpr_audit_truncate');
-        qual := pg_catalog.format('%s.%s', pg_catalog.quote_ident(r.address_names[1]),
-                                  pg_catalog.quote_ident(r.address_names[2]));
-        CONTINUE WHEN gdpr._registered_root(pg_catalog.to_regclass(qual)) IS NULL;
-        PERFORM gdpr.log_event('DDL', NULL::text, true,
-            pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'trigger',
-                                          'object', r.object_identity),
-            NULL, gdpr._qualified(gdpr._registered_root(pg_catalog.to_regclass(qual))));
-    END LOOP;
-
     FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
               WHERE object_type IN ('table', 'table column') LOOP
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
@@ -1040,9 +1058,6 @@ BEGIN
                 END LOOP;
             END LOOP;
             PERFORM gdpr._forget(r.objid, qual, pg_catalog.format('%s dropped', qual));
-            PERFORM gdpr.log_event('DDL', NULL::text, true,
-                pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table', 'object', qual),
-                NULL, qual);
             CONTINUE;
         END IF;
 
@@ -1079,13 +1094,54 @@ BEGIN
             END LOOP;
         END IF;
         IF EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid) THEN
+            PERFORM gdpr._map_changed(r.objid::regclass);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The DDL is recorded as the role that ran it (the trail's effective_role), whatever
+-- gdpr.audit_superusers says; the map follows in gdpr._forget_dropped().
+CREATE FUNCTION gdpr._on_sql_drop() RETURNS event_trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r    record;
+    qual text;
+BEGIN
+    -- Dropping an audit trigger by hand switches auditing off: say so in the trail.
+    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
+              WHERE object_type = 'trigger' AND NOT is_temporary LOOP
+        CONTINUE WHEN r.address_names[3] NOT IN ('gdpr_audit_row', 'gdpr_audit_truncate');
+        qual := pg_catalog.format('%s.%s', pg_catalog.quote_ident(r.address_names[1]),
+                                  pg_catalog.quote_ident(r.address_names[2]));
+        CONTINUE WHEN gdpr._registered_root(pg_catalog.to_regclass(qual)) IS NULL;
+        PERFORM gdpr.log_event('DDL', NULL::text, true,
+            pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'trigger',
+                                          'object', r.object_identity),
+            NULL, gdpr._qualified(gdpr._registered_root(pg_catalog.to_regclass(qual))));
+    END LOOP;
+
+    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
+              WHERE object_type IN ('table', 'table column') LOOP
+        qual := pg_catalog.format('%s.%s', pg_catalog.quote_ident(r.address_names[1]),
+                                  pg_catalog.quote_ident(r.address_names[2]));
+        IF r.object_type = 'table'
+           AND (EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
+                OR EXISTS (SELECT 1 FROM gdpr.path_step s WHERE s.to_rel::oid = r.objid)) THEN
+            PERFORM gdpr.log_event('DDL', NULL::text, true,
+                pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table', 'object', qual),
+                NULL, qual);
+        ELSIF r.object_type = 'table column'
+              AND EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid) THEN
             PERFORM gdpr.log_event('DDL', NULL::text, true,
                 pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table column',
                                               'object', r.object_identity),
                 NULL, qual);
-            PERFORM gdpr._map_changed(r.objid::regclass);
         END IF;
     END LOOP;
+    PERFORM gdpr._forget_dropped();
 END
 $$;
 
@@ -1255,6 +1311,26 @@ CREATE TABLE gdpr.erasure_request (
 );
 CREATE UNIQUE INDEX erasure_request_pending_idx ON gdpr.erasure_request (kind, subject_id)
     WHERE status = 'pending';
+
+-- The worker carries a due erasure out with the rights of requested_by: the database sets it, to
+-- the role that wrote the request, and nobody changes it afterwards.
+CREATE FUNCTION gdpr._erasure_request_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.requested_by := current_user;
+    ELSIF NEW.requested_by IS DISTINCT FROM OLD.requested_by THEN
+        RAISE EXCEPTION 'the role that requested erasure % cannot be changed', OLD.request_id
+            USING ERRCODE = '42501',
+                  HINT = 'Cancel the request with gdpr_cancel_erasure() and request it again as the role that should carry it out.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER guard BEFORE INSERT OR UPDATE ON gdpr.erasure_request
+    FOR EACH ROW EXECUTE FUNCTION gdpr._erasure_request_guard();
 CREATE INDEX erasure_request_due_idx ON gdpr.erasure_request (due_at) WHERE status = 'pending';
 
 -- Who was erased, by pseudonym only.
@@ -2342,6 +2418,8 @@ CREATE TABLE gdpr.retention_history (
     anonymized   bigint NOT NULL DEFAULT 0,
     dry_run      boolean NOT NULL DEFAULT false,
     by_worker    boolean NOT NULL DEFAULT false,
+    -- a worker's run it left out while the table backs off: not a failure of its own
+    skipped      boolean NOT NULL DEFAULT false,
     error        text
 );
 CREATE INDEX retention_history_started_idx ON gdpr.retention_history (started_at);
@@ -2685,6 +2763,17 @@ GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), publi
                           gdpr.export_plan(text, text), gdpr._export_sql(pg_catalog.regclass),
                           gdpr._has_index(pg_catalog.regclass, name[])
     TO gdpr_admin;
+-- What every role needs:
+-- * log_event: applications of any role record what the database cannot see (logins, page
+--   views), and the event triggers record DDL as the role that ran it.  Each event is bounded
+--   (gdpr.max_event_detail, 1 kB names): a role can add events, not fill the disk with one.
+-- * audit_row and audit_truncate: CREATE TABLE ... PARTITION OF clones the triggers of a
+--   registered table, which checks EXECUTE for whoever creates the partition.  Both refuse a
+--   table outside the map, and run nothing of the caller's with more rights than it has.
+-- * what the event triggers call as the role that ran the DDL: _map_changed (only for a table the
+--   caller owns), _attach_truncate (creates triggers as the caller), _forget_dropped (works only
+--   inside a sql_drop event trigger), and read-only helpers over the public map.
+-- The event trigger functions themselves need no EXECUTE: PostgreSQL does not check it for them.
 GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text),
                           gdpr.log_event(text, bigint, boolean, jsonb, text, text),
                           gdpr.log_event(text, uuid, boolean, jsonb, text, text),
@@ -2692,9 +2781,8 @@ GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text)
                           gdpr._qualified(pg_catalog.regclass),
                           gdpr._path_text(pg_catalog.regclass, jsonb),
                           gdpr._registered_root(oid), gdpr._grant_targets(pg_ddl_command),
-                          gdpr._map_changed(pg_catalog.regclass), gdpr._forget(oid, text, text),
-                          gdpr._attach_truncate(pg_catalog.regclass),
-                          gdpr._on_ddl_command_end(), gdpr._on_sql_drop()
+                          gdpr._map_changed(pg_catalog.regclass),
+                          gdpr._attach_truncate(pg_catalog.regclass), gdpr._forget_dropped()
     TO PUBLIC;
 GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text, text),
                           gdpr.register_table(pg_catalog.regclass, name, text, text, text[]),
@@ -2711,7 +2799,8 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr._log_map(text, pg_catalog.regclass, jsonb),
                           gdpr._resolve_path(pg_catalog.regclass, text, text[]),
                           gdpr._shortest_paths(pg_catalog.regclass, pg_catalog.regclass, oid[]),
-                          gdpr._default_erase(pg_catalog.regclass, name, text)
+                          gdpr._default_erase(pg_catalog.regclass, name, text),
+                          gdpr._forget(oid, text, text)
     TO gdpr_admin;
 -- Verification and digests read the whole trail: auditors and gdpr_admin.
 REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;

@@ -137,6 +137,7 @@ static void check_restriction(AuditPlanData *d, Datum row, bool erased_only);
 static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
 static Datum names_array(const AuditPlanData *d, const bool *which);
+static void check_event_text(const char *what, const char *value);
 static void insert_row_event(Relation rel, const char *event, HeapTuple oldtup,
 							 HeapTuple newtup, Jsonb *oldimage, Jsonb *newimage,
 							 Jsonb *keyimage);
@@ -426,6 +427,17 @@ gdpr_log_event(PG_FUNCTION_ARGS)
 	detail = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
 	kind = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
 	table_name = PG_ARGISNULL(5) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(5));
+
+	/* events are kept for years and nobody may delete them: bounded, so no role fills the disk */
+	check_event_text("subject", subject);
+	check_event_text("kind", kind);
+	check_event_text("table_name", table_name);
+	if (detail != NULL && VARSIZE(detail) - VARHDRSZ > gdpr_max_event_detail)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event detail has %zu bytes, more than gdpr.max_event_detail (%d)",
+						(size_t) (VARSIZE(detail) - VARHDRSZ), gdpr_max_event_detail),
+				 errhint("Keep the detail to identifiers and short facts; a superuser can raise gdpr.max_event_detail.")));
 
 	/* the map's own history is never filtered out */
 	if (strncmp(event, "MAP_", 4) == 0)
@@ -945,4 +957,14 @@ gdpr_audit_event_until(const char *event, bool success, const char *kind, const 
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return id;
+}
+
+static void
+check_event_text(const char *what, const char *value)
+{
+	if (value != NULL && strlen(value) > GDPR_MAX_NAME_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event %s has %zu bytes, more than %d", what, strlen(value), GDPR_MAX_NAME_LEN),
+				 errhint("Pass an identifier; put short facts in the detail argument.")));
 }

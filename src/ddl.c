@@ -12,9 +12,12 @@
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "gdpr.h"
+#include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
 #include "tcop/deparse_utility.h"
+#include "utils/acl.h"
 #include "utils/aclchk_internal.h"
 #include "utils/array.h"
 #include "utils/inval.h"
@@ -52,18 +55,32 @@ gdpr_grant_targets(PG_FUNCTION_ARGS)
 /*
  * gdpr._map_changed(regclass): makes every backend drop what it cached about
  * the table and its partitions.  The invalidation is sent at commit, so a
- * rolled-back registration changes nothing anywhere.
+ * rolled-back registration changes nothing anywhere.  The event triggers call
+ * it as whoever ran the DDL, so it is executable by everyone, but it acts
+ * only for gdpr_admin and for the owner of the table or of one of its
+ * partitions: nobody else makes every session rebuild its plans.
  */
 Datum
 gdpr_map_changed(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
+	Oid			admin = get_role_oid("gdpr_admin", true);
 	List	   *rels;
 	ListCell   *lc;
+	bool		allowed;
 
 	if (!OidIsValid(get_rel_type_id(relid)))
 		PG_RETURN_VOID();
 	rels = find_all_inheritors(relid, NoLock, NULL);
+	allowed = OidIsValid(admin) && has_privs_of_role(GetUserId(), admin);
+	foreach(lc, rels)
+		allowed |= has_privs_of_role(GetUserId(), gdpr_relation_owner(lfirst_oid(lc)));
+	if (!allowed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to reset the cached map of table %s",
+						gdpr_relation_name(relid)),
+				 errhint("Only gdpr_admin and the table's owner change the map.")));
 	foreach(lc, rels)
 		CacheInvalidateRelcacheByRelid(lfirst_oid(lc));
 	PG_RETURN_VOID();

@@ -59,6 +59,10 @@ extern bool gdpr_audit_reads;
 extern char *gdpr_actor;
 extern char *gdpr_client_addr;
 extern char *gdpr_user_agent;
+extern int	gdpr_max_event_detail;
+
+/* Longest name, subject key, actor or user agent an event keeps, in bytes */
+#define GDPR_MAX_NAME_LEN	1024
 
 extern void gdpr_define_settings(void);
 extern void gdpr_define_preload_settings(void);
@@ -199,5 +203,7 @@ extern void gdpr_register_launcher(void);
 /* reads.c */
 extern void gdpr_install_read_hook(void);
 extern void gdpr_reads_invalidate(Oid relid);
+extern void gdpr_reads_xact_end(SubTransactionId mySubid, SubTransactionId parentSubid,
+								bool abort);
 
 #endif							/* GDPR_H */

@@ -32,6 +32,7 @@ bool		gdpr_audit_reads = false;
 char	   *gdpr_actor = NULL;
 char	   *gdpr_client_addr = NULL;
 char	   *gdpr_user_agent = NULL;
+int			gdpr_max_event_detail = 8192;
 
 /* Backing strings of the parsed settings, owned by the GUC machinery */
 static char *audit_retention_string = NULL;
@@ -73,6 +74,7 @@ static void assign_events(const char *newval, void *extra);
 static bool check_exclude_roles(char **newval, void **extra, GucSource source);
 static void assign_exclude_roles(const char *newval, void *extra);
 static bool check_client_addr(char **newval, void **extra, GucSource source);
+static bool check_context_text(char **newval, void **extra, GucSource source);
 static bool role_excluded(Oid roleid);
 
 void
@@ -82,7 +84,7 @@ gdpr_define_settings(void)
 							   "The application's end user, recorded with every audit event.",
 							   "Set by the application per session or transaction, e.g. SET gdpr.actor = 'alice@example.com'.",
 							   &gdpr_actor, NULL, PGC_USERSET, 0,
-							   NULL, NULL, NULL);
+							   check_context_text, NULL, NULL);
 	DefineCustomStringVariable("gdpr.client_addr",
 							   "The end user's network address, when the application sits behind a proxy.",
 							   "When empty, the address of the database connection is recorded.",
@@ -92,7 +94,13 @@ gdpr_define_settings(void)
 							   "The end user's user agent, recorded with every audit event.",
 							   NULL,
 							   &gdpr_user_agent, NULL, PGC_USERSET, 0,
-							   NULL, NULL, NULL);
+							   check_context_text, NULL, NULL);
+	DefineCustomIntVariable("gdpr.max_event_detail",
+							"Largest detail, in bytes, that gdpr.log_event() accepts.",
+							"Application events are kept for gdpr.audit_retention and nobody can delete them: "
+							"any role that may log events must not be able to fill the disk.",
+							&gdpr_max_event_detail, 8192, 0, 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
 	DefineCustomEnumVariable("gdpr.audit_values",
 							 "How much of each changed row the audit trail keeps: none, changed or full.",
 							 "changed keeps the changed columns of an UPDATE and the whole row of INSERT and DELETE; secret columns are never kept.",
@@ -143,7 +151,8 @@ gdpr_event_wanted(int event_class)
 	if ((audit_event_mask & event_class) == 0)
 		return false;
 	userid = GetUserId();
-	if (!gdpr_audit_superusers && superuser_arg(userid))
+	/* a superuser's DDL on personal data is always recorded: it changes what is captured */
+	if (!gdpr_audit_superusers && event_class != GDPR_EV_DDL && superuser_arg(userid))
 		return false;
 	if (excluded_roles != NULL &&
 		(role_excluded(userid) || role_excluded(GetSessionUserId())))
@@ -358,4 +367,21 @@ bad:
 	GUC_check_errdetail("\"%s\" is not an IP address.", *newval);
 	GUC_check_errhint("Set gdpr.client_addr to the end user's address, such as '203.0.113.7', or to '' to record the connection's.");
 	return false;
+}
+
+/*
+ * gdpr.actor and gdpr.user_agent go into every event, kept for years and
+ * undeletable: any role may set them, so they are capped.
+ */
+static bool
+check_context_text(char **newval, void **extra, GucSource source)
+{
+	if (*newval != NULL && strlen(*newval) > GDPR_MAX_NAME_LEN)
+	{
+		GUC_check_errdetail("The value has %zu bytes; at most %d are kept with each event.",
+							strlen(*newval), GDPR_MAX_NAME_LEN);
+		GUC_check_errhint("Record an identifier of the user or agent, not a document.");
+		return false;
+	}
+	return true;
 }

@@ -1,8 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * reads.c
- *		Read auditing: with gdpr.audit_reads on, every SELECT that reads a
- *		registered table leaves one JSON line in the server log.
+ *		Read auditing: with gdpr.audit_reads on, every statement that reads a
+ *		registered table (SELECT, INSERT ... SELECT, CREATE TABLE AS, cursors,
+ *		COPY ... TO) leaves one JSON line in the server log, also when its
+ *		transaction aborts.
  *
  * Reads cannot be written to a table: read-only transactions and standbys
  * must work too.  The hook is installed only when the library is preloaded.
@@ -19,6 +21,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -29,29 +32,67 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Registered tables of this database, or NULL when they must be read again */
 static HTAB *registered = NULL;
 
+/*
+ * A statement that reads registered tables, from ExecutorStart to
+ * ExecutorEnd.  It is logged at its end with the rows it produced, or, if
+ * its (sub)transaction aborts first, at the abort: a cursor that an error
+ * closes, or a statement that fails half-way, has still shown rows.
+ */
+typedef struct PendingRead
+{
+	QueryDesc  *query;			/* compared, never followed after an abort */
+	SubTransactionId subid;		/* the subtransaction it belongs to */
+	bool		ran;			/* ExecutorRun was called: rows may have been produced */
+	char	   *head;			/* the JSON line up to the row count */
+} PendingRead;
+
+/* PendingRead *, in TopMemoryContext; empty outside statements that read registered tables */
+static List *pending_reads = NIL;
+
+static void gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags);
+static void gdpr_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+							 bool execute_once);
 static void gdpr_ExecutorEnd(QueryDesc *queryDesc);
-static void log_read(QueryDesc *queryDesc);
+static void gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+								ProcessUtilityContext context, ParamListInfo params,
+								QueryEnvironment *queryEnv, DestReceiver *dest,
+								QueryCompletion *qc);
+static char *read_head(List *tables, Oid userid);
+static List *tables_read(PlannedStmt *stmt);
+static PendingRead *find_pending(QueryDesc *queryDesc);
+static void emit(const char *head, const char *rows, bool aborted);
 static bool load_registered(void);
 static bool is_registered(Oid relid);
 
 void
 gdpr_install_read_hook(void)
 {
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = gdpr_ExecutorStart;
+	prev_ExecutorRun = ExecutorRun_hook;
+	ExecutorRun_hook = gdpr_ExecutorRun;
 	prev_ExecutorEnd = ExecutorEnd_hook;
 	ExecutorEnd_hook = gdpr_ExecutorEnd;
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = gdpr_ProcessUtility;
 }
 
 void
@@ -64,12 +105,95 @@ gdpr_reads_invalidate(Oid relid)
 	}
 }
 
+/*
+ * The end of a (sub)transaction: reads still pending were cut short by an
+ * abort (logged now, without a row count), or belong to the parent.
+ * mySubid is InvalidSubTransactionId for the top transaction.
+ */
+void
+gdpr_reads_xact_end(SubTransactionId mySubid, SubTransactionId parentSubid, bool abort)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_reads)
+	{
+		PendingRead *pr = lfirst(lc);
+
+		if (mySubid != InvalidSubTransactionId && pr->subid < mySubid)
+			continue;
+		if (!abort && mySubid != InvalidSubTransactionId)
+		{
+			pr->subid = parentSubid;
+			continue;
+		}
+		if (pr->ran)
+			emit(pr->head, "null", abort);
+		pfree(pr->head);
+		pfree(pr);
+		pending_reads = foreach_delete_current(pending_reads, lc);
+	}
+}
+
+static void
+gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+
+	if (gdpr_audit_reads && !(eflags & EXEC_FLAG_EXPLAIN_ONLY) && !IsParallelWorker() &&
+		queryDesc->plannedstmt != NULL && IsTransactionState())
+	{
+		Oid			userid = GetUserId();
+		List	   *tables;
+
+		if (!gdpr_audit_superusers && superuser_arg(userid))
+			return;
+		tables = tables_read(queryDesc->plannedstmt);
+		if (tables != NIL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			PendingRead *pr = palloc(sizeof(PendingRead));
+
+			pr->query = queryDesc;
+			pr->subid = GetCurrentSubTransactionId();
+			pr->ran = false;
+			pr->head = read_head(tables, userid);
+			pending_reads = lappend(pending_reads, pr);
+			MemoryContextSwitchTo(old);
+		}
+	}
+}
+
+static void
+gdpr_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+{
+	PendingRead *pr = pending_reads != NIL ? find_pending(queryDesc) : NULL;
+
+	if (pr != NULL)
+		pr->ran = true;
+	if (prev_ExecutorRun)
+		prev_ExecutorRun(queryDesc, direction, count, execute_once);
+	else
+		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+}
+
 static void
 gdpr_ExecutorEnd(QueryDesc *queryDesc)
 {
-	if (gdpr_audit_reads && queryDesc->operation == CMD_SELECT &&
-		queryDesc->plannedstmt != NULL && IsTransactionState())
-		log_read(queryDesc);
+	PendingRead *pr = pending_reads != NIL ? find_pending(queryDesc) : NULL;
+
+	if (pr != NULL)
+	{
+		if (pr->ran)
+			emit(pr->head, psprintf(UINT64_FORMAT ", \"query_id\": " INT64_FORMAT,
+									queryDesc->estate != NULL ? queryDesc->estate->es_processed : 0,
+									(int64) queryDesc->plannedstmt->queryId), false);
+		pending_reads = list_delete_ptr(pending_reads, pr);
+		pfree(pr->head);
+		pfree(pr);
+	}
 
 	if (prev_ExecutorEnd)
 		prev_ExecutorEnd(queryDesc);
@@ -77,31 +201,84 @@ gdpr_ExecutorEnd(QueryDesc *queryDesc)
 		standard_ExecutorEnd(queryDesc);
 }
 
+/*
+ * COPY table TO reads the table without the executor (unless row security
+ * turns it into a query, which the executor hooks see).
+ */
 static void
-log_read(QueryDesc *queryDesc)
+gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					ProcessUtilityContext context, ParamListInfo params,
+					QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
-	StringInfoData buf;
-	ListCell   *lc;
+	Node	   *parsetree = pstmt->utilityStmt;
+	char	   *volatile head = NULL;
+
+	if (gdpr_audit_reads && IsA(parsetree, CopyStmt) && !((CopyStmt *) parsetree)->is_from &&
+		((CopyStmt *) parsetree)->relation != NULL && IsTransactionState() &&
+		(gdpr_audit_superusers || !superuser_arg(GetUserId())))
+	{
+		Oid			relid = RangeVarGetRelid(((CopyStmt *) parsetree)->relation, NoLock, true);
+
+		if (OidIsValid(relid) && is_registered(gdpr_root_relid(relid)) &&
+			check_enable_rls(relid, InvalidOid, true) != RLS_ENABLED)
+			head = read_head(list_make1_oid(gdpr_root_relid(relid)), GetUserId());
+	}
+
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+									dest, qc);
+	}
+	PG_CATCH();
+	{
+		if (head != NULL)
+			emit(head, "null", true);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (head != NULL)
+		emit(head, psprintf(UINT64_FORMAT ", \"query_id\": " INT64_FORMAT,
+							qc != NULL ? qc->nprocessed : 0, (int64) pstmt->queryId), false);
+}
+
+/*
+ * The registered tables a statement reads: every table in its range table
+ * but the ones it writes, which the audit triggers record.
+ */
+static List *
+tables_read(PlannedStmt *stmt)
+{
 	List	   *seen = NIL;
-	Oid			userid = GetUserId();
+	ListCell   *lc;
 
-	if (!gdpr_audit_superusers && superuser_arg(userid))
-		return;
-
-	foreach(lc, queryDesc->plannedstmt->rtable)
+	foreach(lc, stmt->rtable)
 	{
 		RangeTblEntry *rte = lfirst(lc);
 		Oid			root;
 
 		if (rte->rtekind != RTE_RELATION)
 			continue;
+		if (stmt->commandType != CMD_SELECT &&
+			list_member_int(stmt->resultRelations, foreach_current_index(lc) + 1))
+			continue;
 		root = gdpr_root_relid(rte->relid);
 		if (list_member_oid(seen, root) || !is_registered(root))
 			continue;
 		seen = lappend_oid(seen, root);
 	}
-	if (seen == NIL)
-		return;
+	return seen;
+}
+
+/* The JSON line of a read, up to "rows": made at the start, when the catalogs can be read */
+static char *
+read_head(List *tables, Oid userid)
+{
+	StringInfoData buf;
+	ListCell   *lc;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"gdpr_event\": \"READ\", \"role\": ");
@@ -116,7 +293,7 @@ log_read(QueryDesc *queryDesc)
 	appendStringInfoString(&buf, ", \"database\": ");
 	escape_json(&buf, get_database_name(MyDatabaseId));
 	appendStringInfoString(&buf, ", \"tables\": [");
-	foreach(lc, seen)
+	foreach(lc, tables)
 	{
 		Oid			relid = lfirst_oid(lc);
 
@@ -125,12 +302,31 @@ log_read(QueryDesc *queryDesc)
 		escape_json(&buf, quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 													 get_rel_name(relid)));
 	}
-	appendStringInfo(&buf, "], \"rows\": " UINT64_FORMAT ", \"query_id\": " INT64_FORMAT "}",
-					 queryDesc->estate != NULL ? queryDesc->estate->es_processed : 0,
-					 (int64) queryDesc->plannedstmt->queryId);
+	appendStringInfoString(&buf, "], \"rows\": ");
+	return buf.data;
+}
 
+static PendingRead *
+find_pending(QueryDesc *queryDesc)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_reads)
+	{
+		PendingRead *pr = lfirst(lc);
+
+		if (pr->query == queryDesc)
+			return pr;
+	}
+	return NULL;
+}
+
+/* rows: the count and what follows it, or "null" for a read an abort cut short */
+static void
+emit(const char *head, const char *rows, bool aborted)
+{
 	ereport(LOG,
-			(errmsg_internal("%s", buf.data),
+			(errmsg_internal("%s%s%s}", head, rows, aborted ? ", \"aborted\": true" : ""),
 			 errhidestmt(true),
 			 errhidecontext(true)));
 }

@@ -67,14 +67,24 @@ static int	worker_batch_size = 1000;
 static int	worker_lock_timeout = 1000;
 static int	worker_max_pass_time = 600;
 static int	worker_batch_delay = 0;
+static int	worker_failure_backoff = 3600;
+static bool worker_erase_as_superuser = false;
+
+/* A table whose last FAILURE_STREAK worker runs all failed waits gdpr.worker_failure_backoff */
+#define FAILURE_STREAK 3
 
 static List *databases_to_serve(void);
+static void wait_for_worker(BackgroundWorkerHandle *handle);
 static bool in_window(void);
 static void run_pass(void);
 static bool drop_pending(void);
 static List *list_of_rows(const char *sql, int ncolumns);
 static char *run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *total);
-static int64 run_batch(const char *sql, Oid role);
+static int64 run_batch(const char *sql, Oid role, TimestampTz deadline);
+static bool backing_off(const char *table);
+static int64 mark_started(TimestampTz started, const char *table);
+static void mark_finished(int64 run_id, int64 deleted, int64 anonymized, const char *error);
+static void run_due_erasures(TimestampTz started, TimestampTz deadline);
 static void record(TimestampTz started, const char *table, int64 deleted, int64 anonymized,
 				   const char *error);	/* what a pass did to one table: only when it did something */
 
@@ -107,8 +117,19 @@ gdpr_define_worker_settings(void)
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("gdpr.worker_max_pass_time",
 							"Seconds one database's retention pass may take before it stops until the next.",
-							NULL, &worker_max_pass_time, 600, 1, 86400, PGC_SIGHUP, GUC_UNIT_S,
+							"Every statement of the pass runs under a statement_timeout of the time left; "
+							"a worker still running a little after it is terminated by the launcher.",
+							&worker_max_pass_time, 600, 1, 86400, PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_failure_backoff",
+							"Seconds the worker leaves alone a table whose last three retention runs failed.",
+							NULL, &worker_failure_backoff, 3600, 0, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("gdpr.worker_erase_as_superuser",
+							 "Whether the worker carries out due erasures requested by a superuser, with superuser rights.",
+							 "Off: such requests fail, and their error says to request the erasure again as a role without superuser rights.",
+							 &worker_erase_as_superuser, false, PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 }
 
 void
@@ -182,13 +203,49 @@ gdpr_launcher_main(Datum main_arg)
 				}
 				/* one database at a time: a pass is light, and the next waits its turn */
 				if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-					WaitForBackgroundWorkerShutdown(handle);
+					wait_for_worker(handle);
 				CHECK_FOR_INTERRUPTS();
 			}
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 worker_naptime * 1000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * Waits for a database worker to end, at most a little longer than a pass
+ * may take: its statements run under a statement_timeout, but user code
+ * (a table owner's trigger) can catch the cancel and go on.  Then the
+ * worker is terminated, so that one database never holds up the others.
+ */
+static void
+wait_for_worker(BackgroundWorkerHandle *handle)
+{
+	TimestampTz limit = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													worker_max_pass_time * 1000L + 5000L);
+	bool		terminated = false;
+	pid_t		pid;
+
+	while (GetBackgroundWorkerPid(handle, &pid) == BGWH_STARTED)
+	{
+		if (!terminated && GetCurrentTimestamp() >= limit)
+		{
+			ereport(LOG,
+					(errmsg("gdpr: terminating retention worker %d: its pass overran gdpr.worker_max_pass_time",
+							(int) pid)));
+			TerminateBackgroundWorker(handle);
+			terminated = true;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
 	}
 }
 
@@ -278,6 +335,15 @@ gdpr_database_worker_main(Datum main_arg)
 	/* sealing needs a fresh snapshot per statement, whatever the server's default */
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * The worker is a superuser, and a database's owner can set the
+	 * database's search_path (ALTER DATABASE ... SET), which background
+	 * workers apply too: an operator or function of theirs found first
+	 * would run with superuser rights.  Nothing the worker runs resolves a
+	 * name through a path anyone else chose.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
 	StartTransactionCommand();
 	installed = OidIsValid(get_extension_oid("gdpr", true));
 	CommitTransactionCommand();
@@ -296,7 +362,6 @@ run_pass(void)
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz deadline = TimestampTzPlusMilliseconds(started, worker_max_pass_time * 1000L);
 	List	   *policies;
-	List	   *requesters;
 	ListCell   *lc;
 	int64		total;
 	char	   *error;
@@ -318,13 +383,17 @@ run_pass(void)
 		bool		anonymize = strcmp(lthird(p), "anonymize") == 0;
 		char	   *sql = psprintf("SELECT gdpr._retention_batch(%s, %d, false)",
 								   (char *) linitial(p), worker_batch_size);
+		int64		run_id;
 
 		if (GetCurrentTimestamp() >= deadline)
 			break;
+		if (backing_off(table))
+			continue;
 		pgstat_report_activity(STATE_RUNNING, psprintf("gdpr retention: %s", table));
+		/* a worker terminated mid-table leaves this mark, which counts as a failure */
+		run_id = mark_started(started, table);
 		error = run_step(sql, InvalidOid, true, deadline, &total);
-		if (total > 0 || error != NULL)
-			record(started, table, anonymize ? 0 : total, anonymize ? total : 0, error);
+		mark_finished(run_id, anonymize ? 0 : total, anonymize ? total : 0, error);
 	}
 
 	/* sealed before purged: an event that expires unsealed never enters the chain */
@@ -340,43 +409,113 @@ run_pass(void)
 	if (total > 0 || error != NULL)
 		record(started, "gdpr.audit_log", total, 0, error);
 
-	/* each due erasure runs with the rights of the role that asked for it */
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: due erasure requests");
-	requesters = list_of_rows("SELECT DISTINCT q.requested_by::pg_catalog.text, r.oid "
+	run_due_erasures(started, deadline);
+
+	error = run_step("WITH d AS (DELETE FROM gdpr.retention_history "
+					 " WHERE started_at OPERATOR(pg_catalog.<) "
+					 "       (pg_catalog.now() OPERATOR(pg_catalog.-) '90 days'::pg_catalog.interval) "
+					 " RETURNING 1) SELECT pg_catalog.count(*) FROM d",
+					 InvalidOid, false, deadline, &total);
+	if (error != NULL)
+		record(started, "gdpr.retention_history", 0, 0, error);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Due erasures, each with the rights of the role that asked for it
+ * (requested_by is set by the database, see gdpr._erasure_request_guard).
+ * A request by a role that no longer exists fails; one by a superuser fails
+ * too unless gdpr.worker_erase_as_superuser allows it: the erasure runs the
+ * tables' triggers and hold conditions, which must not get superuser rights
+ * by being due.
+ */
+static void
+run_due_erasures(TimestampTz started, TimestampTz deadline)
+{
+	List	   *requesters;
+	ListCell   *lc;
+	int64		total;
+	char	   *error;
+
+	requesters = list_of_rows("SELECT DISTINCT q.requested_by::pg_catalog.text, r.oid, r.rolsuper "
 							  "  FROM gdpr.erasure_request q "
 							  "  LEFT JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) q.requested_by "
-							  " WHERE q.status = 'pending' AND q.due_at <= pg_catalog.now()", 2);
+							  " WHERE q.status OPERATOR(pg_catalog.=) 'pending' "
+							  "   AND q.due_at OPERATOR(pg_catalog.<=) pg_catalog.now()", 3);
 	foreach(lc, requesters)
 	{
 		const char *requester = linitial(lfirst(lc));
 		const char *role_oid = lsecond(lfirst(lc));
 		Oid			role = role_oid != NULL ? atooid(role_oid) : InvalidOid;
+		bool		super = role_oid != NULL && strcmp(lthird(lfirst(lc)), "t") == 0;
+		const char *refusal = NULL;
 
-		if (OidIsValid(role))
+		if (!OidIsValid(role))
+			refusal = psprintf("role \"%s\", who requested the erasure, no longer exists", requester);
+		else if (super && !worker_erase_as_superuser)
+			refusal = psprintf("role \"%s\", who requested the erasure, is a superuser, and gdpr.worker_erase_as_superuser is off: "
+							   "request it again as a role without superuser rights, or run gdpr.run_due_erasures() yourself",
+							   requester);
+		if (refusal == NULL)
 			error = run_step(psprintf("SELECT pg_catalog.count(*) FROM gdpr.run_due_erasures(%s)",
 									  quote_literal_cstr(requester)),
 							 role, false, deadline, &total);
 		else
 			error = run_step(psprintf("WITH f AS (UPDATE gdpr.erasure_request "
-									  "   SET status = 'failed', finished_at = pg_catalog.now(), "
-									  "       error = %s "
-									  " WHERE status = 'pending' AND due_at <= pg_catalog.now() "
-									  "   AND requested_by = %s RETURNING 1) "
-									  "SELECT pg_catalog.count(*) FROM f",
-									  quote_literal_cstr(psprintf("role \"%s\", who requested the erasure, no longer exists",
-																  requester)),
-									  quote_literal_cstr(requester)),
+									  "   SET status = 'failed', finished_at = pg_catalog.now(), error = %s "
+									  " WHERE status OPERATOR(pg_catalog.=) 'pending' "
+									  "   AND due_at OPERATOR(pg_catalog.<=) pg_catalog.now() "
+									  "   AND requested_by OPERATOR(pg_catalog.=) %s::pg_catalog.name "
+									  " RETURNING 1) SELECT pg_catalog.count(*) FROM f",
+									  quote_literal_cstr(refusal), quote_literal_cstr(requester)),
 							 InvalidOid, false, deadline, &total);
 		if (error != NULL)
 			record(started, "due erasure requests", 0, 0, error);
 	}
+}
 
-	error = run_step("WITH d AS (DELETE FROM gdpr.retention_history "
-					 " WHERE started_at < pg_catalog.now() - interval '90 days' RETURNING 1) "
-					 "SELECT pg_catalog.count(*) FROM d", InvalidOid, false, deadline, &total);
-	if (error != NULL)
-		record(started, "gdpr.retention_history", 0, 0, error);
-	pgstat_report_activity(STATE_IDLE, NULL);
+/*
+ * Whether the worker leaves a table alone for now: its last runs all failed
+ * (or never finished), the latest within gdpr.worker_failure_backoff.
+ * Skipping is recorded once per pass, as a run that does not count.
+ */
+static bool
+backing_off(const char *table)
+{
+	char	   *sql;
+	List	   *volatile rows;
+
+	if (worker_failure_backoff == 0)
+		return false;
+	sql = psprintf("SELECT (pg_catalog.count(*) OPERATOR(pg_catalog.=) %d) "
+				   "       AND (pg_catalog.max(h.started_at) OPERATOR(pg_catalog.>) "
+				   "            (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => %d))) "
+				   "  FROM (SELECT started_at, error FROM gdpr.retention_history "
+				   "         WHERE by_worker AND table_name OPERATOR(pg_catalog.=) %s "
+				   "           AND NOT skipped "
+				   "         ORDER BY run_id DESC LIMIT %d) h "
+				   " WHERE h.error IS NOT NULL",
+				   FAILURE_STREAK, worker_failure_backoff, quote_literal_cstr(table), FAILURE_STREAK);
+	PG_TRY();
+	{
+		rows = list_of_rows(sql, 1);
+	}
+	PG_CATCH();
+	{
+		/* the history could not be read: try the table, and let its run record what happens */
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		rows = NIL;
+	}
+	PG_END_TRY();
+	if (rows == NIL || linitial(rows) == NULL || strcmp(linitial((List *) linitial(rows)), "t") != 0)
+		return false;
+	record(GetCurrentTimestamp(), table, 0, 0,
+		   psprintf("skipped: the last %d runs failed; next try %d s after the last",
+					FAILURE_STREAK, worker_failure_backoff));
+	return true;
 }
 
 /*
@@ -436,7 +575,7 @@ run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *to
 		do
 		{
 			CHECK_FOR_INTERRUPTS();
-			n = run_batch(sql, role);
+			n = run_batch(sql, role, deadline);
 			sum += n;
 			if (repeat && n >= worker_batch_size && worker_batch_delay > 0)
 			{
@@ -465,15 +604,19 @@ run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *to
 
 /*
  * Runs one statement returning a count in a transaction of its own, unless
- * the database is being dropped: then the worker leaves.
+ * the database is being dropped: then the worker leaves.  The statement may
+ * take what is left of the pass (deadline 0: a second), not more.
  */
 static int64
-run_batch(const char *sql, Oid role)
+run_batch(const char *sql, Oid role, TimestampTz deadline)
 {
 	int64		n = 0;
+	long		left_ms = 1000;
 	bool		isnull;
 	int			ret;
 
+	if (deadline != 0)
+		left_ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline), 1000);
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (drop_pending())
@@ -486,6 +629,8 @@ run_batch(const char *sql, Oid role)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SetConfigOption("lock_timeout", psprintf("%d", worker_lock_timeout), PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("statement_timeout", psprintf("%ld", Min(left_ms, (long) INT_MAX)),
+					PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("application_name", "gdpr retention worker", PGC_USERSET, PGC_S_SESSION);
 	if (OidIsValid(role))
 		ret = gdpr_execute_as_role(role, NULL, sql, 0, NULL, NULL, NULL, false, 1);
@@ -518,21 +663,69 @@ drop_pending(void)
 static void
 record(TimestampTz started, const char *table, int64 deleted, int64 anonymized, const char *error)
 {
-	StringInfoData sql;
+	int64		run_id = mark_started(started, table);
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "WITH i AS (INSERT INTO gdpr.retention_history "
-					 "(started_at, table_name, deleted, anonymized, by_worker, error) "
-					 "VALUES (pg_catalog.to_timestamp(%.6f), %s, " INT64_FORMAT ", " INT64_FORMAT ", true, %s) "
-					 "RETURNING 1) SELECT pg_catalog.count(*) FROM i",
-					 (double) started / USECS_PER_SEC +
-					 (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY,
-					 quote_literal_cstr(table),
-					 deleted, anonymized, error != NULL ? quote_literal_cstr(error) : "NULL");
+	mark_finished(run_id, deleted, anonymized, error);
+}
+
+/*
+ * Writes a history row that says the table's run has not finished; 0 if
+ * even that failed (the server log has why).
+ */
+static int64
+mark_started(TimestampTz started, const char *table)
+{
+	volatile int64 run_id = 0;
+
 	PG_TRY();
 	{
-		run_batch(sql.data, InvalidOid);
+		run_id = run_batch(psprintf("WITH i AS (INSERT INTO gdpr.retention_history "
+									"(started_at, table_name, by_worker, error) "
+									"VALUES (pg_catalog.to_timestamp(%.6f), %s, true, "
+									"'the worker was stopped before this table was done') "
+									"RETURNING run_id) SELECT run_id FROM i",
+									(double) started / USECS_PER_SEC +
+									(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY,
+									quote_literal_cstr(table)),
+						   InvalidOid, 0);
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	return run_id;
+}
+
+/*
+ * What a run did to one table: kept when it did something or failed, gone
+ * otherwise.  A skip is kept but does not count towards a failure streak.
+ */
+static void
+mark_finished(int64 run_id, int64 deleted, int64 anonymized, const char *error)
+{
+	char	   *sql;
+
+	if (run_id == 0)
+		return;
+	if (deleted == 0 && anonymized == 0 && error == NULL)
+		sql = psprintf("WITH d AS (DELETE FROM gdpr.retention_history "
+					   " WHERE run_id OPERATOR(pg_catalog.=) " INT64_FORMAT " RETURNING 1) "
+					   "SELECT pg_catalog.count(*) FROM d", run_id);
+	else
+		sql = psprintf("WITH u AS (UPDATE gdpr.retention_history "
+					   "   SET deleted = " INT64_FORMAT ", anonymized = " INT64_FORMAT ", "
+					   "       error = %s, skipped = %s, finished_at = pg_catalog.clock_timestamp() "
+					   " WHERE run_id OPERATOR(pg_catalog.=) " INT64_FORMAT " RETURNING 1) "
+					   "SELECT pg_catalog.count(*) FROM u",
+					   deleted, anonymized, error != NULL ? quote_literal_cstr(error) : "NULL",
+					   error != NULL && strncmp(error, "skipped:", 8) == 0 ? "true" : "false",
+					   run_id);
+	PG_TRY();
+	{
+		run_batch(sql, InvalidOid, 0);
 	}
 	PG_CATCH();
 	{
