@@ -469,7 +469,7 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 	args[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 
 	sql = psprintf("SELECT pg_catalog.count(*) FROM %s h "
-				   " WHERE EXISTS (SELECT FROM pg_catalog.unnest($1, $2) u(o, c) "
+				   " WHERE EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(o, c) "
 				   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
 				   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
 				   "   AND (\n%s\n)", map->qualified_name, condition);

@@ -17,6 +17,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/partition.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "nodes/bitmapset.h"
@@ -25,6 +26,7 @@
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/regproc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
@@ -519,6 +521,12 @@ append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
 	}
 }
 
+/*
+ * The operator of a step, schema-qualified.  Paths are followed with the
+ * audit owner's rights, and gdpr_admin can write gdpr.path_step directly
+ * (as can a restore): only an equality operator of a btree operator family
+ * is accepted, as a foreign key's is.  Only superusers make those.
+ */
 static const char *
 qualified_operator(Oid opid)
 {
@@ -537,6 +545,12 @@ qualified_operator(Oid opid)
 					  quote_identifier(get_namespace_name(form->oprnamespace)),
 					  NameStr(form->oprname));
 	ReleaseSysCache(tup);
+	if (get_mergejoin_opfamilies(opid) == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FOREIGN_KEY),
+				 errmsg("operator %s of a subject path is not the equality operator of a foreign key",
+						format_operator(opid)),
+				 errhint("Register the table again with gdpr.register_table() or gdpr.add_path(), which take paths from foreign keys.")));
 	return result;
 }
 
@@ -560,12 +574,17 @@ gdpr_relation_name(Oid relid)
 	return quote_qualified_identifier(nspname, relname);
 }
 
-/* The schema-qualified, quoted name of a table on a path */
+/*
+ * The schema-qualified, quoted name of a table on a path: a table, never a
+ * view or anything else that runs code when read with the audit owner's
+ * rights.
+ */
 static char *
 qualified_table(const GdprTableMap *map, Oid relid)
 {
 	char	   *relname = get_rel_name(relid);
 	char	   *nspname = relname != NULL ? get_namespace_name(get_rel_namespace(relid)) : NULL;
+	char		relkind = relname != NULL ? get_rel_relkind(relid) : '\0';
 
 	if (relname == NULL || nspname == NULL)
 		ereport(ERROR,
@@ -573,6 +592,12 @@ qualified_table(const GdprTableMap *map, Oid relid)
 				 errmsg("table with OID %u on a path of table %s does not exist",
 						relid, map->qualified_name),
 				 errhint("Register the table again with gdpr.unregister_table() and gdpr.register_table().")));
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s on a path of table %s is not a table",
+						quote_qualified_identifier(nspname, relname), map->qualified_name),
+				 errhint("Register the table again with gdpr.register_table() or gdpr.add_path(), which take paths from foreign keys.")));
 	return quote_qualified_identifier(nspname, relname);
 }
 
