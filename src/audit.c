@@ -6,16 +6,21 @@
  *
  * Every event is one INSERT into gdpr.audit_log through a prepared, kept SPI
  * plan.  The row trigger keeps one plan per relation it fires on (a partition,
- * for partitioned tables), built from the table's map: the plan computes the
- * subject key, the primary key and the row images in SQL, so the trigger
- * itself only hands over the old and new rows.  Plans are dropped by the
- * relcache callback (gdpr_audit_invalidate) whenever the relation or its map
- * changes; registration functions send that invalidation explicitly.
+ * for partitioned tables), built from the table's map.  Plans are marked
+ * stale by the relcache callback (gdpr_audit_invalidate) whenever the
+ * relation or its map changes; registration functions send that
+ * invalidation explicitly.  A build in use is freed only when its last use
+ * ends: user code run by the write can change the table and write it again.
  *
  * Applications may not write the audit table.  The insert therefore runs as
- * the owner of gdpr.audit_log (SetUserIdAndSecContext, as the RI triggers do);
- * who caused the event is captured before switching.  Transaction abort
- * restores the user, so an error in between needs no cleanup here.
+ * the owner of gdpr.audit_log (role.c), and that owner is a superuser: the
+ * insert must run no code any other role can define.  So the row images and
+ * the row key are made beforehand, in C, as the caller (to_jsonb calls casts
+ * to json that anyone can create for a type of their own), and the INSERT
+ * itself computes only the subject key, through the foreign keys' btree
+ * equality operators and the key type's output function.  Who caused the
+ * event is captured before switching.  Transaction abort restores the user,
+ * so an error in between needs no cleanup here.
  *
  *-------------------------------------------------------------------------
  */
@@ -128,7 +133,7 @@ static AuditPlanData *acquire_row_plan(Relation rel);
 static void release_row_plan(AuditPlanData *d);
 static void retire_row_plan(AuditPlanData *d);
 static AuditPlanData *build_row_plan(Relation rel);
-static Jsonb *row_image(HeapTuple tup, TupleDesc desc);
+static Jsonb *row_image(Datum row, Oid rowtype);
 static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
@@ -139,8 +144,8 @@ static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple o
 static Datum names_array(const AuditPlanData *d, const bool *which);
 static void check_event_text(const char *what, const char *value);
 static void insert_row_event(Relation rel, const char *event, HeapTuple oldtup,
-							 HeapTuple newtup, Jsonb *oldimage, Jsonb *newimage,
-							 Jsonb *keyimage);
+							 HeapTuple newtup, Datum keyrow, Jsonb *oldimage,
+							 Jsonb *newimage, Jsonb *keyimage);
 
 /*
  * AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW on registered tables.
@@ -159,6 +164,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	Jsonb	   *oldimage = NULL;
 	Jsonb	   *newimage = NULL;
 	Jsonb	   *keyimage;
+	Datum		keyrow;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -218,15 +224,17 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	 * to_jsonb() runs casts to json that any role can define for its own
 	 * types, and those must never run with the audit owner's rights.
 	 */
-	keyimage = row_image(newtup != NULL ? newtup : oldtup, desc);
+	keyrow = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
+	keyimage = row_image(keyrow, desc->tdtypeid);
 	if (gdpr_audit_values != GDPR_VALUES_NONE)
 	{
 		if (oldtup != NULL)
-			oldimage = newtup != NULL ? row_image(oldtup, desc) : keyimage;
+			oldimage = newtup != NULL
+				? row_image(heap_copy_tuple_as_datum(oldtup, desc), desc->tdtypeid) : keyimage;
 		if (newtup != NULL)
 			newimage = keyimage;
 	}
-	insert_row_event(rel, event, oldtup, newtup, oldimage, newimage, keyimage);
+	insert_row_event(rel, event, oldtup, newtup, keyrow, oldimage, newimage, keyimage);
 	return PointerGetDatum(NULL);
 }
 
@@ -237,7 +245,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
  */
 static void
 insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple newtup,
-				 Jsonb *oldimage, Jsonb *newimage, Jsonb *keyimage)
+				 Datum keyrow, Jsonb *oldimage, Jsonb *newimage, Jsonb *keyimage)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum		values[ROW_NPARAMS];
@@ -281,7 +289,7 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		values[P_ROWKEY] = DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(keyimage),
 											   d->nonkey);
 		nulls[P_ROWKEY] = ' ';
-		values[P_KEYROW] = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
+		values[P_KEYROW] = keyrow;
 		nulls[P_KEYROW] = ' ';
 
 		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
@@ -326,14 +334,13 @@ check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
  * manager needs the call expression to know the argument's type.
  */
 static Jsonb *
-row_image(HeapTuple tup, TupleDesc desc)
+row_image(Datum row, Oid rowtype)
 {
 	FmgrInfo	flinfo;
-	Datum		row = heap_copy_tuple_as_datum(tup, desc);
 
 	fmgr_info(F_TO_JSONB, &flinfo);
 	flinfo.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
-										   list_make1(makeNullConst(desc->tdtypeid, -1, InvalidOid)),
+										   list_make1(makeNullConst(rowtype, -1, InvalidOid)),
 										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 	return DatumGetJsonbP(FunctionCall1(&flinfo, row));
 }

@@ -32,6 +32,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "nodes/plannodes.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -77,6 +78,7 @@ static void gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, boo
 								QueryCompletion *qc);
 static char *read_head(List *tables, Oid userid);
 static List *tables_read(PlannedStmt *stmt);
+static bool is_key_check(PlannedStmt *stmt);
 static PendingRead *find_pending(QueryDesc *queryDesc);
 static void emit(const char *head, const char *rows, bool aborted);
 static bool load_registered(void);
@@ -149,6 +151,8 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		List	   *tables;
 
 		if (!gdpr_audit_superusers && superuser_arg(userid))
+			return;
+		if (InSecurityRestrictedOperation() || is_key_check(queryDesc->plannedstmt))
 			return;
 		tables = tables_read(queryDesc->plannedstmt);
 		if (tables != NIL)
@@ -271,6 +275,25 @@ tables_read(PlannedStmt *stmt)
 		seen = lappend_oid(seen, root);
 	}
 	return seen;
+}
+
+/*
+ * A foreign key's check (SELECT 1 ... FOR KEY SHARE, run by the RI triggers
+ * of a write) shows no data to anyone: it is not a read.  Nor is what the
+ * extension itself runs as a security-restricted operation (the audit
+ * owner's subject lookups, conditions run as a table's owner).
+ */
+static bool
+is_key_check(PlannedStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (stmt->commandType != CMD_SELECT || stmt->rowMarks == NIL)
+		return false;
+	foreach(lc, stmt->rowMarks)
+		if (((PlanRowMark *) lfirst(lc))->strength != LCS_FORKEYSHARE)
+			return false;
+	return true;
 }
 
 /* The JSON line of a read, up to "rows": made at the start, when the catalogs can be read */

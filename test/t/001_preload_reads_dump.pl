@@ -55,6 +55,37 @@ $node->safe_psql('postgres', q{SET ROLE quiet; SET gdpr.audit_reads = off; SELEC
 $log = slurp_file($node->logfile, $offset);
 unlike($log, qr/gdpr_event/, 'gdpr.audit_reads = off records nothing');
 
+# Every statement that reads a registered table, not only SELECT, and reads an abort cut short.
+my @reads = (
+	[ 'INSERT ... SELECT', q{CREATE TABLE copy_of (id int, total int); INSERT INTO copy_of SELECT id, total FROM orders},
+		qr/"tables": \["public.orders"\], "rows": 3,/ ],
+	[ 'CREATE TABLE AS', q{CREATE TABLE snap AS SELECT * FROM users}, qr/"tables": \["public.users"\], "rows": 2,/ ],
+	[ 'UPDATE ... FROM', q{UPDATE copy_of c SET total = o.total FROM orders o WHERE o.id = c.id},
+		qr/"tables": \["public.orders"\], "rows": 3,/ ],
+	[ 'COPY table TO', q{COPY users TO STDOUT}, qr/"tables": \["public.users"\], "rows": 2,/ ],
+	[ 'COPY (SELECT) TO', q{COPY (SELECT * FROM orders) TO STDOUT}, qr/"tables": \["public.orders"\], "rows": 3,/ ],
+	[ 'a cursor closed by an aborted transaction',
+		q{BEGIN; DECLARE c CURSOR FOR SELECT * FROM users; FETCH 1 FROM c; SELECT 1/0;},
+		qr/"tables": \["public.users"\], "rows": null, "aborted": true\}/ ],
+	[ 'a statement that fails half-way',
+		q{SELECT 1 / (id - 2) FROM users ORDER BY id},
+		qr/"tables": \["public.users"\], "rows": null, "aborted": true\}/ ],
+	[ 'a read in a subtransaction rolled back',
+		q{BEGIN; SAVEPOINT s; DECLARE c2 CURSOR FOR SELECT * FROM orders; FETCH 1 FROM c2; ROLLBACK TO s; COMMIT;},
+		qr/"tables": \["public.orders"\], "rows": null, "aborted": true\}/ ],
+);
+for my $r (@reads)
+{
+	$offset = -s $node->logfile;
+	$node->psql('postgres', $r->[1]);
+	$log = slurp_file($node->logfile, $offset);
+	like($log, $r->[2], "a read is recorded: $r->[0]");
+}
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', q{INSERT INTO orders VALUES (40, 2, 9); UPDATE orders SET total = 8 WHERE id = 40; DELETE FROM orders WHERE id = 40; EXPLAIN SELECT * FROM users});
+$log = slurp_file($node->logfile, $offset);
+unlike($log, qr/gdpr_event/, 'writes to a registered table, their foreign-key checks, and EXPLAIN without ANALYZE, are not reads');
+
 # --- pg_dump and restore keep the map, the trail, its hash chain and the triggers.
 $node->safe_psql('postgres', 'SELECT gdpr.seal_audit()');
 my $digest = $node->safe_psql('postgres', 'SELECT gdpr_audit_digest()');
