@@ -74,3 +74,14 @@ SELECT gdpr_export('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid);
 SELECT gdpr_export(3, kind => 'alien');
 SELECT gdpr_export(1, kind => 'member');
 SELECT * FROM gdpr.export_plan(kind => 'alien');
+
+-- A column named like the alias the generated SQL gives the row exports as a column, and a
+-- secret column is still left out.
+BEGIN;
+CREATE TABLE shop.reading (id int PRIMARY KEY, customer_id bigint NOT NULL REFERENCES shop.customer,
+                           t timestamptz, heart_rate int, secret_note text);
+SELECT gdpr.register_table('shop.reading');
+SELECT gdpr.classify_column('shop.reading', 'secret_note', 'secret');
+INSERT INTO shop.reading VALUES (1, 3, '2026-01-01 10:00+00', 180, 'hidden');
+SELECT gdpr_export(3)->'data'->'shop.reading';
+ROLLBACK;

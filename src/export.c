@@ -495,7 +495,8 @@ rows_sql(Oid relid, bool aggregate)
 			appendStringInfo(&secret, "%s%s", secret.len > 0 ? ", " : "",
 							 quote_literal_cstr(col->name));
 	}
-	appendStringInfoString(&rowexpr, "pg_catalog.to_jsonb(t)");
+	/* t.*, not t: a column named t would be taken for the row */
+	appendStringInfoString(&rowexpr, "pg_catalog.to_jsonb(t.*)");
 	if (secret.len > 0)
 		appendStringInfo(&rowexpr, " OPERATOR(pg_catalog.-) ARRAY[%s]::pg_catalog.text[]", secret.data);
 	for (int i = 0; i < desc->natts; i++)
