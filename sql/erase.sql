@@ -129,3 +129,11 @@ SELECT gdpr_restrict(999, 'x');
 SELECT gdpr_restrict(2, '');
 SELECT gdpr_unrestrict(2);
 SELECT gdpr_request_erasure(2, '-1 day');
+
+-- Outside READ COMMITTED an erasure would plan on a snapshot older than the subject's lock.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT gdpr_erase(2);
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT gdpr_can_erase(2);
+ROLLBACK;

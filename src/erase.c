@@ -41,6 +41,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(gdpr_erase);
 PG_FUNCTION_INFO_V1(gdpr_can_erase);
@@ -82,6 +83,7 @@ typedef struct Redacted
 	TimestampTz keep_until;
 } Redacted;
 
+static void require_read_committed(const char *function);
 static bool subject_erased(const GdprSubject *subject, Jsonb **record);
 static bool lock_subject(const GdprSubject *subject);
 static List *holds(const GdprSubject *subject);
@@ -136,18 +138,29 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	List	   *held;
 	List	   *tables;
 	bool		keep_subject_row;
+	bool		found;
 	int64		scrubbed = 0;
 	Redacted	redacted = {0, 0};
 	ListCell   *lc;
 
+	require_read_committed("gdpr_erase");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	spicxt = CurrentMemoryContext;
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	pseudonym = gdpr_subject_pseudonym(subject->kind, subject->key_text);
 
-	/* the lock comes first: a concurrent erasure of the same subject waits here */
-	if (!lock_subject(subject) || subject_erased(subject, &record))
+	/*
+	 * The lock comes first: a concurrent erasure of the same subject, and a
+	 * writer referencing the subject's row, wait or are waited for here.
+	 * Everything after is planned on a snapshot taken once the lock is
+	 * held, so a row committed by a writer we waited for (an unpaid invoice
+	 * a hold protects) is seen by the hold check, the foreign-key analysis
+	 * and the statements alike.
+	 */
+	found = lock_subject(subject);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!found || subject_erased(subject, &record))
 	{
 		JsonbParseState *state = NULL;
 		JsonbValue *v;
@@ -166,6 +179,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 		MemoryContextSwitchTo(callercxt);
 		result = JsonbValueToJsonb(v);
+		PopActiveSnapshot();
 		SPI_finish();
 		PG_RETURN_JSONB_P(result);
 	}
@@ -226,6 +240,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 
 	MemoryContextSwitchTo(callercxt);
 	report = DatumGetJsonbPCopy(JsonbPGetDatum(report));
+	PopActiveSnapshot();
 	SPI_finish();
 	PG_RETURN_JSONB_P(report);
 }
@@ -248,6 +263,7 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	List	   *held;
 	bool		erased;
 
+	require_read_committed("gdpr_can_erase");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
@@ -358,6 +374,23 @@ lock_subject(const GdprSubject *subject)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	return SPI_processed > 0;
+}
+
+/*
+ * An erasure plans on a snapshot taken after the subject's lock; under
+ * REPEATABLE READ or SERIALIZABLE the transaction's snapshot is older and
+ * would miss rows committed meanwhile, and the erasure would claim a
+ * success it has not checked.
+ */
+static void
+require_read_committed(const char *function)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("%s must run at isolation level READ COMMITTED", function),
+				 errdetail("At REPEATABLE READ or SERIALIZABLE it would miss the subject's rows written after the transaction's snapshot."),
+				 errhint("Run it in a transaction of its own, or one begun with BEGIN ISOLATION LEVEL READ COMMITTED.")));
 }
 
 /* Whether the subject was erased before; *record is the erasure's record */
