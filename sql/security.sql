@@ -165,6 +165,27 @@ SELECT gdpr._forget('sec.diary'::regclass::oid, 'x', 'y');
 SELECT gdpr._forget_dropped();
 RESET ROLE;
 
+-- 6b. The owner of a table on another table's path plans its code into every lookup of that path:
+--    a partial index whose predicate calls the owner's function, evaluated by the planner.  The
+--    lookup of the subject key runs as the writer, never as the audit owner.
+SET ROLE regress_owner;
+CREATE FUNCTION sec.grab() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        EXECUTE 'ALTER ROLE regress_owner SUPERUSER';
+    END IF;
+END $$;
+CREATE FUNCTION sec.pred() RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+    AS $$ BEGIN PERFORM sec.grab(); RETURN true; END $$;
+CREATE INDEX diary_pred ON sec.diary (person_id) WHERE sec.pred();
+RESET ROLE;
+SET ROLE regress_mallory;
+INSERT INTO sec.entry VALUES (6, 1, 'y');
+RESET ROLE;
+SELECT supers();
+SELECT subject_id, effective_role FROM gdpr.audit_log WHERE table_name = 'sec.entry' AND row_key = '{"id": 6}';
+DROP INDEX sec.diary_pred;
+
 -- 7. Bounded events: no role fills the disk with events nobody can delete.
 SET ROLE regress_mallory;
 SELECT gdpr.log_event('PAGE_VIEW', NULL::text, true, jsonb_build_object('x', repeat('x', 9000)));

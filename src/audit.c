@@ -74,13 +74,26 @@ static const Oid context_types[CONTEXT_NPARAMS] = {
 };
 
 /* Row plan parameters after the context ones */
-#define ROW_NPARAMS (CONTEXT_NPARAMS + 6)
+#define ROW_NPARAMS (CONTEXT_NPARAMS + 7)
 #define P_EVENT		9			/* 0-based indexes into the parameter arrays */
 #define P_CHANGED	10
 #define P_OLD		11			/* jsonb images, computed as the caller */
 #define P_NEW		12
 #define P_ROWKEY	13
-#define P_KEYROW	14			/* the row itself, for the subject paths */
+#define P_SUBJECT	14			/* subject keys, computed as the caller */
+#define P_RELATED	15
+
+/*
+ * Where one path of the map finds a row's subject key: in a column of the
+ * row itself, or in a column of the result of the relation's key query,
+ * which joins the path's tables (or nowhere: a path that reaches no key).
+ */
+typedef struct KeySource
+{
+	AttrNumber	attnum;			/* the row's column holding the key, or 0 */
+	Oid			typoutput;		/* its type's output function */
+	int			column;			/* else the key query's column, 1-based, or 0 */
+} KeySource;
 
 /*
  * One build of a relation's audit plans.  A nested write (user code run by
@@ -93,8 +106,12 @@ typedef struct AuditPlanData
 	MemoryContext mcxt;			/* holds this struct and all it points to */
 	int			uses;
 	bool		retired;		/* no longer in the cache: freed at the last release */
-	SPIPlanPtr	plan;
-	SPIPlanPtr	restrict_plan;	/* the row's subject's restrictions, or NULL: no subject */
+	SPIPlanPtr	plan;			/* the INSERT: reads gdpr.* and its parameters only */
+	SPIPlanPtr	key_plan;		/* keys reached through other tables, or NULL */
+	SPIPlanPtr	restrict_plan;	/* the subject's restrictions, or NULL: no subject */
+	int			npaths;
+	KeySource  *keys;			/* by path, in the map's order: owner paths first */
+	bool		owned;			/* keys[0] is the owner path that names the subject */
 	int			natts;
 	bool	   *secret;			/* by attribute number - 1: never leaves the table */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
@@ -138,14 +155,17 @@ static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
-static void check_restriction(AuditPlanData *d, Datum row, bool erased_only);
+static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
+static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
+static Datum related_array(AuditPlanData *d, char **keys);
+static AttrNumber attnum_of(TupleDesc desc, const char *name);
 static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
 static Datum names_array(const AuditPlanData *d, const bool *which);
 static void check_event_text(const char *what, const char *value);
 static void insert_row_event(Relation rel, const char *event, HeapTuple oldtup,
-							 HeapTuple newtup, Datum keyrow, Jsonb *oldimage,
-							 Jsonb *newimage, Jsonb *keyimage);
+							 HeapTuple newtup, Jsonb *oldimage, Jsonb *newimage,
+							 Jsonb *keyimage);
 
 /*
  * AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW on registered tables.
@@ -164,7 +184,6 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	Jsonb	   *oldimage = NULL;
 	Jsonb	   *newimage = NULL;
 	Jsonb	   *keyimage;
-	Datum		keyrow;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -224,8 +243,8 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	 * to_jsonb() runs casts to json that any role can define for its own
 	 * types, and those must never run with the audit owner's rights.
 	 */
-	keyrow = heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc);
-	keyimage = row_image(keyrow, desc->tdtypeid);
+	keyimage = row_image(heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc),
+						 desc->tdtypeid);
 	if (gdpr_audit_values != GDPR_VALUES_NONE)
 	{
 		if (oldtup != NULL)
@@ -234,18 +253,19 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 		if (newtup != NULL)
 			newimage = keyimage;
 	}
-	insert_row_event(rel, event, oldtup, newtup, keyrow, oldimage, newimage, keyimage);
+	insert_row_event(rel, event, oldtup, newtup, oldimage, newimage, keyimage);
 	return PointerGetDatum(NULL);
 }
 
 /*
- * Writes one row event.  Only the INSERT runs as the audit owner, and all it
- * computes itself is the subject key, through the foreign keys' own
- * equality operators and the key type's output function.
+ * Writes one row event.  The subject keys are looked up as the caller, like
+ * the images; only the INSERT runs as the audit owner, and it reads nothing
+ * but its parameters: planning a query over a user's table runs the table
+ * owner's code (index predicates, a view's body).
  */
 static void
 insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple newtup,
-				 Datum keyrow, Jsonb *oldimage, Jsonb *newimage, Jsonb *keyimage)
+				 Jsonb *oldimage, Jsonb *newimage, Jsonb *keyimage)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum		values[ROW_NPARAMS];
@@ -260,6 +280,7 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		bool	   *changed = NULL;
 		bool	   *dropped;
 		Datum		exclude;
+		char	  **keys;
 		int			ret;
 
 		fill_context(values, nulls);
@@ -289,8 +310,11 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		values[P_ROWKEY] = DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(keyimage),
 											   d->nonkey);
 		nulls[P_ROWKEY] = ' ';
-		values[P_KEYROW] = keyrow;
-		nulls[P_KEYROW] = ' ';
+		keys = subject_keys(d, newtup != NULL ? newtup : oldtup, desc);
+		nulls[P_SUBJECT] = d->owned && keys[0] != NULL ? ' ' : 'n';
+		values[P_SUBJECT] = d->owned && keys[0] != NULL ? CStringGetTextDatum(keys[0]) : (Datum) 0;
+		values[P_RELATED] = related_array(d, keys);
+		nulls[P_RELATED] = values[P_RELATED] != (Datum) 0 ? ' ' : 'n';
 
 		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT)
@@ -316,10 +340,10 @@ check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 	d = acquire_row_plan(rel);
 	PG_TRY();
 	{
-		if (oldtup != NULL)
-			check_restriction(d, heap_copy_tuple_as_datum(oldtup, desc), false);
-		if (newtup != NULL)
-			check_restriction(d, heap_copy_tuple_as_datum(newtup, desc), true);
+		if (d->owned && oldtup != NULL)
+			check_restriction(d, subject_keys(d, oldtup, desc)[0], false);
+		if (d->owned && newtup != NULL)
+			check_restriction(d, subject_keys(d, newtup, desc)[0], true);
 	}
 	PG_FINALLY();
 	{
@@ -578,6 +602,8 @@ retire_row_plan(AuditPlanData *d)
 	if (d->uses > 0)
 		return;
 	SPI_freeplan(d->plan);
+	if (d->key_plan != NULL)
+		SPI_freeplan(d->key_plan);
 	if (d->restrict_plan != NULL)
 		SPI_freeplan(d->restrict_plan);
 	MemoryContextDelete(d->mcxt);
@@ -599,7 +625,7 @@ build_row_plan(Relation rel)
 	GdprTableMap *map;
 	StringInfoData sql;
 	Oid			argtypes[ROW_NPARAMS];
-	int			nrelated = 0;
+	int			nkeyed = 0;
 	ListCell   *lc;
 	bool	   *nonkey;
 	Bitmapset  *pkattrs;
@@ -623,59 +649,76 @@ build_row_plan(Relation rel)
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "INSERT INTO gdpr.audit_log (%s, event, changed_columns, old_values, new_values, "
-					 "row_key, table_name, subject_kind, subject_id, related_subject_ids) VALUES (%s, "
-					 "$10, $11, $12, $13, $14, %s, %s, ",
+					 "row_key, subject_id, related_subject_ids, table_name, subject_kind) VALUES (%s, "
+					 "$10, $11, $12, $13, $14, $15, $16, %s, %s)",
 					 context_columns, context_values, quote_literal_cstr(map->qualified_name),
 					 quote_literal_cstr(map->kind));
-
-	/* subject_id: the first owner path; related_subject_ids: every other path */
-	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
-		appendStringInfoString(&sql, gdpr_subject_sql(map, linitial(map->paths), "$15"));
-	else
-		appendStringInfoString(&sql, "NULL");
-	appendStringInfoString(&sql, ", ");
-	foreach(lc, map->paths)
-	{
-		if (foreach_current_index(lc) == 0 && ((GdprPath *) lfirst(lc))->owner)
-			continue;
-		appendStringInfoString(&sql, nrelated == 0
-							   ? "NULLIF(pg_catalog.array_remove(ARRAY["
-							   : ", ");
-		appendStringInfoString(&sql, gdpr_subject_sql(map, lfirst(lc), "$15"));
-		nrelated++;
-	}
-	appendStringInfoString(&sql, nrelated > 0 ? "]::pg_catalog.text[], NULL), '{}'))" : "NULL)");
-
 	memcpy(argtypes, context_types, sizeof(context_types));
 	argtypes[P_EVENT] = TEXTOID;
 	argtypes[P_CHANGED] = TEXTARRAYOID;
 	argtypes[P_OLD] = JSONBOID;
 	argtypes[P_NEW] = JSONBOID;
 	argtypes[P_ROWKEY] = JSONBOID;
-	argtypes[P_KEYROW] = rel->rd_rel->reltype;
-
+	argtypes[P_SUBJECT] = TEXTOID;
+	argtypes[P_RELATED] = TEXTARRAYOID;
 	d->plan = SPI_prepare(sql.data, ROW_NPARAMS, argtypes);
 	if (d->plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
 
-	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+	/* each path's key: a column of the row, or a column of the key query */
+	d->npaths = list_length(map->paths);
+	d->keys = MemoryContextAllocZero(mcxt, sizeof(KeySource) * Max(d->npaths, 1));
+	d->owned = map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner;
+	resetStringInfo(&sql);
+	foreach(lc, map->paths)
+	{
+		GdprPath   *path = lfirst(lc);
+		KeySource  *k = &d->keys[foreach_current_index(lc)];
+		GdprPathSql p = gdpr_path_sql(map, path, "($1).");
+
+		if (p.row_column != NULL)
+		{
+			bool		isvarlena;
+
+			k->attnum = attnum_of(desc, p.row_column);
+			if (k->attnum != InvalidAttrNumber)
+				getTypeOutputInfo(TupleDescAttr(desc, k->attnum - 1)->atttypid, &k->typoutput,
+								  &isvarlena);
+		}
+		else if (strcmp(p.key, "NULL") != 0)
+		{
+			appendStringInfo(&sql, "%s%s", sql.len == 0 ? "SELECT " : ", ",
+							 gdpr_subject_sql(map, path, "$1"));
+			k->column = ++nkeyed;
+		}
+	}
+	if (nkeyed > 0)
+	{
+		Oid			rowtype = rel->rd_rel->reltype;
+
+		d->key_plan = SPI_prepare(sql.data, 1, &rowtype);
+		if (d->key_plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\"", sql.data);
+	}
+
+	if (d->owned)
 	{
 		const char *kind = quote_literal_cstr(map->kind);
+		Oid			texttype = TEXTOID;
 
 		/* an erased subject is marked by its pseudonym, never by its key (see erase.c) */
-		char	   *check = psprintf("SELECT s, pg_catalog.bool_or(r.source OPERATOR(pg_catalog.=) 'erased'), "
+		char	   *check = psprintf("SELECT pg_catalog.bool_or(r.source OPERATOR(pg_catalog.=) 'erased'), "
 									 "       pg_catalog.min(r.source) "
-									 "  FROM (SELECT %s AS s) k JOIN gdpr.restriction r "
-									 "    ON r.kind OPERATOR(pg_catalog.=) %s "
-									 "   AND r.subject_id OPERATOR(pg_catalog.=) ANY (ARRAY[k.s, "
+									 "  FROM gdpr.restriction r "
+									 " WHERE r.kind OPERATOR(pg_catalog.=) %s "
+									 "   AND r.subject_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, "
 									 "       gdpr._pseudonym('subject' OPERATOR(pg_catalog.||) E'\\x1f' "
 									 "         OPERATOR(pg_catalog.||) %s OPERATOR(pg_catalog.||) E'\\x1f' "
-									 "         OPERATOR(pg_catalog.||) k.s)]) "
-									 " GROUP BY s",
-									 gdpr_subject_sql(map, linitial(map->paths), "$1"), kind, kind);
+									 "         OPERATOR(pg_catalog.||) $1)])",
+									 kind, kind);
 
-		d->restrict_plan = SPI_prepare(check, 1, &argtypes[P_KEYROW]);
+		d->restrict_plan = SPI_prepare(check, 1, &texttype);
 		if (d->restrict_plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\"", check);
 		d->kind = MemoryContextStrdup(mcxt, map->kind);
@@ -699,6 +742,7 @@ build_row_plan(Relation rel)
 
 	/* complete: now it may outlive the statement */
 	if (SPI_keepplan(d->plan) != 0 ||
+		(d->key_plan != NULL && SPI_keepplan(d->key_plan) != 0) ||
 		(d->restrict_plan != NULL && SPI_keepplan(d->restrict_plan) != 0))
 		elog(ERROR, "SPI_keepplan failed");
 	MemoryContextSetParent(mcxt, CacheMemoryContext);
@@ -806,44 +850,111 @@ restrictions_exist(void)
  * write of a row for a subject that was erased.  SPI must be connected.
  */
 static void
-check_restriction(AuditPlanData *d, Datum row, bool erased_only)
+check_restriction(AuditPlanData *d, const char *subject, bool erased_only)
 {
-	Datum		values[1] = {row};
+	Datum		values[1];
 	bool		isnull;
 	bool		erased;
 	int			ret;
 
-	if (d->restrict_plan == NULL)
+	if (subject == NULL)
 		return;
+	values[0] = CStringGetTextDatum(subject);
 	/* a fresh snapshot: an erasure this statement waited for has committed its marker */
 	ret = gdpr_execute_as_owner(d->restrict_plan, NULL, 0, NULL, values, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
-	if (SPI_processed == 0)
+	erased = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
 		return;
-	erased = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (erased)
 		ereport(ERROR,
 				(errcode(ERRCODE_GDPR_ERASED),
-				 errmsg("subject %s of kind \"%s\" was erased",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), d->kind),
+				 errmsg("subject %s of kind \"%s\" was erased", subject, d->kind),
 				 errhint("An erased subject's row is kept anonymized; write nothing new about them.")));
 	if (erased_only)
 		return;
 	/* the reason can be confidential (a legal claim): the error only says where it is */
-	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "manual") == 0)
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "manual") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_GDPR_RESTRICTED),
-				 errmsg("processing of subject %s of kind \"%s\" is restricted",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), d->kind),
+				 errmsg("processing of subject %s of kind \"%s\" is restricted", subject, d->kind),
 				 errdetail("The restriction was set with gdpr_restrict(); gdpr_admin can read its reason in gdpr.restriction."),
 				 errhint("Rows of a restricted subject can be read, exported and erased, not changed; lift the restriction with gdpr_unrestrict().")));
 	ereport(ERROR,
 			(errcode(ERRCODE_GDPR_RESTRICTED),
-			 errmsg("processing of subject %s of kind \"%s\" is restricted",
-					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), d->kind),
+			 errmsg("processing of subject %s of kind \"%s\" is restricted", subject, d->kind),
 			 errdetail("An erasure of the subject was requested and is not yet due; gdpr_admin can see it in gdpr.erasure_request."),
 			 errhint("Rows of a subject awaiting erasure can be read, exported and erased, not changed; cancel the request with gdpr_cancel_erasure().")));
+}
+
+/*
+ * The subject key each path of the map finds for a row, as text (NULL where
+ * a path finds none), in the caller's security context.  SPI must be
+ * connected.
+ */
+static char **
+subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
+{
+	char	  **keys = palloc0(sizeof(char *) * Max(d->npaths, 1));
+	HeapTuple	joined = NULL;
+	TupleDesc	joined_desc = NULL;
+
+	if (d->key_plan != NULL)
+	{
+		Datum		row[1] = {heap_copy_tuple_as_datum(tup, desc)};
+		int			ret = SPI_execute_plan(d->key_plan, row, NULL, true, 1);
+
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "SPI_execute_plan failed: %d", ret);
+		joined = SPI_tuptable->vals[0];
+		joined_desc = SPI_tuptable->tupdesc;
+	}
+	for (int i = 0; i < d->npaths; i++)
+	{
+		KeySource  *k = &d->keys[i];
+		bool		isnull = true;
+		Datum		value = (Datum) 0;
+
+		if (k->attnum != InvalidAttrNumber)
+		{
+			value = heap_getattr(tup, k->attnum, desc, &isnull);
+			if (!isnull)
+				keys[i] = OidOutputFunctionCall(k->typoutput, value);
+		}
+		else if (k->column > 0)
+			keys[i] = SPI_getvalue(joined, joined_desc, k->column);
+	}
+	return keys;
+}
+
+/* The keys of every path but the subject's own, as text[], or 0 when none */
+static Datum
+related_array(AuditPlanData *d, char **keys)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(d->npaths, 1));
+	int			n = 0;
+
+	for (int i = d->owned ? 1 : 0; i < d->npaths; i++)
+		if (keys[i] != NULL)
+			elems[n++] = CStringGetTextDatum(keys[i]);
+	if (n == 0)
+		return (Datum) 0;
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* The attribute number of a column, or InvalidAttrNumber */
+static AttrNumber
+attnum_of(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->attnum;
+	}
+	return InvalidAttrNumber;
 }
 
 /*

@@ -114,6 +114,7 @@ typedef struct GdprPathSql
 	char	   *where;			/* ties the first joined table to the row */
 	char	   *key;			/* the subject key, of its own type */
 	bool		many;			/* a reverse step: several subject rows may match */
+	char	   *row_column;		/* when from is "": the row's column holding the key */
 } GdprPathSql;
 
 /* One data subject, as the rights functions take it */

@@ -327,7 +327,7 @@ gdpr_column_is_secret(const GdprTableMap *map, const char *column)
 GdprPathSql
 gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix)
 {
-	GdprPathSql result = {NULL, NULL, NULL, false};
+	GdprPathSql result = {NULL, NULL, NULL, false, NULL};
 	StringInfoData from;
 	const GdprStep *last;
 	int			nsteps = list_length(path->steps);
@@ -343,6 +343,7 @@ gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowpref
 		result.key = path->subject_column != NULL
 			? psprintf("%s%s", rowprefix, quote_identifier(path->subject_column))
 			: pstrdup("NULL");
+		result.row_column = path->subject_column;
 		return result;
 	}
 
@@ -362,6 +363,7 @@ gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowpref
 		result.from = pstrdup("");
 		result.where = pstrdup("true");
 		result.key = psprintf("%s%s", rowprefix, quote_identifier(keycol));
+		result.row_column = pstrdup(keycol);
 		return result;
 	}
 
