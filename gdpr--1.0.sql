@@ -1298,10 +1298,16 @@ BEGIN
     END IF;
     IF TG_OP = 'INSERT' THEN
         NEW.requested_by := current_user;
-    ELSIF NEW.requested_by IS DISTINCT FROM OLD.requested_by THEN
-        RAISE EXCEPTION 'the role that requested erasure % cannot be changed', OLD.request_id
+        RETURN NEW;
+    END IF;
+    -- what the request is, and whose, is fixed; it can only move on, never back to pending
+    IF (NEW.kind, NEW.subject_id, NEW.requested_by, NEW.requested_at, NEW.due_at)
+       IS DISTINCT FROM (OLD.kind, OLD.subject_id, OLD.requested_by, OLD.requested_at, OLD.due_at)
+       OR (NEW.status OPERATOR(pg_catalog.=) 'pending' AND OLD.status OPERATOR(pg_catalog.<>) 'pending') THEN
+        RAISE EXCEPTION 'erasure request % cannot be changed that way', OLD.request_id
             USING ERRCODE = '42501',
-                  HINT = 'Cancel the request with gdpr_cancel_erasure() and request it again as the role that should carry it out.';
+                  DETAIL = 'Only its status moves on (done, failed, cancelled); the subject, the requester and the due date stay.',
+                  HINT = 'Cancel the request with gdpr_cancel_erasure() and request it again.';
     END IF;
     RETURN NEW;
 END
@@ -2672,7 +2678,10 @@ GRANT EXECUTE ON FUNCTION public.gdpr_has_consent(text, text, text), public.gdpr
                           public.gdpr_has_consent(uuid, text, text), public.gdpr_processing_record(text),
                           gdpr._in_eea(text), gdpr.consent_check()
     TO PUBLIC;
-GRANT SELECT ON gdpr.legal_hold TO PUBLIC;
+-- Which tables have holds, and their conditions, are no secret (retention batches run as the
+-- table's owner read them); the reason (a litigation, a tax audit) is for gdpr_admin.
+GRANT SELECT (hold_id, relid, condition, created_at) ON gdpr.legal_hold TO PUBLIC;
+GRANT SELECT ON gdpr.legal_hold TO gdpr_admin;
 GRANT INSERT, DELETE ON gdpr.legal_hold TO gdpr_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON gdpr.restriction, gdpr.erasure_request TO gdpr_admin;
 -- Which subjects are restricted is no secret from the application (its writes are refused with

@@ -128,6 +128,9 @@ SET ROLE regress_dpo;
 INSERT INTO gdpr.erasure_request (kind, subject_id, due_at, requested_by)
 VALUES ('sec', '2', now() + interval '1 day', 'postgres') RETURNING requested_by;
 UPDATE gdpr.erasure_request SET requested_by = 'postgres' WHERE kind = 'sec';
+UPDATE gdpr.erasure_request SET subject_id = '1', due_at = now() WHERE kind = 'sec';
+UPDATE gdpr.erasure_request SET status = 'failed' WHERE kind = 'sec';
+UPDATE gdpr.erasure_request SET status = 'pending' WHERE kind = 'sec';
 DELETE FROM gdpr.erasure_request WHERE kind = 'sec';
 DELETE FROM gdpr.restriction WHERE kind = 'sec';
 RESET ROLE;
@@ -152,6 +155,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sec TO regress_mall
 SET ROLE regress_mallory;
 UPDATE sec.diary SET mood = 'sad' WHERE id = 1;
 SELECT kind, subject_id, source FROM gdpr.restriction WHERE kind = 'sec';
+SELECT condition FROM gdpr.legal_hold WHERE relid = 'sec.diary'::regclass;
+SELECT reason FROM gdpr.legal_hold;
 RESET ROLE;
 SELECT gdpr_unrestrict(1, 'sec');
 SELECT gdpr_erase(2, kind => 'sec')->>'status' AS erased;

@@ -398,6 +398,15 @@ gdpr_audit_truncate(PG_FUNCTION_ARGS)
 	root = gdpr_root_relid(relid);
 	table_name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
 											get_rel_name(root));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* events are undeletable: nobody records one for a table outside the map */
+	if (gdpr_load_table_map(root, CurrentMemoryContext) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not registered with gdpr", table_name),
+				 errdetail("gdpr.audit_truncate() audits registered tables only."),
+				 errhint("Register the table with gdpr.register_table(), which attaches the trigger.")));
 	if (root != relid)
 	{
 		StringInfoData buf;
@@ -410,8 +419,6 @@ gdpr_audit_truncate(PG_FUNCTION_ARGS)
 		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 	}
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	gdpr_audit_event("TRUNCATE", true, NULL, NULL, table_name, detail);
 	SPI_finish();
 	return PointerGetDatum(NULL);

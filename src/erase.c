@@ -1071,7 +1071,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	if (SPI_execute_with_args("INSERT INTO gdpr.erasure (kind, pseudonym, report) VALUES ($1, $3, $4)",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT ||
-		SPI_execute_with_args("UPDATE gdpr.erasure_request SET subject_id = $3, "
+		SPI_execute_with_args("UPDATE gdpr.erasure_request SET subject_id = $3, error = NULL, "
 							  "       status = CASE WHEN status = 'pending' THEN 'done' ELSE status END, "
 							  "       finished_at = COALESCE(finished_at, pg_catalog.now()) "
 							  " WHERE kind = $1 AND subject_id = $2",
