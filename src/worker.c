@@ -424,7 +424,8 @@ run_pass(void)
 
 /*
  * Due erasures, each with the rights of the role that asked for it
- * (requested_by is set by the database, see gdpr._erasure_request_guard).
+ * (requested_by is set by the database, see gdpr._erasure_request_guard),
+ * recorded and backed off per requester as tables are.
  * A request by a role that no longer exists fails; one by a superuser fails
  * too unless gdpr.worker_erase_as_superuser allows it: the erasure runs the
  * tables' triggers and hold conditions, which must not get superuser rights
@@ -450,6 +451,8 @@ run_due_erasures(TimestampTz started, TimestampTz deadline)
 		Oid			role = role_oid != NULL ? atooid(role_oid) : InvalidOid;
 		bool		super = role_oid != NULL && strcmp(lthird(lfirst(lc)), "t") == 0;
 		const char *refusal = NULL;
+		char	   *name;
+		int64		run_id;
 
 		if (!OidIsValid(role))
 			refusal = psprintf("role \"%s\", who requested the erasure, no longer exists", requester);
@@ -457,11 +460,8 @@ run_due_erasures(TimestampTz started, TimestampTz deadline)
 			refusal = psprintf("role \"%s\", who requested the erasure, is a superuser, and gdpr.worker_erase_as_superuser is off: "
 							   "request it again as a role without superuser rights, or run gdpr.run_due_erasures() yourself",
 							   requester);
-		if (refusal == NULL)
-			error = run_step(psprintf("SELECT pg_catalog.count(*) FROM gdpr.run_due_erasures(%s)",
-									  quote_literal_cstr(requester)),
-							 role, false, deadline, &total);
-		else
+		if (refusal != NULL)
+		{
 			error = run_step(psprintf("WITH f AS (UPDATE gdpr.erasure_request "
 									  "   SET status = 'failed', finished_at = pg_catalog.now(), error = %s "
 									  " WHERE status OPERATOR(pg_catalog.=) 'pending' "
@@ -470,8 +470,23 @@ run_due_erasures(TimestampTz started, TimestampTz deadline)
 									  " RETURNING 1) SELECT pg_catalog.count(*) FROM f",
 									  quote_literal_cstr(refusal), quote_literal_cstr(requester)),
 							 InvalidOid, false, deadline, &total);
-		if (error != NULL)
-			record(started, "due erasure requests", 0, 0, error);
+			if (error != NULL)
+				record(started, "due erasure requests", 0, 0, error);
+			continue;
+		}
+
+		/*
+		 * An erasure runs the tables' triggers and hold conditions: one that
+		 * never finishes must not hold up every later pass.
+		 */
+		name = psprintf("due erasures requested by %s", requester);
+		if (GetCurrentTimestamp() >= deadline || backing_off(name))
+			continue;
+		run_id = mark_started(started, name);
+		error = run_step(psprintf("SELECT pg_catalog.count(*) FROM gdpr.run_due_erasures(%s)",
+								  quote_literal_cstr(requester)),
+						 role, false, deadline, &total);
+		mark_finished(run_id, total, 0, error);
 	}
 }
 

@@ -148,5 +148,20 @@ is($node->safe_psql('hostage',
 	$before, 'and leave the table alone while it backs off');
 is($node->safe_psql('hostage', q{SELECT count(*) FROM visit}), '1', 'its row is still there');
 
+# A due erasure runs the same trigger: it is recorded, and backs off the same way.
+$node->safe_psql('hostage', q{
+    CREATE ROLE clerk2 LOGIN IN ROLE gdpr_admin;
+    GRANT ALL ON customer, visit TO clerk2;
+    GRANT USAGE ON SCHEMA app TO clerk2;
+    SET ROLE clerk2;
+    SELECT gdpr_request_erasure(1, interval '0');
+});
+ok($node->poll_query_until('hostage',
+		q{SELECT count(*) > 0 FROM gdpr.retention_history WHERE table_name = 'due erasures requested by clerk2' AND skipped}),
+	'a due erasure that never finishes is recorded, and backs off after three failures');
+is($node->safe_psql('hostage', q{SELECT status FROM gdpr.erasure_request}), 'pending', 'the request stays pending');
+$node->safe_psql('bystander', q{INSERT INTO visit VALUES (3, 1, now() - interval '2 days')});
+ok($node->poll_query_until('bystander', q{SELECT count(*) = 0 FROM visit}), 'and the other database is still served');
+
 $node->stop;
 done_testing();
