@@ -910,8 +910,18 @@ subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
 	if (d->key_plan != NULL)
 	{
 		Datum		row[1] = {heap_copy_tuple_as_datum(tup, desc)};
-		int			ret = SPI_execute_plan(d->key_plan, row, NULL, true, 1);
+		int			ret;
 
+		gdpr_internal_reads++;
+		PG_TRY();
+		{
+			ret = SPI_execute_plan(d->key_plan, row, NULL, true, 1);
+		}
+		PG_FINALLY();
+		{
+			gdpr_internal_reads--;
+		}
+		PG_END_TRY();
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "SPI_execute_plan failed: %d", ret);
 		joined = SPI_tuptable->vals[0];

@@ -48,6 +48,13 @@ static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
+/*
+ * Set (as a depth, by audit.c) while the audit trigger looks up a row's
+ * subject key through the path's tables: that lookup shows the writer
+ * nothing but the key.
+ */
+int			gdpr_internal_reads = 0;
+
 /* Registered tables of this database, or NULL when they must be read again */
 static HTAB *registered = NULL;
 
@@ -152,7 +159,8 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 
 		if (!gdpr_audit_superusers && superuser_arg(userid))
 			return;
-		if (InSecurityRestrictedOperation() || is_key_check(queryDesc->plannedstmt))
+		if (gdpr_internal_reads > 0 || gdpr_acting_as_role() ||
+			is_key_check(queryDesc->plannedstmt))
 			return;
 		tables = tables_read(queryDesc->plannedstmt);
 		if (tables != NIL)
@@ -251,7 +259,9 @@ gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 
 /*
  * The registered tables a statement reads: every table in its range table
- * but the ones it writes, which the audit triggers record.
+ * but the ones it writes, which the audit triggers record, unless it
+ * returns their rows (RETURNING): the audit events of a write rolled back
+ * are gone, the rows it returned were read.
  */
 static List *
 tables_read(PlannedStmt *stmt)
@@ -266,7 +276,7 @@ tables_read(PlannedStmt *stmt)
 
 		if (rte->rtekind != RTE_RELATION)
 			continue;
-		if (stmt->commandType != CMD_SELECT &&
+		if (stmt->commandType != CMD_SELECT && !stmt->hasReturning &&
 			list_member_int(stmt->resultRelations, foreach_current_index(lc) + 1))
 			continue;
 		root = gdpr_root_relid(rte->relid);
@@ -279,20 +289,26 @@ tables_read(PlannedStmt *stmt)
 
 /*
  * A foreign key's check (SELECT 1 ... FOR KEY SHARE, run by the RI triggers
- * of a write) shows no data to anyone: it is not a read.  Nor is what the
- * extension itself runs as a security-restricted operation (the audit
- * owner's subject lookups, conditions run as a table's owner).
+ * of a write) returns no column of any table: it is not a read.  Any other
+ * statement that locks rows is, whatever its lock.
  */
 static bool
 is_key_check(PlannedStmt *stmt)
 {
 	ListCell   *lc;
 
-	if (stmt->commandType != CMD_SELECT || stmt->rowMarks == NIL)
+	if (stmt->commandType != CMD_SELECT || stmt->rowMarks == NIL || stmt->planTree == NULL)
 		return false;
 	foreach(lc, stmt->rowMarks)
 		if (((PlanRowMark *) lfirst(lc))->strength != LCS_FORKEYSHARE)
 			return false;
+	foreach(lc, stmt->planTree->targetlist)
+	{
+		TargetEntry *tle = lfirst(lc);
+
+		if (!tle->resjunk && !IsA(tle->expr, Const))
+			return false;
+	}
 	return true;
 }
 
