@@ -206,6 +206,25 @@ END $$;
 SELECT gdpr.log_event('PAGE_VIEW', '1', true, jsonb_build_object('x', repeat('x', 8000))) IS NOT NULL AS logged;
 RESET ROLE;
 
+-- 7b. An erasure's exemption from restrictions covers its own tables only: an application trigger
+--    that writes a restricted subject of another kind meanwhile is refused, and so is the erasure.
+CREATE TABLE sec.member (id int PRIMARY KEY, nick text);
+ALTER TABLE sec.member OWNER TO regress_owner;
+SELECT gdpr.register_subject('sec.member', 'id', kind => 'sec_member');
+INSERT INTO sec.member VALUES (1, 'm1');
+SELECT gdpr_restrict(1, 'complaint pending', 'sec_member');
+INSERT INTO sec.person VALUES (3, 'cid@example.com');
+INSERT INTO sec.diary VALUES (7, 3, 'glad');
+SET ROLE regress_owner;
+CREATE FUNCTION sec.note_member() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN UPDATE sec.member SET nick = 'touched' WHERE id = 1; RETURN OLD; END $$;
+CREATE TRIGGER note_member AFTER DELETE ON sec.diary FOR EACH ROW EXECUTE FUNCTION sec.note_member();
+RESET ROLE;
+SELECT gdpr_erase(3, kind => 'sec')->>'status' AS erased;
+SELECT nick FROM sec.member;
+DROP TRIGGER note_member ON sec.diary;
+SELECT gdpr_unrestrict(1, 'sec_member');
+
 -- 8. DDL is recorded as whoever ran it, superusers included, whatever gdpr.audit_superusers says.
 SET gdpr.audit_superusers = off;
 SET ROLE regress_owner;
@@ -238,6 +257,6 @@ DROP SCHEMA sec CASCADE;
 DROP FUNCTION public.supers();
 DROP OPERATOR public.=== (int, int);
 DROP FUNCTION public.evil_eq(int, int);
-DELETE FROM gdpr.subject_kind WHERE kind = 'sec';
+DELETE FROM gdpr.subject_kind WHERE kind IN ('sec', 'sec_member');
 DROP OWNED BY regress_mallory, regress_owner, regress_dpo;
 DROP ROLE regress_mallory, regress_owner, regress_dpo;

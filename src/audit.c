@@ -228,7 +228,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	 */
 	AcceptInvalidationMessages();
 	exempt = gdpr_retention_exempt(RelationGetRelid(rel), event_class);
-	if (!gdpr_erasing && !exempt && restrictions_exist())
+	if (!exempt && !gdpr_erasure_exempt(RelationGetRelid(rel)) && restrictions_exist())
 		check_restrictions(rel, oldtup, newtup);
 
 	/*

@@ -46,7 +46,13 @@
 PG_FUNCTION_INFO_V1(gdpr_erase);
 PG_FUNCTION_INFO_V1(gdpr_can_erase);
 
-bool		gdpr_erasing = false;
+/*
+ * The registered tables of the erasure running now (NIL: none).  Writes to
+ * them are exempt from restrictions (the subject is restricted while its
+ * erasure is pending, and marked erased at its end); writes to any other
+ * table, by an application trigger say, are not.
+ */
+static List *erasing_relids = NIL;
 
 /* One registered table in an erasure */
 typedef struct EraseTable
@@ -342,8 +348,11 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 {
 	int64		scrubbed = 0;
 	ListCell   *lc;
+	List	   *outer = erasing_relids; /* an erasure that a trigger started inside another */
 
-	gdpr_erasing = true;
+	erasing_relids = list_copy(outer);
+	foreach(lc, tables)
+		erasing_relids = lappend_oid(erasing_relids, ((EraseTable *) lfirst(lc))->relid);
 	PG_TRY();
 	{
 		foreach(lc, tables)
@@ -352,7 +361,8 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 	}
 	PG_FINALLY();
 	{
-		gdpr_erasing = false;
+		list_free(erasing_relids);
+		erasing_relids = outer;
 	}
 	PG_END_TRY();
 	return scrubbed;
@@ -374,6 +384,13 @@ lock_subject(const GdprSubject *subject)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	return SPI_processed > 0;
+}
+
+/* Whether a write to relid (or a partition of it) is the running erasure's own */
+bool
+gdpr_erasure_exempt(Oid relid)
+{
+	return erasing_relids != NIL && list_member_oid(erasing_relids, gdpr_root_relid(relid));
 }
 
 /*

@@ -178,8 +178,8 @@ extern char *gdpr_anonymize_expr(Form_pg_attribute att, const char *strategy, co
 								 const char **error);
 extern void gdpr_anonymize_invalidate(Oid relid);
 
-/* erase.c: true while gdpr_erase changes a subject's rows (restrictions do not apply) */
-extern bool gdpr_erasing;
+/* erase.c */
+extern bool gdpr_erasure_exempt(Oid relid);
 
 /* chain.c */
 extern bool gdpr_audit_maintenance;
