@@ -25,6 +25,7 @@
  */
 #include "postgres.h"
 
+#include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -41,6 +42,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(gdpr_erase);
@@ -71,6 +73,9 @@ typedef struct EraseTable
 	bool		delete;			/* delete the owned rows, else rewrite them */
 	char	   *set;			/* SET list that anonymizes an owned row, or NULL */
 	char	   *concerned_set;	/* SET list for the columns about the subject, or NULL */
+	char	   *set_check;		/* condition: row t does not hold what set makes, or NULL */
+	char	   *concerned_check;	/* the same for concerned_set */
+	char	   *pk_types;		/* "a integer, b text": the key as a record definition */
 	int64		deleted;
 	int64		anonymized;
 	int64		concerned_rows;
@@ -113,9 +118,14 @@ static Jsonb *report_jsonb(const GdprSubject *subject, const char *pseudonym, bo
 						   List *tables, int64 scrubbed, int64 redacted);
 static Jsonb *holds_jsonb(List *held);
 static int64 exec_count(const char *sql, const GdprSubject *subject, bool read_only);
+static void verify_erasure(List *tables, const GdprSubject *subject);
+static void refuse_unverified(const EraseTable *t, const GdprSubject *subject, int64 rows,
+							  const char *what);
+static void check_statements_apply(List *tables, const GdprSubject *subject);
 static char *anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject,
-						   List *only_columns);
+						   List *only_columns, char **check);
 static const char *strategy_of(const GdprTableMap *map, const char *column);
+static char *pk_types(Relation rel);
 
 /* A legal hold that applies to the subject */
 typedef struct Held
@@ -224,6 +234,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	}
 
 	tables = order_tables(plan_tables(subject, keep_subject_row));
+	check_statements_apply(tables, subject);
 	check_foreign_keys(tables, subject);
 
 	if (dry_run)
@@ -357,6 +368,7 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 	{
 		foreach(lc, tables)
 			execute_table(lfirst(lc), subject);
+		verify_erasure(tables, subject);
 		scrubbed = scrub_audit(subject, pseudonym, tables, redacted);
 	}
 	PG_FINALLY();
@@ -592,7 +604,7 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 		set_owned_join(t);
 		t->concerned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_CONCERNED);
 		if (!t->delete)
-			t->set = anonymize_set(t, rel, subject, NIL);
+			t->set = anonymize_set(t, rel, subject, NIL, &t->set_check);
 		if (t->concerned != NULL)
 		{
 			Oid			pargtypes[2] = {OIDOID, TEXTOID};
@@ -605,9 +617,10 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 			for (uint64 j = 0; j < SPI_processed; j++)
 				about = lappend(about, SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1));
 			if (about != NIL)
-				t->concerned_set = anonymize_set(t, rel, subject, about);
+				t->concerned_set = anonymize_set(t, rel, subject, about, &t->concerned_check);
 		}
 		t->pk_r = gdpr_pk_list(rel, "r.");
+		t->pk_types = pk_types(rel);
 		t->pk_json = gdpr_pk_json(rel, "t.");
 		table_close(rel, NoLock);
 		result = lappend(result, t);
@@ -621,12 +634,17 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
  * their type.  Refuses, before anything changes, a column no strategy fits.
  */
 static char *
-anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject, List *only_columns)
+anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject, List *only_columns,
+			  char **check)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	StringInfoData buf;
+	StringInfoData cols;
+	StringInfoData exprs;
 
 	initStringInfo(&buf);
+	initStringInfo(&cols);
+	initStringInfo(&exprs);
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -663,8 +681,14 @@ anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject, List *onl
 							subject->kind, error, t->name),
 					 errhint("Classify the column with erase => 'keep', or make it nullable.")));
 		if (expr != NULL)
+		{
 			appendStringInfo(&buf, "%s%s = %s", buf.len ? ", " : "", quote_identifier(name), expr);
+			appendStringInfo(&cols, "%st.%s", cols.len ? ", " : "", quote_identifier(name));
+			appendStringInfo(&exprs, "%s%s", exprs.len ? ", " : "", expr);
+		}
 	}
+	/* every strategy gives the same value when applied again, so the check can recompute it */
+	*check = buf.len > 0 ? psprintf("ROW(%s) IS DISTINCT FROM ROW(%s)", cols.data, exprs.data) : NULL;
 	return buf.len > 0 ? buf.data : NULL;
 }
 
@@ -965,6 +989,167 @@ execute_table(EraseTable *t, const GdprSubject *subject)
 												t->concerned,
 												t->owned != NULL ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned) : ""),
 									   subject, false);
+}
+
+/*
+ * Checks, after every statement of the erasure ran and before anything is
+ * recorded, that the subject's data is gone: none of the rows planned for
+ * deletion is left (a BEFORE DELETE trigger that soft-deletes, a rule, a
+ * trigger that writes the row back), none of the rows planned for
+ * anonymization still holds other values than the strategies give, and the
+ * paths find no row of the subject again (an application trigger that
+ * archived what was deleted into a registered table).  Any of that is
+ * refused, and the whole erasure rolls back with the error.  The checks run
+ * as statements that may write (read_only false), so that each takes a
+ * snapshot which sees the erasure's own changes.
+ */
+static void
+verify_erasure(List *tables, const GdprSubject *subject)
+{
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		char	   *notshared = t->shared != NULL ? psprintf(" AND NOT (%s)", t->shared) : "";
+		char	   *planned = NULL;
+		int64		n;
+
+		if (t->keys != NULL && strcmp(t->keys, "[]") != 0)
+			planned = psprintf(" WHERE (%s) IN (SELECT %s FROM pg_catalog.jsonb_to_recordset(%s::pg_catalog.jsonb) r(%s))",
+							   t->pk, t->pk_r, quote_literal_cstr(t->keys), t->pk_types);
+		if (t->delete && planned != NULL)
+		{
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s", t->name, planned),
+						   subject, false);
+			if (n > 0)
+				refuse_unverified(t, subject, n, "deleted rows are still there");
+		}
+		else if (!t->delete && planned != NULL && t->set_check != NULL)
+		{
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND %s", t->name,
+									planned, t->set_check),
+						   subject, false);
+			if (n > 0)
+				refuse_unverified(t, subject, n, "anonymized rows still hold other values");
+		}
+		if (t->owned != NULL && (t->delete || t->set_check != NULL))
+		{
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s%s%s%s", t->name,
+									owned_rows(t, ","), notshared,
+									t->delete ? "" : " AND ", t->delete ? "" : t->set_check),
+						   subject, false);
+			if (n > 0)
+				refuse_unverified(t, subject, n, "rows of the subject were written again");
+		}
+		if (t->concerned != NULL && t->concerned_check != NULL)
+		{
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE (%s) IN (%s) AND %s%s",
+									t->name, t->pk, t->concerned, t->concerned_check,
+									t->owned != NULL ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned) : ""),
+						   subject, false);
+			if (n > 0)
+				refuse_unverified(t, subject, n, "rows about the subject still hold their values");
+		}
+	}
+}
+
+/*
+ * Refuses an erasure whose result did not check out, naming what on the
+ * table can have undone it: its triggers, rules and row security.
+ */
+static void
+refuse_unverified(const EraseTable *t, const GdprSubject *subject, int64 rows, const char *what)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(t->relid)};
+	char	   *suspects = NULL;
+
+	if (SPI_execute_with_args(
+			"SELECT pg_catalog.string_agg(x, ', ') FROM ("
+			"  SELECT pg_catalog.format('trigger %I', g.tgname) AS x FROM pg_catalog.pg_trigger g "
+			"   WHERE g.tgrelid OPERATOR(pg_catalog.=) $1 AND NOT g.tgisinternal "
+			"     AND g.tgname OPERATOR(pg_catalog.<>) ALL (ARRAY['gdpr_audit_row', 'gdpr_audit_truncate']::pg_catalog.name[]) "
+			"  UNION ALL "
+			"  SELECT pg_catalog.format('rule %I', r.rulename) FROM pg_catalog.pg_rewrite r "
+			"   WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN' "
+			"  UNION ALL "
+			"  SELECT pg_catalog.format('policy %I', p.polname) FROM pg_catalog.pg_policy p "
+			"   WHERE p.polrelid OPERATOR(pg_catalog.=) $1) s",
+			1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		suspects = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	ereport(ERROR,
+			(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+			 errmsg("erasure of subject %s of kind \"%s\" did not check out: " INT64_FORMAT " row%s of %s: %s",
+					subject->key_text, subject->kind, rows, rows == 1 ? "" : "s", t->name, what),
+			 suspects != NULL
+			 ? errdetail("Something on %s undid the erasure's statement: %s.", t->name, suspects)
+			 : errdetail("A trigger on another table wrote the rows back."),
+			 errhint("Nothing was changed or recorded.  Make the %s leave erasures alone (they run as gdpr_erase()), then erase again.",
+					 suspects != NULL ? "triggers and rules named" : "application's triggers")));
+}
+
+/*
+ * The erasure's statements must reach every row of the subject as written:
+ * under row security the caller would change only the rows its policies
+ * show, and a rule would rewrite the statement into another.  Refused
+ * before anything changes, naming the policy or the rule.
+ */
+static void
+check_statements_apply(List *tables, const GdprSubject *subject)
+{
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		Oid			argtypes[2] = {OIDOID, CHAROID};
+		Datum		args[2] = {ObjectIdGetDatum(t->relid), CharGetDatum(t->delete ? '4' : '2')};
+
+		if (check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED)
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("cannot erase subject %s of kind \"%s\": row security on %s hides rows from role \"%s\"",
+							subject->key_text, subject->kind, t->name,
+							GetUserNameFromId(GetUserId(), false)),
+					 errdetail("An erasure that sees only some of the subject's rows would leave the others."),
+					 errhint("Erase as a role with BYPASSRLS or as the table's owner (without FORCE ROW LEVEL SECURITY).")));
+		if (SPI_execute_with_args("SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.rulename), ', ') "
+								  "  FROM pg_catalog.pg_rewrite r "
+								  " WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND r.ev_type OPERATOR(pg_catalog.=) $2 "
+								  " HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0",
+								  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("cannot erase subject %s of kind \"%s\": %s on %s is rewritten by rule %s",
+							subject->key_text, subject->kind, t->delete ? "DELETE" : "UPDATE", t->name,
+							SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+					 errdetail("A rule can turn the erasure's statement into another, and the subject's rows would stay."),
+					 errhint("Drop the rule, or register %s with on_erase => '%s'.", t->name,
+							 t->delete ? "anonymize" : "delete")));
+	}
+}
+
+/* The primary key of rel as a record definition: "a integer, b text" */
+static char *
+pk_types(Relation rel)
+{
+	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData buf;
+	int			attno = -1;
+
+	initStringInfo(&buf);
+	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1);
+
+		appendStringInfo(&buf, "%s%s %s", buf.len ? ", " : "", quote_identifier(NameStr(att->attname)),
+						 format_type_with_typemod(att->atttypid, att->atttypmod));
+	}
+	return buf.data;
 }
 
 /*

@@ -1,0 +1,84 @@
+-- gdpr_erase checks its work before it records anything: what an application's trigger, rule or
+-- row security undoes is refused with GD303, names what undid it, and changes nothing.
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+CREATE SCHEMA ev;
+SET search_path = ev, public;
+CREATE TABLE person (id int PRIMARY KEY, name text);
+CREATE TABLE orders (id int PRIMARY KEY, person_id int REFERENCES person, item text);
+CREATE TABLE invoice (id int PRIMARY KEY, person_id int REFERENCES person ON DELETE SET NULL, holder text);
+CREATE TABLE archive_orders (id int PRIMARY KEY, person_id int, item text);
+CREATE TABLE note (id int PRIMARY KEY, person_id int REFERENCES person, body text);
+CREATE TABLE visit (id int PRIMARY KEY, person_id int, page text);   -- no foreign key
+SELECT gdpr.register_subject('ev.person', 'id', kind => 'ev', on_erase => 'delete');
+SELECT gdpr.register_table('ev.orders', kind => 'ev');
+SELECT gdpr.register_table('ev.archive_orders', kind => 'ev', subject_column => 'person_id');
+SELECT gdpr.register_table('ev.note', kind => 'ev');
+SELECT gdpr.register_table('ev.visit', kind => 'ev', subject_column => 'person_id');
+SELECT gdpr.register_table('ev.invoice', kind => 'ev', on_erase => 'anonymize');
+SELECT gdpr.classify_column('ev.invoice', 'holder', 'identity', erase => 'redact');
+INSERT INTO person VALUES (1, 'Ann'), (2, 'Bob');
+INSERT INTO orders VALUES (10, 1, 'book'), (20, 2, 'pen');
+INSERT INTO note VALUES (100, 1, 'Ann''s note');
+INSERT INTO visit VALUES (1000, 1, '/home');
+INSERT INTO invoice VALUES (7, 1, 'Ann Smith');
+CREATE VIEW left_behind AS
+SELECT (SELECT count(*) FROM person WHERE id = 1) AS person, (SELECT count(*) FROM orders WHERE person_id = 1) AS orders,
+       (SELECT count(*) FROM archive_orders WHERE person_id = 1) AS archived, (SELECT count(*) FROM note WHERE person_id = 1) AS notes,
+       (SELECT count(*) FROM visit WHERE person_id = 1) AS visits,
+       (SELECT count(*) FROM gdpr.erasure WHERE kind = 'ev') AS erasures;
+
+-- A soft delete: the trigger skips the DELETE, and the row stays.  Where a foreign key holds the
+-- row to its parent, the parent's DELETE fails on it; where none does, the check finds the row.
+CREATE FUNCTION soft_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN EXECUTE format('UPDATE %s SET page = NULL WHERE id = $1', TG_RELID::regclass) USING OLD.id; RETURN NULL; END $$;
+CREATE TRIGGER soft_delete BEFORE DELETE ON visit FOR EACH ROW EXECUTE FUNCTION soft_delete();
+SELECT gdpr_erase(1, kind => 'ev');
+SELECT gdpr_erase(1, kind => 'ev', dry_run => true);
+SELECT * FROM left_behind;
+DROP TRIGGER soft_delete ON visit;
+
+-- A trigger that keeps the old values of a row the erasure anonymizes.
+CREATE FUNCTION keep_old() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.holder := OLD.holder; RETURN NEW; END $$;
+CREATE TRIGGER keep_old BEFORE UPDATE ON invoice FOR EACH ROW EXECUTE FUNCTION keep_old();
+SELECT gdpr_erase(1, kind => 'ev');
+SELECT holder FROM invoice;
+DROP TRIGGER keep_old ON invoice;
+
+-- A rule that keeps the rows.
+CREATE RULE keep_notes AS ON DELETE TO note DO INSTEAD NOTHING;
+SELECT gdpr_erase(1, kind => 'ev');
+SELECT * FROM left_behind;
+DROP RULE keep_notes ON note;
+
+-- An archive written by a trigger of another table, after the archive itself was erased.
+CREATE FUNCTION archive() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO ev.archive_orders VALUES (OLD.id, OLD.person_id, OLD.item); RETURN OLD; END $$;
+CREATE TRIGGER archive AFTER DELETE ON orders FOR EACH ROW EXECUTE FUNCTION archive();
+SELECT gdpr_erase(1, kind => 'ev');
+SELECT * FROM left_behind;
+DROP TRIGGER archive ON orders;
+
+-- Row security that hides some of the subject's rows from the one who erases.
+CREATE ROLE regress_ev_dpo IN ROLE gdpr_admin;
+GRANT USAGE ON SCHEMA ev TO regress_ev_dpo;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ev TO regress_ev_dpo;
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY only_books ON orders USING (item = 'pen');
+SET ROLE regress_ev_dpo;
+SELECT gdpr_erase(1, kind => 'ev');
+RESET ROLE;
+SELECT * FROM left_behind;
+ALTER TABLE orders DISABLE ROW LEVEL SECURITY;
+
+-- With nothing in the way, the erasure goes through and checks out.
+SELECT gdpr_erase(1, kind => 'ev')->>'status' AS status;
+SELECT * FROM left_behind;
+SELECT id, person_id FROM orders ORDER BY id;
+SELECT id, person_id, holder FROM invoice;
+
+SET client_min_messages = error;
+DROP SCHEMA ev CASCADE;
+DELETE FROM gdpr.subject_kind WHERE kind = 'ev';
+DROP OWNED BY regress_ev_dpo;
+DROP ROLE regress_ev_dpo;
