@@ -6,13 +6,16 @@
  *
  * An erasure is planned completely before anything changes: the subject's
  * row is locked (FOR UPDATE: a concurrent insert referencing it waits, a
- * second erasure waits and then finds the subject erased), legal holds are
+ * second erasure waits and then finds the subject erased), and everything
+ * after is read on a snapshot taken once the lock is held.  Legal holds are
  * checked, the tables are put in an order where children come before their
- * parents, and every foreign key that would stop a DELETE, or cascade into
- * rows the law says to keep, is found.  Only then are rows deleted or
- * anonymized, each with plain DML so that foreign keys, their actions and
- * triggers behave as for any other statement.  Everything happens in the
- * caller's transaction: it completes or changes nothing.
+ * parents, every foreign key that would stop a DELETE, or cascade into rows
+ * the law says to keep, is found, and every row to change is identified by
+ * primary key.  Only then are those rows deleted or anonymized, each with
+ * plain DML so that foreign keys, their actions and triggers behave as for
+ * any other statement; then the result is checked (verify_erasure) before
+ * anything is recorded.  Everything happens in the caller's transaction: it
+ * completes or changes nothing.
  *
  * A dry run executes the same statements in a subtransaction and rolls it
  * back, so its counts are exactly what an erasure would do.
@@ -80,7 +83,8 @@ typedef struct EraseTable
 	int64		anonymized;
 	int64		concerned_rows;
 	List	   *shared_keys;	/* jsonb keys of rows left alone because shared */
-	char	   *keys;			/* jsonb array of the keys of the rows erased */
+	char	   *keys;			/* jsonb array of the keys of the subject's rows erased */
+	char	   *concerned_keys; /* the same for the rows only about the subject */
 } EraseTable;
 
 /*
@@ -106,9 +110,12 @@ static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const cha
 							 MemoryContext cxt, ResourceOwner owner, Redacted *redacted);
 static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 							 Redacted *redacted);
+static void plan_rows(List *tables, const GdprSubject *subject);
+static char *rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject);
+static char *planned_rows(const EraseTable *t, const char *keys);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
-static char *owned_rows(const EraseTable *t, const char *join_keyword);
+static char *owned_rows(const EraseTable *t);
 static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables,
 						 Redacted *redacted);
 static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
@@ -366,6 +373,7 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 		erasing_relids = lappend_oid(erasing_relids, ((EraseTable *) lfirst(lc))->relid);
 	PG_TRY();
 	{
+		plan_rows(tables, subject);
 		foreach(lc, tables)
 			execute_table(lfirst(lc), subject);
 		verify_erasure(tables, subject);
@@ -868,13 +876,13 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 			 * path and of the foreign key.
 			 */
 			refs = psprintf("SELECT %s FROM %s t%s", refcols, t->map->qualified_name,
-							owned_rows(t, ","));
+							owned_rows(t));
 			count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (%s)",
 										from, fkcols, refs),
 							   subject, true);
 			if (count > 0 && referencing != NULL && referencing->delete && referencing->owned != NULL)
 				count -= exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND (%s) IN (%s)",
-											 from, owned_rows(referencing, ","), fkcols_t, refs),
+											 from, owned_rows(referencing), fkcols_t, refs),
 									subject, true);
 			if (count == 0)
 				continue;
@@ -894,10 +902,10 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 }
 
 /*
- * With a single owner path, statements join the path's tables directly
- * (DELETE ... USING, UPDATE ... FROM) rather than matching primary keys
- * against a subquery, so each step stays an index lookup however large the
- * table grows.
+ * With a single owner path, the lookups of the subject's rows join the
+ * path's tables directly rather than matching primary keys against a
+ * subquery, so each step stays an index lookup however large the table
+ * grows.
  */
 static void
 set_owned_join(EraseTable *t)
@@ -927,67 +935,103 @@ set_owned_join(EraseTable *t)
 }
 
 /*
- * The part of a statement on "t" that restricts it to the subject's owned
- * rows: " <join_keyword> <path tables> WHERE <condition>" (join_keyword is
- * USING, FROM, or "," in a SELECT's FROM list), or " WHERE (pk) IN (...)".
+ * The rest of "SELECT ... FROM <table> t" that restricts it to the subject's
+ * owned rows: ", <path tables> WHERE <condition>", or " WHERE (pk) IN (...)".
  */
 static char *
-owned_rows(const EraseTable *t, const char *join_keyword)
+owned_rows(const EraseTable *t)
 {
 	if (t->owned_where == NULL)
 		return psprintf(" WHERE (%s) IN (%s)", t->pk, t->owned);
 	if (t->owned_from[0] == '\0')
 		return psprintf(" WHERE %s", t->owned_where);
-	return psprintf(" %s %s WHERE %s", join_keyword, t->owned_from, t->owned_where);
+	return psprintf(", %s WHERE %s", t->owned_from, t->owned_where);
 }
 
-/* Deletes or rewrites one table's rows of the subject */
+/*
+ * Finds every row the erasure will change, in every table, before anything
+ * changes: the subject's rows (less those shared with others) and the rows
+ * only about the subject.  Statements then act on these rows by primary
+ * key, so a table reached through another (an address through the customer
+ * row that points to it) is erased even when that other row is deleted
+ * first, and the check afterwards knows exactly which rows to look at.
+ */
+static void
+plan_rows(List *tables, const GdprSubject *subject)
+{
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		char	   *notshared = t->shared != NULL ? psprintf(" AND NOT (%s)", t->shared) : "";
+
+		if (t->shared != NULL && t->owned != NULL)
+		{
+			if (SPI_execute_with_args(psprintf("SELECT (%s)::pg_catalog.text FROM %s t%s AND (%s)",
+											   t->pk_json, t->name, owned_rows(t), t->shared),
+									  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "SPI_execute_with_args failed");
+			for (uint64 i = 0; i < SPI_processed; i++)
+				t->shared_keys = lappend(t->shared_keys,
+										 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		}
+		if (t->owned != NULL)
+			t->keys = rows_keys(t, psprintf("%s%s", owned_rows(t), notshared), subject);
+		if (t->concerned != NULL && t->concerned_set != NULL)
+			t->concerned_keys = rows_keys(t, psprintf(" WHERE (%s) IN (%s)%s", t->pk, t->concerned,
+													  t->owned != NULL
+													  ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned)
+													  : ""),
+										  subject);
+	}
+}
+
+/* The primary keys of the rows of t that where selects, as a jsonb array's text */
+static char *
+rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject)
+{
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+
+	if (SPI_execute_with_args(psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s), '[]')::pg_catalog.text "
+									   "FROM %s t%s", t->pk_json, t->name, where),
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/* " WHERE (pk) IN (the rows whose keys are keys)", or NULL when keys is empty */
+static char *
+planned_rows(const EraseTable *t, const char *keys)
+{
+	if (keys == NULL || strcmp(keys, "[]") == 0)
+		return NULL;
+	return psprintf(" WHERE (%s) IN (SELECT %s FROM pg_catalog.jsonb_to_recordset(%s::pg_catalog.jsonb) r(%s))",
+					t->pk, t->pk_r, quote_literal_cstr(keys), t->pk_types);
+}
+
+/* Deletes or rewrites one table's planned rows */
 static void
 execute_table(EraseTable *t, const GdprSubject *subject)
 {
-	char	   *notshared = t->shared != NULL ? psprintf(" AND NOT (%s)", t->shared) : "";
+	char	   *owned = planned_rows(t, t->keys);
+	char	   *concerned = planned_rows(t, t->concerned_keys);
 
-	if (t->shared != NULL && t->owned != NULL)
-	{
-		Oid			argtypes[1] = {subject->key_type};
-		Datum		args[1] = {subject->key};
-		char	   *sql = psprintf("SELECT (%s)::pg_catalog.text FROM %s t%s AND (%s)",
-								   t->pk_json, t->map->qualified_name, owned_rows(t, ","), t->shared);
-
-		if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-			t->shared_keys = lappend(t->shared_keys, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-	}
-
-	if (t->owned != NULL)
-	{
-		Oid			argtypes[1] = {subject->key_type};
-		Datum		args[1] = {subject->key};
-
-		if (SPI_execute_with_args(psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s), '[]')::pg_catalog.text "
-										   "FROM %s t%s%s",
-										   t->pk_json, t->map->qualified_name, owned_rows(t, ","), notshared),
-								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		t->keys = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		if (t->delete)
-			t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t%s%s RETURNING 1) "
-											 "SELECT pg_catalog.count(*) FROM d",
-											 t->map->qualified_name, owned_rows(t, "USING"), notshared),
-									subject, false);
-		else if (t->set != NULL)
-			t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s%s RETURNING 1) "
+	if (owned != NULL && t->delete)
+		t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t%s RETURNING 1) "
+										 "SELECT pg_catalog.count(*) FROM d", t->name, owned),
+								subject, false);
+	else if (owned != NULL && t->set != NULL)
+		t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s RETURNING 1) "
+											"SELECT pg_catalog.count(*) FROM u", t->name, t->set, owned),
+								   subject, false);
+	if (concerned != NULL)
+		t->concerned_rows = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s RETURNING 1) "
 												"SELECT pg_catalog.count(*) FROM u",
-												t->map->qualified_name, t->set, owned_rows(t, "FROM"), notshared),
-									   subject, false);
-	}
-	if (t->concerned != NULL && t->concerned_set != NULL)
-		t->concerned_rows = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s WHERE (%s) IN (%s)%s RETURNING 1) "
-												"SELECT pg_catalog.count(*) FROM u",
-												t->map->qualified_name, t->concerned_set, t->pk,
-												t->concerned,
-												t->owned != NULL ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned) : ""),
+												t->name, t->concerned_set, concerned),
 									   subject, false);
 }
 
@@ -1012,12 +1056,8 @@ verify_erasure(List *tables, const GdprSubject *subject)
 	{
 		EraseTable *t = lfirst(lc);
 		char	   *notshared = t->shared != NULL ? psprintf(" AND NOT (%s)", t->shared) : "";
-		char	   *planned = NULL;
+		char	   *planned = planned_rows(t, t->keys);
 		int64		n;
-
-		if (t->keys != NULL && strcmp(t->keys, "[]") != 0)
-			planned = psprintf(" WHERE (%s) IN (SELECT %s FROM pg_catalog.jsonb_to_recordset(%s::pg_catalog.jsonb) r(%s))",
-							   t->pk, t->pk_r, quote_literal_cstr(t->keys), t->pk_types);
 		if (t->delete && planned != NULL)
 		{
 			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s", t->name, planned),
@@ -1036,7 +1076,7 @@ verify_erasure(List *tables, const GdprSubject *subject)
 		if (t->owned != NULL && (t->delete || t->set_check != NULL))
 		{
 			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s%s%s%s", t->name,
-									owned_rows(t, ","), notshared,
+									owned_rows(t), notshared,
 									t->delete ? "" : " AND ", t->delete ? "" : t->set_check),
 						   subject, false);
 			if (n > 0)
