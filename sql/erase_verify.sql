@@ -90,8 +90,36 @@ SELECT jsonb_array_length(gdpr_export(1, 'ev_customer')->'data'->'ev.address') A
 SELECT gdpr_erase(1, kind => 'ev_customer')->'tables'->'ev.address' AS address;
 TABLE ev.address;
 
+-- Cascades: refused where they would delete rows of other subjects or rows kept by law, also
+-- through a table outside the map; followed where they only take rows hanging off the subject's.
+CREATE TABLE ev.member (id int PRIMARY KEY, email text, referred_by int REFERENCES ev.member ON DELETE CASCADE);
+CREATE TABLE ev.post (id int PRIMARY KEY, member_id int NOT NULL REFERENCES ev.member,
+                      reply_to int REFERENCES ev.post ON DELETE CASCADE, body text);
+CREATE TABLE ev.cart (id int PRIMARY KEY, member_id int REFERENCES ev.member ON DELETE CASCADE);
+CREATE TABLE ev.bill (id int PRIMARY KEY, cart_id int REFERENCES ev.cart ON DELETE CASCADE, holder text);
+CREATE TABLE ev.session (id int PRIMARY KEY, member_id int REFERENCES ev.member ON DELETE CASCADE);
+SELECT gdpr.register_subject('ev.member', 'id', kind => 'ev_member', on_erase => 'delete');
+SELECT gdpr.register_table('ev.post', kind => 'ev_member', via => '{member_id}');
+INSERT INTO ev.member VALUES (1, 'a@x.org', NULL), (2, 'b@x.org', NULL), (3, 'c@x.org', NULL);
+INSERT INTO ev.post VALUES (100, 1, NULL, 'A asks'), (200, 2, 100, 'B answers'), (300, 3, 200, 'C answers B');
+SELECT gdpr_erase(1, kind => 'ev_member');                      -- B's and C's replies would go
+DELETE FROM ev.post WHERE id IN (200, 300);
+UPDATE ev.member SET referred_by = 1 WHERE id = 2;
+SELECT gdpr_erase(1, kind => 'ev_member');                      -- B, whom A referred, would go
+UPDATE ev.member SET referred_by = NULL;
+INSERT INTO ev.cart VALUES (5, 1);
+INSERT INTO ev.bill VALUES (9, 5, 'Alice Billing');
+SELECT gdpr.register_table('ev.bill', kind => 'ev_member', on_erase => 'anonymize');
+SELECT gdpr_erase(1, kind => 'ev_member');                      -- through the cart, to a kept bill
+SELECT gdpr.unregister_table('ev.bill');
+DELETE FROM ev.bill;
+INSERT INTO ev.session VALUES (7, 1), (8, 2);
+SELECT gdpr_erase(1, kind => 'ev_member')->>'status' AS status;  -- the cart and the session go with A
+SELECT (SELECT count(*) FROM ev.cart) AS carts, (SELECT count(*) FROM ev.session) AS sessions,
+       (SELECT count(*) FROM ev.member) AS members, (SELECT count(*) FROM ev.post) AS posts;
+
 SET client_min_messages = error;
 DROP SCHEMA ev CASCADE;
-DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer');
+DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member');
 DROP OWNED BY regress_ev_dpo;
 DROP ROLE regress_ev_dpo;

@@ -106,6 +106,8 @@ static int64 held_rows(const GdprTableMap *map, const char *condition, const Gdp
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
+static void check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid,
+							   const char *name, const char *where, int depth);
 static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 							 MemoryContext cxt, ResourceOwner owner, Redacted *redacted);
 static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
@@ -242,6 +244,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 
 	tables = order_tables(plan_tables(subject, keep_subject_row));
 	check_statements_apply(tables, subject);
+	plan_rows(tables, subject);
 	check_foreign_keys(tables, subject);
 
 	if (dry_run)
@@ -373,7 +376,6 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 		erasing_relids = lappend_oid(erasing_relids, ((EraseTable *) lfirst(lc))->relid);
 	PG_TRY();
 	{
-		plan_rows(tables, subject);
 		foreach(lc, tables)
 			execute_table(lfirst(lc), subject);
 		verify_erasure(tables, subject);
@@ -805,9 +807,14 @@ order_tables(List *tables)
 }
 
 /*
- * Every foreign key into a table whose rows will be deleted, from rows that
- * stay: NO ACTION and RESTRICT would stop the DELETE, CASCADE would delete
- * rows registered to be kept.  Found before anything changes.
+ * Every foreign key into rows the erasure deletes, from rows it does not:
+ * NO ACTION and RESTRICT would stop the DELETE; CASCADE would delete rows
+ * registered to be kept, or rows of other subjects (a reply to the
+ * subject's message, a customer the subject referred).  A cascade into a
+ * table outside the map deletes rows that hang off the subject's, which is
+ * what the key says; what those rows' own foreign keys would do is checked
+ * in turn, down the chain.  SET NULL and SET DEFAULT only drop the pointer
+ * to the subject's row.  Found before anything changes, on the planned rows.
  */
 static void
 check_foreign_keys(List *tables, const GdprSubject *subject)
@@ -817,87 +824,123 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 	foreach(lc, tables)
 	{
 		EraseTable *t = lfirst(lc);
-		Oid			argtypes[1] = {OIDOID};
-		Datum		args[1] = {ObjectIdGetDatum(t->relid)};
-		SPITupleTable *tuptable;
-		uint64		n;
+		char	   *planned = planned_rows(t, t->keys);
 
-		if (!t->delete || t->owned == NULL)
+		if (t->delete && planned != NULL)
+			check_rows_deleted(tables, subject, t->relid, t->name, planned, 0);
+	}
+}
+
+/* How far down a chain of cascades through unregistered tables the check follows */
+#define MAX_CASCADE_DEPTH 8
+
+/*
+ * The foreign keys into the rows of relid (named name) that "where", a
+ * condition on alias t, selects: rows the erasure deletes, directly or by a
+ * cascade at depth depth.
+ */
+static void
+check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const char *name,
+				   const char *where, int depth)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	SPITupleTable *tuptable;
+	uint64		n;
+
+	if (SPI_execute_with_args(
+			"SELECT gdpr._qualified(c.conrelid::pg_catalog.regclass), c.conname, c.confdeltype, "
+			"       c.conrelid::pg_catalog.oid, "
+			"       (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I', a.attname), ', ' ORDER BY k.n) "
+			"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
+			"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), "
+			"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
+			"          FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(attnum, n) "
+			"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum), "
+			"       COALESCE((SELECT r.on_erase = 'anonymize' FROM gdpr.registered_table r "
+			"                  WHERE r.relid::pg_catalog.oid = COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)), false), "
+			"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
+			"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
+			"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), "
+			"       gdpr._registered_root(c.conrelid) IS NOT NULL "
+			"  FROM pg_catalog.pg_constraint c "
+			" WHERE c.contype = 'f' AND c.conparentid = 0 "
+			"   AND COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid) = $1",
+			1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	tuptable = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tuptable->vals[i];
+		TupleDesc	desc = tuptable->tupdesc;
+		char	   *from = SPI_getvalue(tup, desc, 1);
+		char	   *conname = SPI_getvalue(tup, desc, 2);
+		char		action = *SPI_getvalue(tup, desc, 3);
+		bool		isnull;
+		Oid			fromrel = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		char	   *fkcols = SPI_getvalue(tup, desc, 5);
+		char	   *refcols = SPI_getvalue(tup, desc, 6);
+		bool		kept_by_law = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		char	   *fkcols_t = SPI_getvalue(tup, desc, 8);
+		bool		registered = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+		EraseTable *referencing = NULL;
+		char	   *planned = NULL;
+		ListCell   *lc;
+		char	   *refs;
+		int64		count;
+
+		if (action == 'n' || action == 'd')
 			continue;
-		if (SPI_execute_with_args(
-				"SELECT gdpr._qualified(c.conrelid::pg_catalog.regclass), c.conname, c.confdeltype, "
-				"       c.conrelid::pg_catalog.oid, "
-				"       (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I', a.attname), ', ' ORDER BY k.n) "
-				"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
-				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), "
-				"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
-				"          FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(attnum, n) "
-				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum), "
-				"       COALESCE((SELECT r.on_erase = 'anonymize' FROM gdpr.registered_table r "
-				"                  WHERE r.relid::pg_catalog.oid = COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)), false), "
-				"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
-				"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
-				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) "
-				"  FROM pg_catalog.pg_constraint c "
-				" WHERE c.contype = 'f' AND c.conparentid = 0 "
-				"   AND COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid) = $1",
-				1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		tuptable = SPI_tuptable;
-		n = SPI_processed;
-		for (uint64 i = 0; i < n; i++)
-		{
-			HeapTuple	tup = tuptable->vals[i];
-			TupleDesc	desc = tuptable->tupdesc;
-			char	   *from = SPI_getvalue(tup, desc, 1);
-			char	   *conname = SPI_getvalue(tup, desc, 2);
-			char		action = *SPI_getvalue(tup, desc, 3);
-			bool		isnull;
-			Oid			fromrel = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
-			char	   *fkcols = SPI_getvalue(tup, desc, 5);
-			char	   *refcols = SPI_getvalue(tup, desc, 6);
-			bool		kept_by_law = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-			EraseTable *referencing = NULL;
-			ListCell   *lc2;
-			char	   *fkcols_t = SPI_getvalue(tup, desc, 8);
-			char	   *refs;
-			int64		count;
+		foreach(lc, tables)
+			if (((EraseTable *) lfirst(lc))->relid == gdpr_root_relid(fromrel))
+				referencing = lfirst(lc);
+		if (referencing != NULL && referencing->delete)
+			planned = planned_rows(referencing, referencing->keys);
 
-			foreach(lc2, tables)
-				if (((EraseTable *) lfirst(lc2))->relid == gdpr_root_relid(fromrel))
-					referencing = lfirst(lc2);
-			if (action == 'n' || action == 'd')
-				continue;
-			if (action == 'c' && !kept_by_law)
-				continue;
-			/*
-			 * Rows referencing the subject's rows, less those this erasure
-			 * deletes anyway: two counts, each driven by the indexes of the
-			 * path and of the foreign key.
-			 */
-			refs = psprintf("SELECT %s FROM %s t%s", refcols, t->map->qualified_name,
-							owned_rows(t));
-			count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (%s)",
-										from, fkcols, refs),
-							   subject, true);
-			if (count > 0 && referencing != NULL && referencing->delete && referencing->owned != NULL)
-				count -= exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND (%s) IN (%s)",
-											 from, owned_rows(referencing), fkcols_t, refs),
-									subject, true);
-			if (count == 0)
-				continue;
+		/*
+		 * Rows referencing the deleted rows, less those this erasure
+		 * deletes anyway: two counts, each driven by the indexes of the
+		 * primary key and of the foreign key.
+		 */
+		refs = psprintf("SELECT %s FROM %s t%s", refcols, name, where);
+		count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (%s)",
+									from, fkcols, refs),
+						   subject, true);
+		if (count > 0 && planned != NULL)
+			count -= exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND (%s) IN (%s)",
+										 from, planned, fkcols_t, refs),
+								subject, true);
+		if (count == 0)
+			continue;
+		if (action == 'c' && !registered && depth < MAX_CASCADE_DEPTH)
+		{
+			check_rows_deleted(tables, subject, fromrel, from,
+							   psprintf(" WHERE (%s) IN (%s)", fkcols_t, refs), depth + 1);
+			continue;
+		}
+		if (action != 'c')
 			ereport(ERROR,
 					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
 					 errmsg("cannot erase subject %s of kind \"%s\": " INT64_FORMAT " row%s of %s reference%s rows of %s that would be deleted",
 							subject->key_text, subject->kind, count, count == 1 ? "" : "s", from,
-							count == 1 ? "s" : "", t->name),
-					 errdetail(action == 'c'
-							   ? "Foreign key %s is ON DELETE CASCADE, and %s is registered to be kept (on_erase = 'anonymize')."
-							   : "Foreign key %s (%s) would stop the DELETE.",
-							   conname, action == 'c' ? from : (action == 'r' ? "ON DELETE RESTRICT" : "ON DELETE NO ACTION")),
+							count == 1 ? "s" : "", name),
+					 errdetail("Foreign key %s (%s) would stop the DELETE.", conname,
+							   action == 'r' ? "ON DELETE RESTRICT" : "ON DELETE NO ACTION"),
 					 errhint("Register %s with on_erase => 'anonymize' so its rows are kept, or change the foreign key's ON DELETE action.",
-							 t->name)));
-		}
+							 name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+				 errmsg("cannot erase subject %s of kind \"%s\": deleting rows of %s would delete " INT64_FORMAT " row%s of %s that %s",
+						subject->key_text, subject->kind, name, count, count == 1 ? "" : "s", from,
+						kept_by_law ? (count == 1 ? "is registered to be kept" : "are registered to be kept")
+						: registered ? (count == 1 ? "is not the subject's" : "are not the subject's")
+						: "are beyond the chain of cascades checked"),
+				 errdetail("Foreign key %s is ON DELETE CASCADE%s.", conname,
+						   depth > 0 ? psprintf(", reached through %d cascade%s from the subject's rows",
+												depth, depth == 1 ? "" : "s") : ""),
+				 errhint("Change foreign key %s to ON DELETE SET NULL, which drops only the pointer to the subject's row.",
+						 conname)));
 	}
 }
 
