@@ -190,6 +190,10 @@ RESET ROLE;
 SELECT supers();
 SELECT subject_id, effective_role FROM gdpr.audit_log WHERE table_name = 'sec.entry' AND row_key = '{"id": 6}';
 DROP INDEX sec.diary_pred;
+-- The key is looked up on a snapshot that sees what the writer's own statement wrote before.
+WITH d AS (INSERT INTO sec.diary VALUES (8, 1, 'glad') RETURNING id)
+INSERT INTO sec.entry SELECT 9, id, 'z' FROM d;
+SELECT subject_id FROM gdpr.audit_log WHERE table_name = 'sec.entry' AND row_key = '{"id": 9}';
 
 -- 7. Bounded events: no role fills the disk with events nobody can delete.
 SET ROLE regress_mallory;

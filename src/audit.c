@@ -49,6 +49,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/plancache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
@@ -108,6 +109,7 @@ typedef struct AuditPlanData
 	bool		retired;		/* no longer in the cache: freed at the last release */
 	SPIPlanPtr	plan;			/* the INSERT: reads gdpr.* and its parameters only */
 	SPIPlanPtr	key_plan;		/* keys reached through other tables, or NULL */
+	const char *key_sql;		/* its text, as the executor sees it (reads.c) */
 	SPIPlanPtr	restrict_plan;	/* the subject's restrictions, or NULL: no subject */
 	int			npaths;
 	KeySource  *keys;			/* by path, in the map's order: owner paths first */
@@ -752,6 +754,8 @@ build_row_plan(Relation rel)
 		(d->key_plan != NULL && SPI_keepplan(d->key_plan) != 0) ||
 		(d->restrict_plan != NULL && SPI_keepplan(d->restrict_plan) != 0))
 		elog(ERROR, "SPI_keepplan failed");
+	if (d->key_plan != NULL)
+		d->key_sql = ((CachedPlanSource *) linitial(SPI_plan_get_plan_sources(d->key_plan)))->query_string;
 	MemoryContextSetParent(mcxt, CacheMemoryContext);
 	MemoryContextSwitchTo(oldcxt);
 	return d;
@@ -910,16 +914,22 @@ subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
 	if (d->key_plan != NULL)
 	{
 		Datum		row[1] = {heap_copy_tuple_as_datum(tup, desc)};
+		const char *outer = gdpr_internal_sql;
 		int			ret;
 
-		gdpr_internal_reads++;
+		/*
+		 * Not a read (it shows the writer only the key), and run as a
+		 * statement that may write, so that its snapshot sees rows the
+		 * writer's own statement made (a CTE that inserted the parent).
+		 */
+		gdpr_internal_sql = d->key_sql;
 		PG_TRY();
 		{
-			ret = SPI_execute_plan(d->key_plan, row, NULL, true, 1);
+			ret = SPI_execute_plan(d->key_plan, row, NULL, false, 1);
 		}
 		PG_FINALLY();
 		{
-			gdpr_internal_reads--;
+			gdpr_internal_sql = outer;
 		}
 		PG_END_TRY();
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)

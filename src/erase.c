@@ -522,6 +522,7 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 	char	   *sql;
 	Relation	rel;
 	bool		isnull;
+	const char *outer;
 	int			ret;
 
 	rel = table_open(map->relid, AccessShareLock);
@@ -545,8 +546,19 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 				   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
 				   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
 				   "   AND (\n%s\n)", map->qualified_name, condition);
-	ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, 2, argtypes, args,
-							   NULL, true, 0);
+	/* a count, not a read; what the condition runs in turn is (reads.c) */
+	outer = gdpr_internal_sql;
+	gdpr_internal_sql = sql;
+	PG_TRY();
+	{
+		ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, 2, argtypes, args,
+								   NULL, true, 0);
+	}
+	PG_FINALLY();
+	{
+		gdpr_internal_sql = outer;
+	}
+	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

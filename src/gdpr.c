@@ -64,18 +64,12 @@ relcache_callback(Datum arg, Oid relid)
 /*
  * The pseudonym key may have been made (and cached) by work that rolls back:
  * forget it, so that no pseudonym is made with a key that was never stored.
- * Reads an abort cut short are logged (reads.c).
  */
 static void
 xact_callback(XactEvent event, void *arg)
 {
-	bool		abort = event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT;
-
-	if (abort)
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 		gdpr_anonymize_invalidate(InvalidOid);
-	if (abort || event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_PREPARE)
-		gdpr_reads_xact_end(InvalidSubTransactionId, InvalidSubTransactionId, abort);
 }
 
 static void
@@ -84,6 +78,4 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		gdpr_anonymize_invalidate(InvalidOid);
-	if (event == SUBXACT_EVENT_ABORT_SUB || event == SUBXACT_EVENT_COMMIT_SUB)
-		gdpr_reads_xact_end(mySubid, parentSubid, event == SUBXACT_EVENT_ABORT_SUB);
 }

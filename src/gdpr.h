@@ -169,7 +169,6 @@ extern int	gdpr_execute_as_role(Oid role, SPIPlanPtr plan, const char *sql, int 
 								 Oid *argtypes, Datum *values, const char *nulls,
 								 bool read_only, long count);	/* SPI */
 extern Oid	gdpr_relation_owner(Oid relid);
-extern bool gdpr_acting_as_role(void);
 
 /* anonymize.c */
 extern char *gdpr_pseudonym(const char *seed, size_t len);
@@ -203,10 +202,8 @@ extern void gdpr_define_worker_settings(void);
 extern void gdpr_register_launcher(void);
 
 /* reads.c */
-extern int	gdpr_internal_reads;
+extern const char *gdpr_internal_sql;
 extern void gdpr_install_read_hook(void);
 extern void gdpr_reads_invalidate(Oid relid);
-extern void gdpr_reads_xact_end(SubTransactionId mySubid, SubTransactionId parentSubid,
-								bool abort);
 
 #endif							/* GDPR_H */

@@ -49,30 +49,35 @@ static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /*
- * Set (as a depth, by audit.c) while the audit trigger looks up a row's
- * subject key through the path's tables: that lookup shows the writer
- * nothing but the key.
+ * The text of the one statement the extension is about to run for its own
+ * bookkeeping (a subject-key lookup, a hold's count, a retention batch),
+ * set around that call.  A statement whose source text is this very string
+ * is not a read; anything it runs in turn (a policy's function, a table's
+ * trigger) has other text, and is audited as usual.
  */
-int			gdpr_internal_reads = 0;
+const char *gdpr_internal_sql = NULL;
 
 /* Registered tables of this database, or NULL when they must be read again */
 static HTAB *registered = NULL;
 
 /*
  * A statement that reads registered tables, from ExecutorStart to
- * ExecutorEnd.  It is logged at its end with the rows it produced, or, if
- * its (sub)transaction aborts first, at the abort: a cursor that an error
- * closes, or a statement that fails half-way, has still shown rows.
+ * ExecutorEnd.  It is logged at its end with the rows it produced.  It lives
+ * in the statement's executor memory, whose deletion calls forget_read: a
+ * statement whose executor state goes without ExecutorEnd (an error closed
+ * its cursor, a (sub)transaction aborted under it) has still shown rows,
+ * and is logged then, as cut short.
  */
 typedef struct PendingRead
 {
-	QueryDesc  *query;			/* compared, never followed after an abort */
-	SubTransactionId subid;		/* the subtransaction it belongs to */
+	QueryDesc  *query;
 	bool		ran;			/* ExecutorRun was called: rows may have been produced */
+	bool		logged;
 	char	   *head;			/* the JSON line up to the row count */
+	MemoryContextCallback gone;
 } PendingRead;
 
-/* PendingRead *, in TopMemoryContext; empty outside statements that read registered tables */
+/* PendingRead *, in TopMemoryContext; a statement leaves it when its executor memory goes */
 static List *pending_reads = NIL;
 
 static void gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags);
@@ -85,8 +90,10 @@ static void gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, boo
 								QueryCompletion *qc);
 static char *read_head(List *tables, Oid userid);
 static List *tables_read(PlannedStmt *stmt);
-static bool is_key_check(PlannedStmt *stmt);
+static bool is_key_check(QueryDesc *queryDesc);
+static bool key_condition(Node *node);
 static PendingRead *find_pending(QueryDesc *queryDesc);
+static void forget_read(void *arg);
 static void emit(const char *head, const char *rows, bool aborted);
 static bool load_registered(void);
 static bool is_registered(Oid relid);
@@ -114,35 +121,6 @@ gdpr_reads_invalidate(Oid relid)
 	}
 }
 
-/*
- * The end of a (sub)transaction: reads still pending were cut short by an
- * abort (logged now, without a row count), or belong to the parent.
- * mySubid is InvalidSubTransactionId for the top transaction.
- */
-void
-gdpr_reads_xact_end(SubTransactionId mySubid, SubTransactionId parentSubid, bool abort)
-{
-	ListCell   *lc;
-
-	foreach(lc, pending_reads)
-	{
-		PendingRead *pr = lfirst(lc);
-
-		if (mySubid != InvalidSubTransactionId && pr->subid < mySubid)
-			continue;
-		if (!abort && mySubid != InvalidSubTransactionId)
-		{
-			pr->subid = parentSubid;
-			continue;
-		}
-		if (pr->ran)
-			emit(pr->head, "null", abort);
-		pfree(pr->head);
-		pfree(pr);
-		pending_reads = foreach_delete_current(pending_reads, lc);
-	}
-}
-
 static void
 gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
@@ -159,19 +137,21 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 
 		if (!gdpr_audit_superusers && superuser_arg(userid))
 			return;
-		if (gdpr_internal_reads > 0 || gdpr_acting_as_role() ||
-			is_key_check(queryDesc->plannedstmt))
+		if ((gdpr_internal_sql != NULL && queryDesc->sourceText == gdpr_internal_sql) ||
+			is_key_check(queryDesc))
 			return;
 		tables = tables_read(queryDesc->plannedstmt);
-		if (tables != NIL)
+		if (tables != NIL && queryDesc->estate != NULL)
 		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-			PendingRead *pr = palloc(sizeof(PendingRead));
+			MemoryContext old = MemoryContextSwitchTo(queryDesc->estate->es_query_cxt);
+			PendingRead *pr = palloc0(sizeof(PendingRead));
 
 			pr->query = queryDesc;
-			pr->subid = GetCurrentSubTransactionId();
-			pr->ran = false;
 			pr->head = read_head(tables, userid);
+			pr->gone.func = forget_read;
+			pr->gone.arg = pr;
+			MemoryContextRegisterResetCallback(queryDesc->estate->es_query_cxt, &pr->gone);
+			MemoryContextSwitchTo(TopMemoryContext);
 			pending_reads = lappend(pending_reads, pr);
 			MemoryContextSwitchTo(old);
 		}
@@ -202,9 +182,8 @@ gdpr_ExecutorEnd(QueryDesc *queryDesc)
 			emit(pr->head, psprintf(UINT64_FORMAT ", \"query_id\": " INT64_FORMAT,
 									queryDesc->estate != NULL ? queryDesc->estate->es_processed : 0,
 									(int64) queryDesc->plannedstmt->queryId), false);
+		pr->logged = true;
 		pending_reads = list_delete_ptr(pending_reads, pr);
-		pfree(pr->head);
-		pfree(pr);
 	}
 
 	if (prev_ExecutorEnd)
@@ -288,28 +267,91 @@ tables_read(PlannedStmt *stmt)
 }
 
 /*
- * A foreign key's check (SELECT 1 ... FOR KEY SHARE, run by the RI triggers
- * of a write) returns no column of any table: it is not a read.  Any other
- * statement that locks rows is, whatever its lock.
+ * A foreign key's check, run by the RI triggers of a write: SELECT 1 FROM
+ * ONLY pk x WHERE pk.col = $1 ... FOR KEY SHARE OF x.  It shows no data but
+ * whether the key exists, and is not a read.  Only that exact shape counts:
+ * one table, a constant result, a scan whose conditions compare columns
+ * with parameters (or constants) through btree equality operators; a
+ * statement that merely locks FOR KEY SHARE is a read like any other.
  */
 static bool
-is_key_check(PlannedStmt *stmt)
+is_key_check(QueryDesc *queryDesc)
 {
+	PlannedStmt *stmt = queryDesc->plannedstmt;
+	Plan	   *plan = stmt->planTree;
+	Plan	   *scan;
 	ListCell   *lc;
+	Oid			userid;
+	int			sec_context;
 
-	if (stmt->commandType != CMD_SELECT || stmt->rowMarks == NIL || stmt->planTree == NULL)
+	/* the RI triggers run their checks as the table's owner, with row security not forced */
+	GetUserIdAndSecContext(&userid, &sec_context);
+	if ((sec_context & (SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS)) !=
+		(SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS))
+		return false;
+	if (stmt->commandType != CMD_SELECT || stmt->rowMarks == NIL || stmt->subplans != NIL ||
+		list_length(stmt->rtable) != 1 || plan == NULL || !IsA(plan, LockRows) ||
+		plan->initPlan != NIL)
 		return false;
 	foreach(lc, stmt->rowMarks)
 		if (((PlanRowMark *) lfirst(lc))->strength != LCS_FORKEYSHARE)
 			return false;
-	foreach(lc, stmt->planTree->targetlist)
+	foreach(lc, plan->targetlist)
 	{
 		TargetEntry *tle = lfirst(lc);
 
 		if (!tle->resjunk && !IsA(tle->expr, Const))
 			return false;
 	}
-	return true;
+	scan = plan->lefttree;
+	if (scan == NULL || scan->initPlan != NIL || scan->lefttree != NULL || scan->righttree != NULL ||
+		!key_condition((Node *) scan->qual))
+		return false;
+	switch (nodeTag(scan))
+	{
+		case T_SeqScan:
+			return true;
+		case T_IndexScan:
+			return key_condition((Node *) ((IndexScan *) scan)->indexqualorig);
+		case T_IndexOnlyScan:
+			return key_condition((Node *) ((IndexOnlyScan *) scan)->indexqual);
+		default:
+			return false;
+	}
+}
+
+/* Whether node is only ANDed comparisons of columns with parameters or constants by btree equality */
+static bool
+key_condition(Node *node)
+{
+	if (node == NULL)
+		return true;
+	switch (nodeTag(node))
+	{
+		case T_List:
+			{
+				ListCell   *lc;
+
+				foreach(lc, (List *) node)
+					if (!key_condition(lfirst(lc)))
+						return false;
+				return true;
+			}
+		case T_BoolExpr:
+			return ((BoolExpr *) node)->boolop == AND_EXPR &&
+				key_condition((Node *) ((BoolExpr *) node)->args);
+		case T_OpExpr:
+			return get_mergejoin_opfamilies(((OpExpr *) node)->opno) != NIL &&
+				key_condition((Node *) ((OpExpr *) node)->args);
+		case T_RelabelType:
+			return key_condition((Node *) ((RelabelType *) node)->arg);
+		case T_Var:
+		case T_Param:
+		case T_Const:			/* a parameter of a custom plan */
+			return true;
+		default:
+			return false;
+	}
 }
 
 /* The JSON line of a read, up to "rows": made at the start, when the catalogs can be read */
@@ -343,6 +385,23 @@ read_head(List *tables, Oid userid)
 	}
 	appendStringInfoString(&buf, "], \"rows\": ");
 	return buf.data;
+}
+
+/*
+ * The executor memory of a pending read is going: logged already, or cut
+ * short.  Runs during cleanup, also of an abort: it only logs what it
+ * prepared at the start and leaves the list.
+ */
+static void
+forget_read(void *arg)
+{
+	PendingRead *pr = arg;
+
+	if (pr->logged)
+		return;
+	if (pr->ran)
+		emit(pr->head, "null", true);
+	pending_reads = list_delete_ptr(pending_reads, pr);
 }
 
 static PendingRead *

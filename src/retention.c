@@ -168,6 +168,7 @@ run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, 
 			  bool read_only)
 {
 	Oid			argtypes[1] = {TIDARRAYOID};
+	const char *outer;
 	int			ret;
 	bool		isnull;
 	Datum		n;
@@ -175,6 +176,9 @@ run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, 
 	Assert(nargs <= 1);
 	retaining_relid = relid;
 	retaining_event = anonymize ? GDPR_EV_UPDATE : GDPR_EV_DELETE;
+	/* the batch's own statement is no read; the table's triggers it fires are (reads.c) */
+	outer = gdpr_internal_sql;
+	gdpr_internal_sql = sql;
 	PG_TRY();
 	{
 		ret = gdpr_execute_as_role(owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 1);
@@ -182,6 +186,7 @@ run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, 
 	PG_FINALLY();
 	{
 		retaining_relid = InvalidOid;
+		gdpr_internal_sql = outer;
 	}
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)

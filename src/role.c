@@ -24,10 +24,6 @@
 #include "utils/guc.h"
 #include "utils/syscache.h"
 
-/* The security context only gdpr_become_role sets */
-#define GDPR_ROLE_CONTEXT \
-	(SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS)
-
 /*
  * Runs what follows as role, until gdpr_leave_role().  Returns the GUC nest
  * level to leave.
@@ -38,7 +34,8 @@ gdpr_become_role(Oid role, Oid *save_userid, int *save_sec_context)
 	int			nest;
 
 	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(role, *save_sec_context | GDPR_ROLE_CONTEXT);
+	SetUserIdAndSecContext(role, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
 	nest = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
@@ -88,21 +85,4 @@ gdpr_relation_owner(Oid relid)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 	return owner;
-}
-
-/*
- * Whether the extension itself is running something as another role now
- * (the trail's writes, conditions as a table's owner, retention batches):
- * read auditing leaves those out.  The security context is restored by any
- * (sub)transaction abort, so an error can never leave this set; and no
- * command of PostgreSQL's own sets all three flags at once.
- */
-bool
-gdpr_acting_as_role(void)
-{
-	Oid			userid;
-	int			sec_context;
-
-	GetUserIdAndSecContext(&userid, &sec_context);
-	return (sec_context & GDPR_ROLE_CONTEXT) == GDPR_ROLE_CONTEXT;
 }

@@ -71,6 +71,19 @@ my @reads = (
 		q{SELECT 1 / (id - 2) FROM users ORDER BY id},
 		qr/"tables": \["public.users"\], "rows": null, "aborted": true\}/ ],
 	[ 'rows locked FOR KEY SHARE', q{SELECT * FROM users FOR KEY SHARE}, qr/"tables": \["public.users"\], "rows": 2,/ ],
+	[ 'a statement that only locks FOR KEY SHARE but filters on the data',
+		q{SELECT 1 FROM orders o WHERE o.user_id = 1 AND o.total > 6 FOR KEY SHARE},
+		qr/"tables": \["public.orders"\], "rows": 1,/ ],
+	[ 'a locking statement that reads another table in its condition, and fails',
+		q{SELECT 1 FROM orders WHERE (SELECT string_agg(email, ',') FROM users)::int = 1 FOR KEY SHARE},
+		qr/"tables": \["public.orders", "public.users"\], "rows": null, "aborted": true\}/ ],
+	[ 'a materialized view refreshed by a trigger that a cascade fired',
+		q{CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (id int REFERENCES p ON DELETE CASCADE);
+		  CREATE MATERIALIZED VIEW mv2 AS SELECT * FROM users WITH NO DATA;
+		  CREATE FUNCTION t() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN REFRESH MATERIALIZED VIEW mv2; RETURN OLD; END$$;
+		  CREATE TRIGGER t BEFORE DELETE ON c FOR EACH ROW EXECUTE FUNCTION t();
+		  INSERT INTO p VALUES (1); INSERT INTO c VALUES (1); DELETE FROM p;},
+		qr/"tables": \["public.users"\], "rows": 2,/ ],
 	[ 'a write that returns its rows, rolled back',
 		q{BEGIN; UPDATE users SET email = email RETURNING *; ROLLBACK;}, qr/"tables": \["public.users"\], "rows": 2,/ ],
 	[ 'a materialized view refreshed',
