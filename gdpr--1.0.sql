@@ -932,7 +932,19 @@ SELECT c.oid::pg_catalog.regclass, a.attname,
    AND a.attname ~* '(e_?mail|phone|mobile|fax|name|address|street|city|zip|postal|postcode|birth|dob|gender|ssn|passport|national_id|tax_id|iban|account_no|card|ip_?addr|^ip$|latitude|longitude|geo|salary|password|token|health|religion|ethnic)'
    AND NOT EXISTS (SELECT 1 FROM gdpr.column_class cc WHERE cc.relid = c.oid AND cc.column_name = a.attname)
    AND NOT EXISTS (SELECT 1 FROM gdpr.subject_kind sk WHERE sk.relid = c.oid AND sk.key_column = a.attname)
-   AND NOT EXISTS (SELECT 1 FROM gdpr._fk_edge e WHERE e.src = c.oid AND a.attname = ANY (e.src_cols));
+   AND NOT EXISTS (SELECT 1 FROM gdpr._fk_edge e WHERE e.src = c.oid AND a.attname = ANY (e.src_cols))
+UNION ALL
+-- A materialized view holds its own copy of what it selected: an erasure does not reach it, and
+-- pg_dump writes only REFRESH, so the copy is easy to miss.
+SELECT DISTINCT v.oid::pg_catalog.regclass, NULL::name,
+       pg_catalog.format('is a materialized view over registered table %s: it keeps a copy that erasure does not reach until it is refreshed',
+                         gdpr._qualified(d.refobjid::pg_catalog.regclass))
+  FROM pg_catalog.pg_class v
+  JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = v.oid
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid
+                             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+ WHERE v.relkind = 'm' AND d.refobjid <> v.oid
+   AND d.refobjid IN (SELECT r.relid::pg_catalog.oid FROM gdpr.registered_table r);
 
 ------------------------------------------------------------------------------------------------
 -- Event triggers: the map follows the schema, and DDL on personal data is recorded

@@ -126,6 +126,7 @@ static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym
 static Jsonb *report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run,
 						   List *tables, int64 scrubbed, int64 redacted);
 static Jsonb *holds_jsonb(List *held);
+static void append_materialized_views(StringInfo buf, List *tables);
 static int64 exec_count(const char *sql, const GdprSubject *subject, bool read_only);
 static void verify_erasure(List *tables, const GdprSubject *subject);
 static void refuse_unverified(const EraseTable *t, const GdprSubject *subject, int64 rows,
@@ -1411,6 +1412,38 @@ exec_count(const char *sql, const GdprSubject *subject, bool read_only)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/*
+ * The materialized views over the erased tables, under "materialized_views"
+ * (left out when there are none): each keeps its own copy of what it
+ * selected, which the erasure did not reach; refreshing them removes it.
+ */
+static void
+append_materialized_views(StringInfo buf, List *tables)
+{
+	Datum	   *relids = palloc(sizeof(Datum) * Max(list_length(tables), 1));
+	Oid			argtypes[1] = {OIDARRAYOID};
+	Datum		args[1];
+	ListCell   *lc;
+
+	foreach(lc, tables)
+		relids[foreach_current_index(lc)] = ObjectIdGetDatum(((EraseTable *) lfirst(lc))->relid);
+	args[0] = PointerGetDatum(construct_array(relids, list_length(tables), OIDOID, sizeof(Oid), true,
+											  TYPALIGN_INT));
+	if (SPI_execute_with_args("SELECT pg_catalog.jsonb_agg(DISTINCT gdpr._qualified(v.oid::pg_catalog.regclass))::pg_catalog.text "
+							  "  FROM pg_catalog.pg_class v "
+							  "  JOIN pg_catalog.pg_rewrite rw ON rw.ev_class OPERATOR(pg_catalog.=) v.oid "
+							  "  JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) rw.oid "
+							  "   AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+							  "   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+							  " WHERE v.relkind OPERATOR(pg_catalog.=) 'm' "
+							  "   AND d.refobjid OPERATOR(pg_catalog.=) ANY ($1)",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed");
+	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) != NULL)
+		appendStringInfo(buf, ", \"materialized_views\": %s",
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+}
+
 static Jsonb *
 holds_jsonb(List *held)
 {
@@ -1478,6 +1511,8 @@ report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, Li
 		}
 	}
 	appendStringInfo(&buf, "], \"audit_events_scrubbed\": " INT64_FORMAT
-					 ", \"sealed_events_redacted\": " INT64_FORMAT "}", scrubbed, redacted);
+					 ", \"sealed_events_redacted\": " INT64_FORMAT, scrubbed, redacted);
+	append_materialized_views(&buf, tables);
+	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
