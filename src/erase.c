@@ -360,15 +360,16 @@ dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 }
 
 /*
- * Changes the subject's rows, table by table in the planned order, and then
- * the audit trail.  Returns the number of audit events scrubbed; *redacted
- * says how many of them were sealed (chain.c) and until when they are kept.
- * Restrictions do not apply meanwhile: erasure is what they wait for.
+ * Changes the planned rows, table by table in the planned order, checks the
+ * result, and then scrubs the audit trail.  Returns the number of audit
+ * events scrubbed; *redacted says how many of them were sealed (chain.c) and
+ * until when they are kept.  Restrictions do not apply meanwhile to the
+ * erasure's own tables: erasure is what they wait for.
  */
 static int64
 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym, Redacted *redacted)
 {
-	int64		scrubbed = 0;
+	volatile int64 scrubbed = 0;
 	ListCell   *lc;
 	List	   *outer = erasing_relids; /* an erasure that a trigger started inside another */
 

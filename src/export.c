@@ -395,7 +395,7 @@ table_rows(const ExportTable *t, const GdprSubject *subject)
 	Datum		args[1] = {subject->key};
 	bool		isnull;
 	Datum		d;
-	int			ret;
+	volatile int ret;
 	SPIPlanPtr	plan = get_plans(t->relid, subject->key_type)->aggregate;
 
 	export_plans_running++;
