@@ -783,6 +783,22 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'Choose redact, pseudonym, fake or mask.';
     END IF;
     strategy := COALESCE(erase, gdpr._default_erase(tbl, col, category));
+    -- A strategy that gives every erased row the same value fails a unique column at the second
+    -- erasure: found here, not then.  pseudonym gives each row its own value (fake does for
+    -- e-mail addresses and phone numbers).
+    IF strategy IN ('redact', 'mask', 'fake')
+       AND NOT (strategy = 'fake' AND col ~* '(mail|phone|mobile)')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+                     ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::pg_catalog.int2[])
+                    WHERE i.indrelid = tbl AND i.indisunique AND a.attname = col) THEN
+        IF erase IS NOT NULL THEN
+            RAISE EXCEPTION 'erasure strategy "%" would give column "%" of table % the same value in every erased row, and the column is unique',
+                            erase, col, gdpr._qualified(tbl)
+                USING ERRCODE = '22023',
+                      HINT = 'Use pseudonym, which gives each row its own value, or keep.';
+        END IF;
+        strategy := 'pseudonym';
+    END IF;
 
     INSERT INTO gdpr.column_class (relid, column_name, category, erase)
     VALUES (tbl, col, category, strategy)

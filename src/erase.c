@@ -79,6 +79,7 @@ typedef struct EraseTable
 	char	   *set_check;		/* condition: row t does not hold what set makes, or NULL */
 	char	   *concerned_check;	/* the same for concerned_set */
 	char	   *pk_types;		/* "a integer, b text": the key as a record definition */
+	List	   *changed_columns;	/* char *: the columns the anonymizing statements set */
 	int64		deleted;
 	int64		anonymized;
 	int64		concerned_rows;
@@ -106,6 +107,7 @@ static int64 held_rows(const GdprTableMap *map, const char *condition, const Gdp
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
+static void check_updated_keys(List *tables, const GdprSubject *subject);
 static void check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid,
 							   const char *name, const char *where, int depth);
 static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
@@ -247,6 +249,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	check_statements_apply(tables, subject);
 	plan_rows(tables, subject);
 	check_foreign_keys(tables, subject);
+	check_updated_keys(tables, subject);
 
 	if (dry_run)
 		scrubbed = dry_run_erasure(tables, subject, pseudonym, spicxt, callerowner, &redacted);
@@ -709,6 +712,7 @@ anonymize_set(EraseTable *t, Relation rel, const GdprSubject *subject, List *onl
 			appendStringInfo(&buf, "%s%s = %s", buf.len ? ", " : "", quote_identifier(name), expr);
 			appendStringInfo(&cols, "%st.%s", cols.len ? ", " : "", quote_identifier(name));
 			appendStringInfo(&exprs, "%s%s", exprs.len ? ", " : "", expr);
+			t->changed_columns = lappend(t->changed_columns, pstrdup(name));
 		}
 	}
 	/* every strategy gives the same value when applied again, so the check can recompute it */
@@ -842,6 +846,78 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 
 		if (t->delete && planned != NULL)
 			check_rows_deleted(tables, subject, t->relid, t->name, planned, 0);
+	}
+}
+
+/*
+ * A foreign key onto a column the erasure anonymizes (a kept table's e-mail
+ * referencing the customer's): with ON UPDATE NO ACTION or RESTRICT the
+ * rewrite fails, with a raw 23503 in the middle of the erasure.  Found
+ * before anything changes, with the rows it concerns.
+ */
+static void
+check_updated_keys(List *tables, const GdprSubject *subject)
+{
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		Datum	   *names;
+		Oid			argtypes[2] = {OIDOID, TEXTARRAYOID};
+		Datum		args[2];
+		SPITupleTable *tuptable;
+		char	   *rows[2] = {planned_rows(t, t->keys), planned_rows(t, t->concerned_keys)};
+
+		if (t->delete || t->changed_columns == NIL || (rows[0] == NULL && rows[1] == NULL))
+			continue;
+		names = palloc(sizeof(Datum) * list_length(t->changed_columns));
+		for (int i = 0; i < list_length(t->changed_columns); i++)
+			names[i] = CStringGetTextDatum(list_nth(t->changed_columns, i));
+		args[0] = ObjectIdGetDatum(t->relid);
+		args[1] = PointerGetDatum(construct_array(names, list_length(t->changed_columns), TEXTOID,
+												  -1, false, TYPALIGN_INT));
+		if (SPI_execute_with_args(
+				"SELECT gdpr._qualified(c.conrelid::pg_catalog.regclass), c.conname, "
+				"       (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I', a.attname), ', ' ORDER BY k.n) "
+				"          FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(attnum, n) "
+				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), "
+				"       (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.n) "
+				"          FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(attnum, n) "
+				"          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) "
+				"  FROM pg_catalog.pg_constraint c "
+				" WHERE c.contype = 'f' AND c.conparentid = 0 AND c.confupdtype IN ('a', 'r') "
+				"   AND COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid) = $1 "
+				"   AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+				"                WHERE a.attrelid = c.confrelid AND a.attnum = ANY (c.confkey) "
+				"                  AND a.attname::pg_catalog.text = ANY ($2))",
+				2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		tuptable = SPI_tuptable;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			char	   *from = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 1);
+			char	   *conname = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 2);
+			char	   *fkcols = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 3);
+			char	   *refcols = SPI_getvalue(tuptable->vals[i], tuptable->tupdesc, 4);
+			int64		count = 0;
+
+			for (int r = 0; r < 2; r++)
+				if (rows[r] != NULL)
+					count += exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (SELECT %s FROM %s t%s)",
+												 from, fkcols, refcols, t->name, rows[r]),
+										subject, true);
+			if (count > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+						 errmsg("cannot erase subject %s of kind \"%s\": " INT64_FORMAT " row%s of %s reference%s columns of %s that the erasure anonymizes",
+								subject->key_text, subject->kind, count, count == 1 ? "" : "s", from,
+								count == 1 ? "s" : "", t->name),
+						 errdetail("Foreign key %s is ON UPDATE NO ACTION or RESTRICT: the new values would leave those rows dangling.",
+								   conname),
+						 errhint("Make foreign key %s ON UPDATE CASCADE, or reference a surrogate key that erasure leaves alone.",
+								 conname)));
+		}
 	}
 }
 
