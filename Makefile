@@ -16,3 +16,6 @@ ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso --load-extensi
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Every C file includes the shared header: a change to it rebuilds them all.
+$(OBJS): src/gdpr.h

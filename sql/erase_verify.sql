@@ -139,8 +139,27 @@ INSERT INTO ev.ledger VALUES (1, 1, 'ann@x.org');
 SELECT gdpr_erase(1, kind => 'ev_account');
 SELECT login, email FROM ev.account;
 
+-- A child table registered on its own, by inheritance: its rows follow its own registration, and
+-- the parent's statements and exports leave them to it.
+CREATE TABLE ev.client (id int PRIMARY KEY, email text UNIQUE NOT NULL);
+CREATE TABLE ev.contact (id int PRIMARY KEY, client_id int NOT NULL REFERENCES ev.client, label text);
+CREATE TABLE ev.postal_contact (street text) INHERITS (ev.contact);
+ALTER TABLE ev.postal_contact ADD PRIMARY KEY (id);
+SELECT gdpr.register_subject('ev.client', 'id', kind => 'ev_client');
+SELECT gdpr.register_table('ev.contact', kind => 'ev_client');
+SELECT gdpr.register_table('ev.postal_contact', kind => 'ev_client', subject_column => 'client_id', on_erase => 'anonymize');
+SELECT gdpr.classify_column('ev.postal_contact', 'street', 'location', erase => 'redact');
+INSERT INTO ev.client VALUES (1, 'a@x.org');
+INSERT INTO ev.contact VALUES (3, 1, 'work');
+INSERT INTO ev.postal_contact VALUES (4, 1, 'home', 'Alicestreet 9');
+SELECT jsonb_array_length(gdpr_export(1, 'ev_client')->'data'->'ev.contact') AS contacts_exported;
+SELECT r->'tables'->'ev.contact'->'deleted' AS contacts_deleted,
+       r->'tables'->'ev.postal_contact'->'anonymized' AS postal_anonymized
+  FROM gdpr_erase(1, kind => 'ev_client') r;
+SELECT id, label, street FROM ev.postal_contact;
+
 SET client_min_messages = error;
 DROP SCHEMA ev CASCADE;
-DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member', 'ev_account');
+DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member', 'ev_account', 'ev_client');
 DROP OWNED BY regress_ev_dpo;
 DROP ROLE regress_ev_dpo;

@@ -64,6 +64,7 @@ typedef struct EraseTable
 {
 	Oid			relid;
 	char	   *name;			/* schema-qualified */
+	char	   *from;			/* as statements name it (ONLY, see GdprTableMap) */
 	GdprTableMap *map;
 	char	   *pk;				/* "t.a, t.b" */
 	char	   *pk_r;			/* "r.a, r.b" */
@@ -109,7 +110,8 @@ static List *order_tables(List *tables);
 static void check_foreign_keys(List *tables, const GdprSubject *subject);
 static void check_updated_keys(List *tables, const GdprSubject *subject);
 static void check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid,
-							   const char *name, const char *where, int depth);
+							   const char *name, const char *from_name, const char *where,
+							   int depth);
 static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 							 MemoryContext cxt, ResourceOwner owner, Redacted *redacted);
 static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
@@ -534,7 +536,7 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 	rows = gdpr_path_rows_sql(map, gdpr_pk_list(rel, "t."), GDPR_PATHS_OWNER);
 	sql = rows == NULL ? NULL :
 		psprintf("SELECT pg_catalog.array_agg(tableoid), pg_catalog.array_agg(ctid) FROM %s "
-				 " WHERE (%s) IN (%s)", map->qualified_name, gdpr_pk_list(rel, ""), rows);
+				 " WHERE (%s) IN (%s)", map->from_name, gdpr_pk_list(rel, ""), rows);
 	table_close(rel, NoLock);
 	if (sql == NULL)
 		return 0;
@@ -550,7 +552,7 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 				   " WHERE EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(o, c) "
 				   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
 				   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
-				   "   AND (\n%s\n)", map->qualified_name, condition);
+				   "   AND (\n%s\n)", map->from_name, condition);
 	/* a count, not a read; what the condition runs in turn is (reads.c) */
 	outer = gdpr_internal_sql;
 	gdpr_internal_sql = sql;
@@ -620,6 +622,7 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 		reverse = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 		t->shared = reverse ? SPI_getvalue(tup, desc, 5) : NULL;
 		t->map = gdpr_load_table_map(t->relid, CurrentMemoryContext);
+		t->from = t->map->from_name;
 		if (t->relid == subject->relid)
 			t->delete = !keep_subject_row;
 		else if (reverse && keep_subject_row)
@@ -845,7 +848,7 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 		char	   *planned = planned_rows(t, t->keys);
 
 		if (t->delete && planned != NULL)
-			check_rows_deleted(tables, subject, t->relid, t->name, planned, 0);
+			check_rows_deleted(tables, subject, t->relid, t->name, t->from, planned, 0);
 	}
 }
 
@@ -905,7 +908,7 @@ check_updated_keys(List *tables, const GdprSubject *subject)
 			for (int r = 0; r < 2; r++)
 				if (rows[r] != NULL)
 					count += exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (SELECT %s FROM %s t%s)",
-												 from, fkcols, refcols, t->name, rows[r]),
+												 from, fkcols, refcols, t->from, rows[r]),
 										subject, true);
 			if (count > 0)
 				ereport(ERROR,
@@ -931,7 +934,7 @@ check_updated_keys(List *tables, const GdprSubject *subject)
  */
 static void
 check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const char *name,
-				   const char *where, int depth)
+				   const char *from_name, const char *where, int depth)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -993,7 +996,7 @@ check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const ch
 		 * deletes anyway: two counts, each driven by the indexes of the
 		 * primary key and of the foreign key.
 		 */
-		refs = psprintf("SELECT %s FROM %s t%s", refcols, name, where);
+		refs = psprintf("SELECT %s FROM %s t%s", refcols, from_name, where);
 		count = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s r WHERE (%s) IN (%s)",
 									from, fkcols, refs),
 						   subject, true);
@@ -1005,7 +1008,7 @@ check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const ch
 			continue;
 		if (action == 'c' && !registered && depth < MAX_CASCADE_DEPTH)
 		{
-			check_rows_deleted(tables, subject, fromrel, from,
+			check_rows_deleted(tables, subject, fromrel, from, from,
 							   psprintf(" WHERE (%s) IN (%s)", fkcols_t, refs), depth + 1);
 			continue;
 		}
@@ -1104,7 +1107,7 @@ plan_rows(List *tables, const GdprSubject *subject)
 		if (t->shared != NULL && t->owned != NULL)
 		{
 			if (SPI_execute_with_args(psprintf("SELECT (%s)::pg_catalog.text FROM %s t%s AND (%s)",
-											   t->pk_json, t->name, owned_rows(t), t->shared),
+											   t->pk_json, t->from, owned_rows(t), t->shared),
 									  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "SPI_execute_with_args failed");
 			for (uint64 i = 0; i < SPI_processed; i++)
@@ -1130,7 +1133,7 @@ rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject)
 	Datum		args[1] = {subject->key};
 
 	if (SPI_execute_with_args(psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s), '[]')::pg_catalog.text "
-									   "FROM %s t%s", t->pk_json, t->name, where),
+									   "FROM %s t%s", t->pk_json, t->from, where),
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -1155,16 +1158,16 @@ execute_table(EraseTable *t, const GdprSubject *subject)
 
 	if (owned != NULL && t->delete)
 		t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t%s RETURNING 1) "
-										 "SELECT pg_catalog.count(*) FROM d", t->name, owned),
+										 "SELECT pg_catalog.count(*) FROM d", t->from, owned),
 								subject, false);
 	else if (owned != NULL && t->set != NULL)
 		t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s RETURNING 1) "
-											"SELECT pg_catalog.count(*) FROM u", t->name, t->set, owned),
+											"SELECT pg_catalog.count(*) FROM u", t->from, t->set, owned),
 								   subject, false);
 	if (concerned != NULL)
 		t->concerned_rows = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s RETURNING 1) "
 												"SELECT pg_catalog.count(*) FROM u",
-												t->name, t->concerned_set, concerned),
+												t->from, t->concerned_set, concerned),
 									   subject, false);
 }
 
@@ -1193,14 +1196,14 @@ verify_erasure(List *tables, const GdprSubject *subject)
 		int64		n;
 		if (t->delete && planned != NULL)
 		{
-			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s", t->name, planned),
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s", t->from, planned),
 						   subject, false);
 			if (n > 0)
 				refuse_unverified(t, subject, n, "deleted rows are still there");
 		}
 		else if (!t->delete && planned != NULL && t->set_check != NULL)
 		{
-			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND %s", t->name,
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND %s", t->from,
 									planned, t->set_check),
 						   subject, false);
 			if (n > 0)
@@ -1208,7 +1211,7 @@ verify_erasure(List *tables, const GdprSubject *subject)
 		}
 		if (t->owned != NULL && (t->delete || t->set_check != NULL))
 		{
-			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s%s%s%s", t->name,
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s%s%s%s", t->from,
 									owned_rows(t), notshared,
 									t->delete ? "" : " AND ", t->delete ? "" : t->set_check),
 						   subject, false);
@@ -1218,7 +1221,7 @@ verify_erasure(List *tables, const GdprSubject *subject)
 		if (t->concerned != NULL && t->concerned_check != NULL)
 		{
 			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE (%s) IN (%s) AND %s%s",
-									t->name, t->pk, t->concerned, t->concerned_check,
+									t->from, t->pk, t->concerned, t->concerned_check,
 									t->owned != NULL ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned) : ""),
 						   subject, false);
 			if (n > 0)

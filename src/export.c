@@ -539,10 +539,10 @@ rows_sql(Oid relid, bool aggregate)
 		if (aggregate)
 			return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
 							"FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
-							rowexpr.data, pk, map->qualified_name, only.from[0] ? ", " : "",
+							rowexpr.data, pk, map->from_name, only.from[0] ? ", " : "",
 							only.from, only.where, only.key);
 		return psprintf("SELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1 ORDER BY %s",
-						rowexpr.data, map->qualified_name, only.from[0] ? ", " : "", only.from,
+						rowexpr.data, map->from_name, only.from[0] ? ", " : "", only.from,
 						only.where, only.key, pk);
 	}
 	/* several: the primary keys each path reaches, united, so a row reached twice comes once */
@@ -550,9 +550,9 @@ rows_sql(Oid relid, bool aggregate)
 	if (aggregate)
 		return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
 						"FROM %s t WHERE (%s) IN (%s)",
-						rowexpr.data, pk, map->qualified_name, pk, where);
+						rowexpr.data, pk, map->from_name, pk, where);
 	return psprintf("SELECT %s FROM %s t WHERE (%s) IN (%s) ORDER BY %s",
-					rowexpr.data, map->qualified_name, pk, where, pk);
+					rowexpr.data, map->from_name, pk, where, pk);
 }
 
 /*

@@ -98,6 +98,8 @@ typedef struct GdprTableMap
 {
 	Oid			relid;			/* the registered (root) table */
 	char	   *qualified_name;
+	char	   *from_name;		/* how statements name it: "ONLY x" when an inheritance
+								 * child is registered on its own, else x */
 	char	   *kind;
 	Oid			subject_relid;
 	char	   *key_column;

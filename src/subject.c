@@ -73,7 +73,10 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 
 	ret = SPI_execute_with_args(
 		"SELECT r.kind, sk.relid::pg_catalog.oid, sk.key_column::pg_catalog.text, "
-		"       sk.key_type::pg_catalog.oid, r.on_erase, gdpr._qualified(r.relid) "
+		"       sk.key_type::pg_catalog.oid, r.on_erase, gdpr._qualified(r.relid), "
+		"       EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i JOIN gdpr.registered_table c "
+		"                 ON c.relid::pg_catalog.oid OPERATOR(pg_catalog.=) i.inhrelid "
+		"                WHERE i.inhparent OPERATOR(pg_catalog.=) r.relid::pg_catalog.oid) "
 		"  FROM gdpr.registered_table r JOIN gdpr.subject_kind sk ON sk.kind = r.kind "
 		" WHERE r.relid::pg_catalog.oid = $1",
 		1, argtypes, args, NULL, true, 1);
@@ -95,6 +98,9 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 	map->qualified_name = spi_text(tup, desc, 6);
 	if (map->qualified_name == NULL)
 		map->qualified_name = gdpr_relation_name(relid);	/* a dropped table: raises */
+	/* a child registered on its own is erased and exported as itself, not through its parent */
+	map->from_name = DatumGetBool(SPI_getbinval(tup, desc, 7, &(bool){false}))
+		? psprintf("ONLY %s", map->qualified_name) : map->qualified_name;
 	MemoryContextSwitchTo(oldcxt);
 
 	ret = SPI_execute_with_args(
@@ -465,7 +471,7 @@ gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which)
 		if (strcmp(p.key, "NULL") == 0)
 			continue;
 		appendStringInfo(&buf, "%sSELECT %s FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
-						 buf.len > 0 ? " UNION " : "", pk, map->qualified_name,
+						 buf.len > 0 ? " UNION " : "", pk, map->from_name,
 						 p.from[0] ? ", " : "", p.from, p.where, p.key);
 	}
 	return buf.len > 0 ? buf.data : NULL;
