@@ -158,8 +158,24 @@ SELECT r->'tables'->'ev.contact'->'deleted' AS contacts_deleted,
   FROM gdpr_erase(1, kind => 'ev_client') r;
 SELECT id, label, street FROM ev.postal_contact;
 
+-- An UPDATE that moves a row from one subject to another is about both: the erasure of the first
+-- scrubs the values it had there.
+CREATE TABLE ev.holder (id int PRIMARY KEY);
+CREATE TABLE ev.thing (id int PRIMARY KEY, holder_id int REFERENCES ev.holder, note text);
+SELECT gdpr.register_subject('ev.holder', 'id', kind => 'ev_holder', on_erase => 'delete');
+SELECT gdpr.register_table('ev.thing', kind => 'ev_holder');
+INSERT INTO ev.holder VALUES (1), (2);
+INSERT INTO ev.thing VALUES (1, 1, 'first holder''s note');
+UPDATE ev.thing SET holder_id = 2, note = 'second' WHERE id = 1;
+SELECT subject_id, related_subject_ids, old_values FROM gdpr.audit_log
+ WHERE table_name = 'ev.thing' AND event = 'UPDATE';
+SELECT gdpr_erase(1, kind => 'ev_holder')->>'status' AS status;
+SELECT subject_id, related_subject_ids = ARRAY['1'] AS still_names_the_key, old_values FROM gdpr.audit_log
+ WHERE table_name = 'ev.thing' AND event = 'UPDATE';
+
 SET client_min_messages = error;
 DROP SCHEMA ev CASCADE;
-DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member', 'ev_account', 'ev_client');
+DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member', 'ev_account', 'ev_client',
+                                              'ev_holder');
 DROP OWNED BY regress_ev_dpo;
 DROP ROLE regress_ev_dpo;

@@ -159,7 +159,7 @@ static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
-static Datum related_array(AuditPlanData *d, char **keys);
+static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys);
 static AttrNumber attnum_of(TupleDesc desc, const char *name);
 static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
@@ -315,7 +315,9 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		keys = subject_keys(d, newtup != NULL ? newtup : oldtup, desc);
 		nulls[P_SUBJECT] = d->owned && keys[0] != NULL ? ' ' : 'n';
 		values[P_SUBJECT] = d->owned && keys[0] != NULL ? CStringGetTextDatum(keys[0]) : (Datum) 0;
-		values[P_RELATED] = related_array(d, keys);
+		/* an UPDATE that moves the row to another subject is about the old one too */
+		values[P_RELATED] = related_array(d, keys, oldtup != NULL && newtup != NULL
+										  ? subject_keys(d, oldtup, desc) : NULL);
 		nulls[P_RELATED] = values[P_RELATED] != (Datum) 0 ? ' ' : 'n';
 
 		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
@@ -955,16 +957,31 @@ subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
 	return keys;
 }
 
-/* The keys of every path but the subject's own, as text[], or 0 when none */
+/*
+ * The keys of every path but the subject's own, and (oldkeys, of the row
+ * before an UPDATE) every key the row had that it no longer has, as text[],
+ * or 0 when none: an erasure of any of them scrubs the event.
+ */
 static Datum
-related_array(AuditPlanData *d, char **keys)
+related_array(AuditPlanData *d, char **keys, char **oldkeys)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * Max(d->npaths, 1));
+	Datum	   *elems = palloc(sizeof(Datum) * Max(2 * d->npaths, 1));
 	int			n = 0;
 
 	for (int i = d->owned ? 1 : 0; i < d->npaths; i++)
 		if (keys[i] != NULL)
 			elems[n++] = CStringGetTextDatum(keys[i]);
+	for (int i = 0; oldkeys != NULL && i < d->npaths; i++)
+	{
+		bool		kept = false;
+
+		if (oldkeys[i] == NULL)
+			continue;
+		for (int j = 0; j < d->npaths && !kept; j++)
+			kept = keys[j] != NULL && strcmp(keys[j], oldkeys[i]) == 0;
+		if (!kept)
+			elems[n++] = CStringGetTextDatum(oldkeys[i]);
+	}
 	if (n == 0)
 		return (Datum) 0;
 	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
