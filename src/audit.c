@@ -116,6 +116,7 @@ typedef struct AuditPlanData
 	bool		owned;			/* keys[0] is the owner path that names the subject */
 	int			natts;
 	bool	   *secret;			/* by attribute number - 1: never leaves the table */
+	bool	   *key_input;		/* by attribute number - 1: a path reads it to find a key */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
 	Datum		nonkey;			/* text[] of the columns outside the primary key */
 	char	   *kind;			/* the subject kind, when the table has an owner path */
@@ -160,6 +161,7 @@ static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
 static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys);
+static bool keys_changed(const AuditPlanData *d, const bool *changed);
 static AttrNumber attnum_of(TupleDesc desc, const char *name);
 static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
 							 HeapTuple newtup);
@@ -316,7 +318,7 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		nulls[P_SUBJECT] = d->owned && keys[0] != NULL ? ' ' : 'n';
 		values[P_SUBJECT] = d->owned && keys[0] != NULL ? CStringGetTextDatum(keys[0]) : (Datum) 0;
 		/* an UPDATE that moves the row to another subject is about the old one too */
-		values[P_RELATED] = related_array(d, keys, oldtup != NULL && newtup != NULL
+		values[P_RELATED] = related_array(d, keys, keys_changed(d, changed)
 										  ? subject_keys(d, oldtup, desc) : NULL);
 		nulls[P_RELATED] = values[P_RELATED] != (Datum) 0 ? ' ' : 'n';
 
@@ -680,6 +682,7 @@ build_row_plan(Relation rel)
 	/* each path's key: a column of the row, or a column of the key query */
 	d->npaths = list_length(map->paths);
 	d->keys = MemoryContextAllocZero(mcxt, sizeof(KeySource) * Max(d->npaths, 1));
+	d->key_input = MemoryContextAllocZero(mcxt, sizeof(bool) * Max(desc->natts, 1));
 	d->owned = map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner;
 	resetStringInfo(&sql);
 	foreach(lc, map->paths)
@@ -694,14 +697,26 @@ build_row_plan(Relation rel)
 
 			k->attnum = attnum_of(desc, p.row_column);
 			if (k->attnum != InvalidAttrNumber)
+			{
 				getTypeOutputInfo(TupleDescAttr(desc, k->attnum - 1)->atttypid, &k->typoutput,
 								  &isvarlena);
+				d->key_input[k->attnum - 1] = true;
+			}
 		}
 		else if (strcmp(p.key, "NULL") != 0)
 		{
+			ListCell   *c;
+
 			appendStringInfo(&sql, "%s%s", sql.len == 0 ? "SELECT " : ", ",
 							 gdpr_subject_sql(map, path, "$1"));
 			k->column = ++nkeyed;
+			foreach(c, ((GdprStep *) linitial(path->steps))->from_cols)
+			{
+				AttrNumber	attnum = attnum_of(desc, lfirst(c));
+
+				if (attnum != InvalidAttrNumber)
+					d->key_input[attnum - 1] = true;
+			}
 		}
 	}
 	if (nkeyed > 0)
@@ -985,6 +1000,22 @@ related_array(AuditPlanData *d, char **keys, char **oldkeys)
 	if (n == 0)
 		return (Datum) 0;
 	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * Whether an UPDATE (changed: its changed columns, or NULL for another event)
+ * changed a column the paths read: only then can the row's subjects differ
+ * from before, and the old row's keys need looking up.
+ */
+static bool
+keys_changed(const AuditPlanData *d, const bool *changed)
+{
+	if (changed == NULL)
+		return false;
+	for (int i = 0; i < d->natts; i++)
+		if (changed[i] && d->key_input[i])
+			return true;
+	return false;
 }
 
 /* The attribute number of a column, or InvalidAttrNumber */
