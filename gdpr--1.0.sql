@@ -97,6 +97,13 @@ CREATE TABLE gdpr.column_class (
     PRIMARY KEY (relid, column_name)
 );
 
+-- Materialized views that copy registered tables' rows and that an erasure refreshes, as their
+-- owner, once the rows are gone (gdpr.register_derived).
+CREATE TABLE gdpr.derived_view (
+    relid         pg_catalog.regclass PRIMARY KEY,
+    registered_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
 ------------------------------------------------------------------------------------------------
 -- The audit trail
 ------------------------------------------------------------------------------------------------
@@ -240,6 +247,7 @@ SELECT pg_catalog.pg_extension_config_dump('gdpr.registered_table', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.subject_path', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.path_step', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.column_class', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.derived_view', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_default', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_log_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_seal', '');
@@ -809,6 +817,46 @@ BEGIN
 END
 $$;
 
+-- A materialized view over registered tables keeps its own copy of their rows: registered here,
+-- every erasure that changes one of those tables refreshes it, so the copy loses the subject too.
+CREATE FUNCTION gdpr.register_derived(view pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF view IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = view AND c.relkind = 'm') THEN
+        RAISE EXCEPTION '% is not a materialized view', COALESCE(view::text, 'NULL') USING ERRCODE = '42809',
+              HINT = 'Only materialized views keep copies of rows; a plain view reads the registered tables themselves.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite rw
+                     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                                                AND d.objid = rw.oid
+                                                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                    WHERE rw.ev_class = view AND d.refobjid <> view::oid
+                      AND d.refobjid IN (SELECT r.relid::oid FROM gdpr.registered_table r)) THEN
+        RAISE EXCEPTION 'materialized view % reads no registered table', gdpr._qualified(view)
+              USING ERRCODE = '55000',
+              HINT = 'Register the tables it reads with gdpr.register_table() first.';
+    END IF;
+    INSERT INTO gdpr.derived_view (relid) VALUES (view) ON CONFLICT DO NOTHING;
+    PERFORM gdpr._log_map('MAP_DERIVED', view, pg_catalog.jsonb_build_object('refresh', 'on erasure'));
+END
+$$;
+
+CREATE FUNCTION gdpr.unregister_derived(view pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM gdpr.derived_view d WHERE d.relid = view;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'materialized view % is not registered', COALESCE(view::text, 'NULL')
+              USING ERRCODE = '42704', HINT = 'See gdpr.derived_view for the registered ones.';
+    END IF;
+    PERFORM gdpr._log_map('MAP_UNDERIVED', view, NULL);
+END
+$$;
+
 CREATE FUNCTION gdpr.describe_table(tbl pg_catalog.regclass, purpose text DEFAULT NULL,
                                     legal_basis text DEFAULT NULL, retention text DEFAULT NULL,
                                     recipients text[] DEFAULT NULL,
@@ -960,7 +1008,8 @@ SELECT DISTINCT v.oid::pg_catalog.regclass, NULL::name,
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid
                              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
  WHERE v.relkind = 'm' AND d.refobjid <> v.oid
-   AND d.refobjid IN (SELECT r.relid::pg_catalog.oid FROM gdpr.registered_table r);
+   AND d.refobjid IN (SELECT r.relid::pg_catalog.oid FROM gdpr.registered_table r)
+   AND v.oid NOT IN (SELECT dv.relid::pg_catalog.oid FROM gdpr.derived_view dv);
 
 ------------------------------------------------------------------------------------------------
 -- Event triggers: the map follows the schema, and DDL on personal data is recorded
@@ -1038,6 +1087,8 @@ DECLARE
     col  name;
     qual text;
 BEGIN
+    DELETE FROM gdpr.derived_view d USING pg_catalog.pg_event_trigger_dropped_objects() o
+     WHERE o.object_type = 'materialized view' AND d.relid::oid = o.objid;
     FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
               WHERE object_type IN ('table', 'table column') LOOP
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
@@ -2650,9 +2701,9 @@ $$;
 -- The map is metadata, like the catalogs: anyone may read it.  Only gdpr_admin changes it.
 REVOKE ALL ON ALL TABLES IN SCHEMA gdpr FROM PUBLIC;
 GRANT SELECT ON gdpr.subject_kind, gdpr.registered_table, gdpr.subject_path, gdpr.path_step,
-                gdpr.column_class, gdpr.map, gdpr.coverage_gaps, gdpr._fk_edge TO PUBLIC;
+                gdpr.column_class, gdpr.derived_view, gdpr.map, gdpr.coverage_gaps, gdpr._fk_edge TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON gdpr.subject_kind, gdpr.registered_table, gdpr.subject_path,
-                               gdpr.path_step, gdpr.column_class TO gdpr_admin;
+                               gdpr.path_step, gdpr.column_class, gdpr.derived_view TO gdpr_admin;
 
 -- The audit trail is written only by the extension's C code, which switches to the owner of the
 -- table for the insert; applications read it only through gdpr_auditor.
@@ -2803,6 +2854,8 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr.add_path(pg_catalog.regclass, text, text[], name, text, name[]),
                           gdpr.drop_path(pg_catalog.regclass, text),
                           gdpr.classify_column(pg_catalog.regclass, name, text, text),
+                          gdpr.register_derived(pg_catalog.regclass),
+                          gdpr.unregister_derived(pg_catalog.regclass),
                           gdpr.describe_table(pg_catalog.regclass, text, text, text, text[], boolean),
                           gdpr.unregister_table(pg_catalog.regclass),
                           gdpr._check_table(pg_catalog.regclass),

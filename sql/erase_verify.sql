@@ -173,9 +173,84 @@ SELECT gdpr_erase(1, kind => 'ev_holder')->>'status' AS status;
 SELECT subject_id, related_subject_ids = ARRAY['1'] AS still_names_the_key, old_values FROM gdpr.audit_log
  WHERE table_name = 'ev.thing' AND event = 'UPDATE';
 
+-- Nothing outside the plan may change: a trigger that touches another subject's row during the
+-- erasure is refused, in the dry run the same way.  A foreign key ON DELETE SET NULL that drops
+-- another subject's link to an erased row is part of the plan, and the report says so.
+CREATE TABLE ev.author (id int PRIMARY KEY, name text, replies int NOT NULL DEFAULT 0);
+CREATE TABLE ev.forum_post (id int PRIMARY KEY, author_id int NOT NULL REFERENCES ev.author,
+                      reply_to int REFERENCES ev.forum_post ON DELETE SET NULL, body text);
+SELECT gdpr.register_subject('ev.author', 'id', kind => 'ev_author', on_erase => 'delete');
+SELECT gdpr.register_table('ev.forum_post', kind => 'ev_author');
+INSERT INTO ev.author VALUES (1, 'Ann'), (2, 'Bob');
+INSERT INTO ev.forum_post VALUES (1, 1, NULL, 'Ann asks'), (2, 2, 1, 'Bob answers'), (3, 2, 2, 'Bob again');
+CREATE FUNCTION ev.count_reply() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN UPDATE ev.author SET replies = replies + 1 WHERE id = 2; RETURN OLD; END $$;
+CREATE TRIGGER count_reply AFTER DELETE ON ev.forum_post FOR EACH ROW EXECUTE FUNCTION ev.count_reply();
+SELECT gdpr_erase(1, kind => 'ev_author', dry_run => true);
+SELECT gdpr_erase(1, kind => 'ev_author');
+SELECT a.id, a.replies, (SELECT count(*) FROM ev.forum_post) AS posts FROM ev.author a ORDER BY a.id;
+DROP TRIGGER count_reply ON ev.forum_post;
+SELECT r->'unlinked' AS unlinked, r->'tables'->'ev.forum_post' AS post FROM gdpr_erase(1, kind => 'ev_author', dry_run => true) r;
+SELECT r->'unlinked' AS unlinked, r->'tables'->'ev.forum_post' AS post FROM gdpr_erase(1, kind => 'ev_author') r;
+SELECT id, author_id, reply_to, body FROM ev.forum_post ORDER BY id;
+
+-- A deep self-referencing cascade: a thread of twelve of Ann's replies goes with her; one reply of
+-- Bob's at the bottom stops the erasure before anything changes.
+CREATE TABLE ev.thread (id int PRIMARY KEY, author_id int NOT NULL REFERENCES ev.author,
+                        parent_id int REFERENCES ev.thread ON DELETE CASCADE);
+SELECT gdpr.register_table('ev.thread', kind => 'ev_author');
+INSERT INTO ev.author VALUES (3, 'Cleo');
+INSERT INTO ev.thread SELECT i, 3, NULLIF(i - 1, 0) FROM generate_series(1, 12) i;
+INSERT INTO ev.thread VALUES (13, 2, 12);
+SELECT gdpr_erase(3, kind => 'ev_author', dry_run => true);
+SELECT gdpr_erase(3, kind => 'ev_author');
+SELECT count(*) AS thread_rows FROM ev.thread;
+DELETE FROM ev.thread WHERE id = 13;
+SELECT r->'tables'->'ev.thread' AS thread FROM gdpr_erase(3, kind => 'ev_author') r;
+SELECT count(*) AS thread_rows FROM ev.thread;
+
+-- A view cannot stand in the map, with or without INSTEAD OF triggers: erasure acts on tables.
+CREATE VIEW ev.forum_view AS SELECT * FROM ev.forum_post;
+CREATE FUNCTION ev.forum_view_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER forum_view_delete INSTEAD OF DELETE ON ev.forum_view FOR EACH ROW EXECUTE FUNCTION ev.forum_view_delete();
+SELECT gdpr.register_table('ev.forum_view', kind => 'ev_author');
+
+-- A kept table reached only through a deleted one: the invoice is anonymized before the cart it
+-- reaches the customer through is deleted, and keeps its row with the link dropped.
+CREATE TABLE ev.shopper (id int PRIMARY KEY, email text NOT NULL);
+CREATE TABLE ev.shop_cart (id int PRIMARY KEY, shopper_id int NOT NULL REFERENCES ev.shopper ON DELETE CASCADE);
+CREATE TABLE ev.shop_bill (id int PRIMARY KEY, cart_id int REFERENCES ev.shop_cart ON DELETE SET NULL, billed_to text);
+SELECT gdpr.register_subject('ev.shopper', 'id', kind => 'ev_shopper', on_erase => 'delete');
+SELECT gdpr.register_table('ev.shop_cart', kind => 'ev_shopper');
+SELECT gdpr.register_table('ev.shop_bill', kind => 'ev_shopper', on_erase => 'anonymize');
+SELECT gdpr.classify_column('ev.shop_bill', 'billed_to', 'identity', erase => 'redact');
+INSERT INTO ev.shopper VALUES (1, 'a@x.org'), (2, 'b@x.org');
+INSERT INTO ev.shop_cart VALUES (10, 1), (20, 2);
+INSERT INTO ev.shop_bill VALUES (100, 10, 'Alice Billing'), (200, 20, 'Bob Billing');
+SELECT r->'tables'->'ev.shop_bill' AS bill, r->'unlinked' AS unlinked FROM gdpr_erase(1, kind => 'ev_shopper', dry_run => true) r;
+SELECT r->'tables'->'ev.shop_bill' AS bill, r->'unlinked' AS unlinked FROM gdpr_erase(1, kind => 'ev_shopper') r;
+SELECT id, cart_id, billed_to FROM ev.shop_bill ORDER BY id;
+
+-- Materialized views: listed as gaps and in the report until registered; once registered,
+-- every erasure refreshes them, as their owner.
+CREATE MATERIALIZED VIEW ev.bill_totals AS SELECT b.id, b.billed_to, c.shopper_id FROM ev.shop_bill b JOIN ev.shop_cart c ON c.id = b.cart_id;
+SELECT column_name, reason FROM gdpr.coverage_gaps WHERE table_name = 'ev.bill_totals'::regclass;
+INSERT INTO ev.shopper VALUES (3, 'c@x.org');
+INSERT INTO ev.shop_cart VALUES (30, 3);
+INSERT INTO ev.shop_bill VALUES (300, 30, 'Cleo Billing');
+REFRESH MATERIALIZED VIEW ev.bill_totals;
+SELECT r->'materialized_views' AS views, r->'refreshed_views' AS refreshed FROM gdpr_erase(3, kind => 'ev_shopper', dry_run => true) r;
+SELECT gdpr.register_derived('ev.forum_view');
+SELECT gdpr.register_derived('ev.bill_totals');
+SELECT count(*) AS gaps FROM gdpr.coverage_gaps WHERE table_name = 'ev.bill_totals'::regclass;
+SELECT r->'materialized_views' AS views, r->'refreshed_views' AS refreshed FROM gdpr_erase(3, kind => 'ev_shopper') r;
+SELECT * FROM ev.bill_totals ORDER BY id;
+DROP MATERIALIZED VIEW ev.bill_totals;
+SELECT count(*) AS derived_left FROM gdpr.derived_view;
+
 SET client_min_messages = error;
 DROP SCHEMA ev CASCADE;
 DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member', 'ev_account', 'ev_client',
-                                              'ev_holder');
+                                              'ev_holder', 'ev_author', 'ev_shopper');
 DROP OWNED BY regress_ev_dpo;
 DROP ROLE regress_ev_dpo;

@@ -119,7 +119,7 @@ typedef struct AuditPlanData
 	bool	   *key_input;		/* by attribute number - 1: a path reads it to find a key */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
 	Datum		nonkey;			/* text[] of the columns outside the primary key */
-	char	   *kind;			/* the subject kind, when the table has an owner path */
+	char	   *kind;			/* the subject kind of the table's paths */
 } AuditPlanData;
 
 /* The cache entry of one relation */
@@ -158,6 +158,7 @@ static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
+static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
 static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys);
@@ -234,6 +235,8 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	exempt = gdpr_retention_exempt(RelationGetRelid(rel), event_class);
 	if (!exempt && !gdpr_erasure_exempt(RelationGetRelid(rel)) && restrictions_exist())
 		check_restrictions(rel, oldtup, newtup);
+	if (!exempt && gdpr_erasure_running())
+		check_erasure_scope(rel, oldtup, newtup);
 
 	/*
 	 * Rows purged for retention leave no copy of their values behind: the
@@ -325,6 +328,35 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "SPI_execute_plan failed: %d", ret);
+	}
+	PG_FINALLY();
+	{
+		release_row_plan(d);
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+/* An erasure changes its subject's rows only (erase.c) */
+static void
+check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	HeapTuple	keytup = oldtup != NULL ? oldtup : newtup;
+	Jsonb	   *image = row_image(heap_copy_tuple_as_datum(keytup, desc), desc->tdtypeid);
+	AuditPlanData *d;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	d = acquire_row_plan(rel);
+	PG_TRY();
+	{
+		gdpr_erasure_check_row(rel, d->kind,
+							   oldtup != NULL ? subject_keys(d, oldtup, desc) : NULL,
+							   newtup != NULL ? subject_keys(d, newtup, desc) : NULL,
+							   d->npaths,
+							   DatumGetJsonbP(DirectFunctionCall2(jsonb_delete_array,
+																  JsonbPGetDatum(image), d->nonkey)));
 	}
 	PG_FINALLY();
 	{
@@ -747,8 +779,8 @@ build_row_plan(Relation rel)
 		d->restrict_plan = SPI_prepare(check, 1, &texttype);
 		if (d->restrict_plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\"", check);
-		d->kind = MemoryContextStrdup(mcxt, map->kind);
 	}
+	d->kind = MemoryContextStrdup(mcxt, map->kind);
 
 	MemoryContextSwitchTo(mcxt);
 	d->natts = desc->natts;

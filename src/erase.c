@@ -59,6 +59,14 @@ PG_FUNCTION_INFO_V1(gdpr_can_erase);
  */
 static List *erasing_relids = NIL;
 
+/*
+ * The subject and the planned tables (EraseTable *) of the erasure running
+ * now: every row its statements change must be the subject's, or planned.
+ */
+static const GdprSubject *erasing_subject = NULL;
+static List *erasing_tables = NIL;
+static List *erasing_unlinked = NIL;	/* Unlinked * */
+
 /* One registered table in an erasure */
 typedef struct EraseTable
 {
@@ -87,7 +95,22 @@ typedef struct EraseTable
 	List	   *shared_keys;	/* jsonb keys of rows left alone because shared */
 	char	   *keys;			/* jsonb array of the keys of the subject's rows erased */
 	char	   *concerned_keys; /* the same for the rows only about the subject */
+	Jsonb	   *planned;		/* both as one jsonb array, made when first needed */
 } EraseTable;
+
+/*
+ * Rows of another registered table whose pointer to rows the erasure
+ * deletes a foreign key sets to NULL or to its default: changed by the
+ * erasure, though not the subject's, and so part of its plan and report.
+ */
+typedef struct Unlinked
+{
+	Oid			relid;			/* the referencing table's root */
+	char	   *table;
+	char	   *conname;
+	int64		rows;
+	Jsonb	   *keys;			/* their primary keys, a jsonb array */
+} Unlinked;
 
 /*
  * What an erasure did to the sealed trail: how many sealed events it
@@ -107,14 +130,18 @@ static List *holds(const GdprSubject *subject);
 static int64 held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
 static List *order_tables(List *tables);
-static void check_foreign_keys(List *tables, const GdprSubject *subject);
+static List *check_foreign_keys(List *tables, const GdprSubject *subject);
 static void check_updated_keys(List *tables, const GdprSubject *subject);
-static void check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid,
+static Unlinked *unlink_rows(Oid relid, const char *from, const char *conname, const char *fkcols,
+							 const char *refs, const char *planned, const GdprSubject *subject);
+static void check_rows_deleted(List *tables, List **unlinked, const GdprSubject *subject, Oid relid,
 							   const char *name, const char *from_name, const char *where,
 							   int depth);
-static int64 dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
+static int64 dry_run_erasure(List *tables, List *unlinked, List **refreshed,
+							 const GdprSubject *subject, const char *pseudonym,
 							 MemoryContext cxt, ResourceOwner owner, Redacted *redacted);
-static int64 execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
+static int64 execute_erasure(List *tables, List *unlinked, List **refreshed,
+							 const GdprSubject *subject, const char *pseudonym,
 							 Redacted *redacted);
 static void plan_rows(List *tables, const GdprSubject *subject);
 static char *rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject);
@@ -128,9 +155,12 @@ static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum 
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
 							   bool keep_subject_row, Jsonb *report);
 static Jsonb *report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run,
+						  List *unlinked, List *refreshed,
 						   List *tables, int64 scrubbed, int64 redacted);
 static Jsonb *holds_jsonb(List *held);
-static void append_materialized_views(StringInfo buf, List *tables);
+static List *materialized_views(List *tables, bool derived);
+static List *refresh_derived(List *tables);
+static void append_names(StringInfo buf, const char *key, List *names);
 static int64 exec_count(const char *sql, const GdprSubject *subject, bool read_only);
 static void verify_erasure(List *tables, const GdprSubject *subject);
 static void refuse_unverified(const EraseTable *t, const GdprSubject *subject, int64 rows,
@@ -167,6 +197,8 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	Jsonb	   *report;
 	List	   *held;
 	List	   *tables;
+	List	   *unlinked;
+	List	   *refreshed = NIL;
 	bool		keep_subject_row;
 	bool		found;
 	int64		scrubbed = 0;
@@ -250,14 +282,16 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	tables = order_tables(plan_tables(subject, keep_subject_row));
 	check_statements_apply(tables, subject);
 	plan_rows(tables, subject);
-	check_foreign_keys(tables, subject);
+	unlinked = check_foreign_keys(tables, subject);
 	check_updated_keys(tables, subject);
 
 	if (dry_run)
-		scrubbed = dry_run_erasure(tables, subject, pseudonym, spicxt, callerowner, &redacted);
+		scrubbed = dry_run_erasure(tables, unlinked, &refreshed, subject, pseudonym, spicxt,
+								   callerowner, &redacted);
 	else
-		scrubbed = execute_erasure(tables, subject, pseudonym, &redacted);
-	report = report_jsonb(subject, pseudonym, dry_run, tables, scrubbed, redacted.events);
+		scrubbed = execute_erasure(tables, unlinked, &refreshed, subject, pseudonym, &redacted);
+	report = report_jsonb(subject, pseudonym, dry_run, unlinked, refreshed, tables, scrubbed,
+						  redacted.events);
 	if (dry_run)
 	{
 		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
@@ -334,7 +368,8 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
  * Statements run in cxt, so the counts outlive the rollback.
  */
 static int64
-dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
+dry_run_erasure(List *tables, List *unlinked, List **refreshed, const GdprSubject *subject,
+				const char *pseudonym,
 				MemoryContext cxt, ResourceOwner owner, Redacted *redacted)
 {
 	int64		scrubbed = 0;
@@ -343,7 +378,7 @@ dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		scrubbed = execute_erasure(tables, subject, pseudonym, redacted);
+		scrubbed = execute_erasure(tables, unlinked, refreshed, subject, pseudonym, redacted);
 	}
 	PG_CATCH();
 	{
@@ -372,13 +407,20 @@ dry_run_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
  * erasure's own tables: erasure is what they wait for.
  */
 static int64
-execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym, Redacted *redacted)
+execute_erasure(List *tables, List *unlinked, List **refreshed, const GdprSubject *subject,
+				const char *pseudonym, Redacted *redacted)
 {
 	volatile int64 scrubbed = 0;
 	ListCell   *lc;
 	List	   *outer = erasing_relids; /* an erasure that a trigger started inside another */
+	const GdprSubject *outer_subject = erasing_subject;
+	List	   *outer_tables = erasing_tables;
+	List	   *outer_unlinked = erasing_unlinked;
 
 	erasing_relids = list_copy(outer);
+	erasing_subject = subject;
+	erasing_tables = tables;
+	erasing_unlinked = unlinked;
 	foreach(lc, tables)
 		erasing_relids = lappend_oid(erasing_relids, ((EraseTable *) lfirst(lc))->relid);
 	PG_TRY();
@@ -386,12 +428,16 @@ execute_erasure(List *tables, const GdprSubject *subject, const char *pseudonym,
 		foreach(lc, tables)
 			execute_table(lfirst(lc), subject);
 		verify_erasure(tables, subject);
+		*refreshed = refresh_derived(tables);
 		scrubbed = scrub_audit(subject, pseudonym, tables, redacted);
 	}
 	PG_FINALLY();
 	{
 		list_free(erasing_relids);
 		erasing_relids = outer;
+		erasing_subject = outer_subject;
+		erasing_tables = outer_tables;
+		erasing_unlinked = outer_unlinked;
 	}
 	PG_END_TRY();
 	return scrubbed;
@@ -420,6 +466,91 @@ bool
 gdpr_erasure_exempt(Oid relid)
 {
 	return erasing_relids != NIL && list_member_oid(erasing_relids, gdpr_root_relid(relid));
+}
+
+/* Whether the jsonb array keys holds the object key */
+static bool
+contains_key(Jsonb *keys, Jsonb *key)
+{
+	Datum		wrapped = DirectFunctionCall1(jsonb_in, CStringGetDatum(
+		psprintf("[%s]", JsonbToCString(NULL, &key->root, VARSIZE(key)))));
+
+	return DatumGetBool(DirectFunctionCall2(jsonb_contains, JsonbPGetDatum(keys), wrapped));
+}
+
+/* Keys as rows_keys() made them, as jsonb */
+static Datum
+planned_jsonb(const char *keys)
+{
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(keys != NULL ? keys : "[]"));
+}
+
+/* Whether an erasure's statements are running in this backend */
+bool
+gdpr_erasure_running(void)
+{
+	return erasing_subject != NULL;
+}
+
+/*
+ * Called by the audit trigger for every row an erasure's statements change
+ * in a registered table: the subjects the row named before and after, and
+ * its primary key as a jsonb object.  A row that is neither the subject's
+ * nor planned (an address reached through the customer row deleted before
+ * it is planned, and names nobody by then) was changed by something outside
+ * the plan: an application trigger, a rule, a cascade through a table the
+ * map does not know.  The erasure stops before it records anything.
+ */
+void
+gdpr_erasure_check_row(Relation rel, const char *kind, char **oldkeys, char **newkeys,
+					   int nkeys, Jsonb *rowkey)
+{
+	const GdprSubject *s = erasing_subject;
+	Oid			root = gdpr_root_relid(RelationGetRelid(rel));
+	ListCell   *lc;
+
+	if (s == NULL)
+		return;
+	if (kind != NULL && strcmp(kind, s->kind) == 0)
+		for (int i = 0; i < nkeys; i++)
+			if ((oldkeys != NULL && oldkeys[i] != NULL && strcmp(oldkeys[i], s->key_text) == 0) ||
+				(newkeys != NULL && newkeys[i] != NULL && strcmp(newkeys[i], s->key_text) == 0))
+				return;
+	foreach(lc, erasing_tables)
+	{
+		EraseTable *t = lfirst(lc);
+
+		if (t->relid != root)
+			continue;
+		if (t->planned == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(t));
+
+			Datum		owned = planned_jsonb(t->keys);
+			Datum		concerned = planned_jsonb(t->concerned_keys);
+
+			t->planned = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, owned, concerned));
+			MemoryContextSwitchTo(old);
+		}
+		if (rowkey != NULL && contains_key(t->planned, rowkey))
+			return;
+	}
+	foreach(lc, erasing_unlinked)
+	{
+		Unlinked   *u = lfirst(lc);
+
+		if (u->relid == root && rowkey != NULL && contains_key(u->keys, rowkey))
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+			 errmsg("erasure of subject %s of kind \"%s\" changed a row of %s that is not the subject's",
+					s->key_text, s->kind, gdpr_relation_name(root)),
+			 rowkey != NULL
+			 ? errdetail("The row with key %s is not planned; a trigger, a rule or a foreign-key action the plan does not include changed it.",
+						 JsonbToCString(NULL, &rowkey->root, VARSIZE(rowkey)))
+			 : 0,
+			 errhint("Nothing was changed or recorded.  Make the application's triggers leave erasures alone (they run as gdpr_erase()), then erase again.")));
 }
 
 /*
@@ -837,9 +968,10 @@ order_tables(List *tables)
  * in turn, down the chain.  SET NULL and SET DEFAULT only drop the pointer
  * to the subject's row.  Found before anything changes, on the planned rows.
  */
-static void
+static List *
 check_foreign_keys(List *tables, const GdprSubject *subject)
 {
+	List	   *unlinked = NIL;
 	ListCell   *lc;
 
 	foreach(lc, tables)
@@ -848,8 +980,9 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
 		char	   *planned = planned_rows(t, t->keys);
 
 		if (t->delete && planned != NULL)
-			check_rows_deleted(tables, subject, t->relid, t->name, t->from, planned, 0);
+			check_rows_deleted(tables, &unlinked, subject, t->relid, t->name, t->from, planned, 0);
 	}
+	return unlinked;
 }
 
 /*
@@ -858,6 +991,43 @@ check_foreign_keys(List *tables, const GdprSubject *subject)
  * rewrite fails, with a raw 23503 in the middle of the erasure.  Found
  * before anything changes, with the rows it concerns.
  */
+/*
+ * The rows of registered table relid (named from) whose foreign key conname
+ * (columns fkcols, of alias r) points at rows refs selects, less those
+ * planned deletes: the rows the key's ON DELETE SET NULL or SET DEFAULT
+ * will change.
+ */
+static Unlinked *
+unlink_rows(Oid relid, const char *from, const char *conname, const char *fkcols,
+			const char *refs, const char *planned, const GdprSubject *subject)
+{
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+	Unlinked   *u = palloc0(sizeof(Unlinked));
+	Relation	rel = table_open(relid, AccessShareLock);
+	char	   *sql;
+	bool		isnull;
+
+	sql = psprintf("SELECT pg_catalog.count(*), COALESCE(pg_catalog.jsonb_agg(%s), '[]') "
+				   "  FROM %s r WHERE (%s) IN (%s)%s",
+				   gdpr_pk_json(rel, "r."), from, fkcols, refs,
+				   planned != NULL
+				   ? psprintf(" AND (%s) NOT IN (SELECT %s FROM %s t%s)",
+							  gdpr_pk_list(rel, "r."), gdpr_pk_list(rel, "t."), from, planned)
+				   : "");
+	table_close(rel, AccessShareLock);
+	if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed");
+	u->relid = gdpr_root_relid(relid);
+	u->table = pstrdup(from);
+	u->conname = pstrdup(conname);
+	u->rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	u->keys = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+											   &isnull));
+	return u;
+}
+
 static void
 check_updated_keys(List *tables, const GdprSubject *subject)
 {
@@ -933,7 +1103,8 @@ check_updated_keys(List *tables, const GdprSubject *subject)
  * cascade at depth depth.
  */
 static void
-check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const char *name,
+check_rows_deleted(List *tables, List **unlinked, const GdprSubject *subject, Oid relid,
+				   const char *name,
 				   const char *from_name, const char *where, int depth)
 {
 	Oid			argtypes[1] = {OIDOID};
@@ -983,7 +1154,7 @@ check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const ch
 		char	   *refs;
 		int64		count;
 
-		if (action == 'n' || action == 'd')
+		if ((action == 'n' || action == 'd') && !registered)
 			continue;
 		foreach(lc, tables)
 			if (((EraseTable *) lfirst(lc))->relid == gdpr_root_relid(fromrel))
@@ -1006,9 +1177,15 @@ check_rows_deleted(List *tables, const GdprSubject *subject, Oid relid, const ch
 								subject, true);
 		if (count == 0)
 			continue;
+		if (action == 'n' || action == 'd')
+		{
+			*unlinked = lappend(*unlinked, unlink_rows(fromrel, from, conname, fkcols, refs,
+													   planned, subject));
+			continue;
+		}
 		if (action == 'c' && !registered && depth < MAX_CASCADE_DEPTH)
 		{
-			check_rows_deleted(tables, subject, fromrel, from, from,
+			check_rows_deleted(tables, unlinked, subject, fromrel, from, from,
 							   psprintf(" WHERE (%s) IN (%s)", fkcols_t, refs), depth + 1);
 			continue;
 		}
@@ -1493,35 +1670,75 @@ exec_count(const char *sql, const GdprSubject *subject, bool read_only)
 }
 
 /*
- * The materialized views over the erased tables, under "materialized_views"
- * (left out when there are none): each keeps its own copy of what it
- * selected, which the erasure did not reach; refreshing them removes it.
+ * The materialized views reading any of the erasure's tables, as
+ * qualified names: those registered with gdpr.register_derived() (which
+ * the erasure refreshes), or the others (which keep their copy).
  */
-static void
-append_materialized_views(StringInfo buf, List *tables)
+static List *
+materialized_views(List *tables, bool derived)
 {
 	Datum	   *relids = palloc(sizeof(Datum) * Max(list_length(tables), 1));
-	Oid			argtypes[1] = {OIDARRAYOID};
-	Datum		args[1];
+	Oid			argtypes[2] = {OIDARRAYOID, BOOLOID};
+	Datum		args[2];
+	List	   *views = NIL;
 	ListCell   *lc;
 
 	foreach(lc, tables)
 		relids[foreach_current_index(lc)] = ObjectIdGetDatum(((EraseTable *) lfirst(lc))->relid);
 	args[0] = PointerGetDatum(construct_array(relids, list_length(tables), OIDOID, sizeof(Oid), true,
 											  TYPALIGN_INT));
-	if (SPI_execute_with_args("SELECT pg_catalog.jsonb_agg(DISTINCT gdpr._qualified(v.oid::pg_catalog.regclass))::pg_catalog.text "
+	args[1] = BoolGetDatum(derived);
+	if (SPI_execute_with_args("SELECT DISTINCT gdpr._qualified(v.oid::pg_catalog.regclass) "
 							  "  FROM pg_catalog.pg_class v "
 							  "  JOIN pg_catalog.pg_rewrite rw ON rw.ev_class OPERATOR(pg_catalog.=) v.oid "
 							  "  JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) rw.oid "
 							  "   AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
 							  "   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
 							  " WHERE v.relkind OPERATOR(pg_catalog.=) 'm' "
-							  "   AND d.refobjid OPERATOR(pg_catalog.=) ANY ($1)",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+							  "   AND d.refobjid OPERATOR(pg_catalog.=) ANY ($1) "
+							  "   AND $2 OPERATOR(pg_catalog.=) EXISTS (SELECT 1 FROM gdpr.derived_view dv "
+							  "        WHERE dv.relid::pg_catalog.oid OPERATOR(pg_catalog.=) v.oid) "
+							  " ORDER BY 1",
+							  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
-	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) != NULL)
-		appendStringInfo(buf, ", \"materialized_views\": %s",
-						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+		views = lappend(views, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	return views;
+}
+
+/*
+ * Refreshes the registered materialized views over the erasure's tables,
+ * once their rows are gone.  REFRESH needs the view's owner, so it is
+ * issued as the extension's owner; PostgreSQL runs the view's query as the
+ * view's own owner, in a security-restricted operation, never with ours.
+ */
+static List *
+refresh_derived(List *tables)
+{
+	List	   *views = materialized_views(tables, true);
+	ListCell   *lc;
+
+	foreach(lc, views)
+		if (gdpr_execute_as_owner(NULL, psprintf("REFRESH MATERIALIZED VIEW %s", (char *) lfirst(lc)),
+								  0, NULL, NULL, NULL, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "REFRESH MATERIALIZED VIEW %s failed", (char *) lfirst(lc));
+	return views;
+}
+
+/* A JSON array of names */
+static void
+append_names(StringInfo buf, const char *key, List *names)
+{
+	ListCell   *lc;
+
+	appendStringInfo(buf, ", \"%s\": [", key);
+	foreach(lc, names)
+	{
+		if (foreach_current_index(lc) > 0)
+			appendStringInfoString(buf, ", ");
+		escape_json(buf, lfirst(lc));
+	}
+	appendStringInfoChar(buf, ']');
 }
 
 static Jsonb *
@@ -1548,12 +1765,14 @@ holds_jsonb(List *held)
 
 /* What an erasure did (or, dry, would do): counts and shared rows, never values */
 static Jsonb *
-report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, List *tables,
+report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, List *unlinked,
+			 List *refreshed, List *tables,
 			 int64 scrubbed, int64 redacted)
 {
 	StringInfoData buf;
 	ListCell   *lc;
 	bool		first = true;
+	List	   *unrefreshed;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"status\": ");
@@ -1590,9 +1809,24 @@ report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, Li
 							 (char *) lfirst(k));
 		}
 	}
+	appendStringInfoString(&buf, "], \"unlinked\": [");
+	foreach(lc, unlinked)
+	{
+		Unlinked   *u = lfirst(lc);
+
+		appendStringInfoString(&buf, foreach_current_index(lc) ? ", {\"table\": " : "{\"table\": ");
+		escape_json(&buf, u->table);
+		appendStringInfoString(&buf, ", \"foreign_key\": ");
+		escape_json(&buf, u->conname);
+		appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT "}", u->rows);
+	}
 	appendStringInfo(&buf, "], \"audit_events_scrubbed\": " INT64_FORMAT
 					 ", \"sealed_events_redacted\": " INT64_FORMAT, scrubbed, redacted);
-	append_materialized_views(&buf, tables);
+	if (refreshed != NIL)
+		append_names(&buf, "refreshed_views", refreshed);
+	unrefreshed = materialized_views(tables, false);
+	if (unrefreshed != NIL)
+		append_names(&buf, "materialized_views", unrefreshed);
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
