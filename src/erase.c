@@ -146,6 +146,7 @@ static int64 execute_erasure(List *tables, List *unlinked, List **refreshed,
 static void plan_rows(List *tables, const GdprSubject *subject);
 static char *rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject);
 static char *planned_rows(const EraseTable *t, const char *keys);
+static void execute_tables(List *tables, const GdprSubject *subject);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
 static char *owned_rows(const EraseTable *t);
@@ -425,8 +426,7 @@ execute_erasure(List *tables, List *unlinked, List **refreshed, const GdprSubjec
 		erasing_relids = lappend_oid(erasing_relids, ((EraseTable *) lfirst(lc))->relid);
 	PG_TRY();
 	{
-		foreach(lc, tables)
-			execute_table(lfirst(lc), subject);
+		execute_tables(tables, subject);
 		verify_erasure(tables, subject);
 		*refreshed = refresh_derived(tables);
 		scrubbed = scrub_audit(subject, pseudonym, tables, redacted);
@@ -441,6 +441,50 @@ execute_erasure(List *tables, List *unlinked, List **refreshed, const GdprSubjec
 	}
 	PG_END_TRY();
 	return scrubbed;
+}
+
+/*
+ * Runs the statements of every table, in the planned order.  A constraint
+ * the statements violate (a domain's or a table's CHECK the redacted value
+ * fails, a unique index two pseudonyms collide on) is named in GD303 like
+ * every other refusal, instead of leaving the caller a raw 23xxx about a
+ * statement it never wrote.
+ */
+static void
+execute_tables(List *tables, const GdprSubject *subject)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ListCell   *lc;
+
+	PG_TRY();
+	{
+		foreach(lc, tables)
+			execute_table(lfirst(lc), subject);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+				 errmsg("cannot erase subject %s of kind \"%s\": %s",
+						subject->key_text, subject->kind, edata->message),
+				 edata->constraint_name != NULL
+				 ? errdetail("The erasure's statements violate constraint \"%s\"%s%s.",
+							 edata->constraint_name,
+							 edata->table_name != NULL ? " of table "
+							 : edata->datatype_name != NULL ? " of type " : "",
+							 edata->table_name != NULL ? quote_identifier(edata->table_name)
+							 : edata->datatype_name != NULL ? quote_identifier(edata->datatype_name) : "")
+				 : (edata->detail != NULL ? errdetail("%s", edata->detail) : 0),
+				 errhint("Nothing was changed or recorded.  Choose an erasure strategy the constraint accepts with gdpr.classify_column(), or change the constraint.")));
+	}
+	PG_END_TRY();
 }
 
 /* Locks the subject's row against concurrent erasure and inserts; false if there is none */
