@@ -22,7 +22,9 @@ SELECT count(*) AS dan_rows FROM customer WHERE id = 40 AND full_name = 'Dan';
 SELECT gdpr_erase(40, dry_run => true);
 
 UPDATE billing.invoice SET total = 50 WHERE no = 40;
-SELECT gdpr_can_erase(40);
+-- gdpr_can_erase runs the dry run itself: its plan is what gdpr_erase would do.
+SELECT c - 'plan' AS can_erase, c->'plan'->'tables' = gdpr_erase(40, dry_run => true)->'tables' AS plan_is_the_dry_run
+  FROM gdpr_can_erase(40) c;
 -- A dry run reports what an erasure would do, and does nothing.
 SELECT gdpr_erase(40, dry_run => true) #- '{subject,pseudonym}' AS dry_run;
 SELECT count(*) AS orders_still_there FROM orders WHERE customer_id = 40;

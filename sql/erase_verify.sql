@@ -188,6 +188,8 @@ BEGIN UPDATE ev.author SET replies = replies + 1 WHERE id = 2; RETURN OLD; END $
 CREATE TRIGGER count_reply AFTER DELETE ON ev.forum_post FOR EACH ROW EXECUTE FUNCTION ev.count_reply();
 SELECT gdpr_erase(1, kind => 'ev_author', dry_run => true);
 SELECT gdpr_erase(1, kind => 'ev_author');
+SELECT c->'can_erase' AS can_erase, c->'refusal'->>'sqlstate' AS sqlstate, c->'refusal'->>'message' AS refusal
+  FROM gdpr_can_erase(1, 'ev_author') c;
 SELECT a.id, a.replies, (SELECT count(*) FROM ev.forum_post) AS posts FROM ev.author a ORDER BY a.id;
 DROP TRIGGER count_reply ON ev.forum_post;
 SELECT r->'unlinked' AS unlinked, r->'tables'->'ev.forum_post' AS post FROM gdpr_erase(1, kind => 'ev_author', dry_run => true) r;
@@ -204,6 +206,8 @@ INSERT INTO ev.thread SELECT i, 3, NULLIF(i - 1, 0) FROM generate_series(1, 12) 
 INSERT INTO ev.thread VALUES (13, 2, 12);
 SELECT gdpr_erase(3, kind => 'ev_author', dry_run => true);
 SELECT gdpr_erase(3, kind => 'ev_author');
+SELECT c->'can_erase' AS can_erase, c->'refusal'->>'sqlstate' AS sqlstate, c->'refusal'->>'hint' AS hint
+  FROM gdpr_can_erase(3, 'ev_author') c;
 SELECT count(*) AS thread_rows FROM ev.thread;
 DELETE FROM ev.thread WHERE id = 13;
 SELECT r->'tables'->'ev.thread' AS thread FROM gdpr_erase(3, kind => 'ev_author') r;
@@ -258,6 +262,17 @@ INSERT INTO ev.badge VALUES (1, 2, 'Bobby');
 SELECT gdpr_erase(2, kind => 'ev_shopper', dry_run => true);
 SELECT gdpr_erase(2, kind => 'ev_shopper');
 SELECT b.label, (SELECT count(*) FROM ev.shopper WHERE id = 2) AS shopper FROM ev.badge b;
+
+-- A subject erased before is checked again: what an earlier version or a restored table left
+-- behind is erased, and reported as such; with nothing left, the recorded erasure is the answer.
+SELECT gdpr_erase(1, kind => 'ev')->>'status' AS status;
+INSERT INTO ev.visit VALUES (2000, 1, '/restored');
+SELECT gdpr_erase(1, kind => 'ev', dry_run => true)->'tables'->'ev.visit' AS dry_run;
+SELECT r->>'status' AS status, r->'tables'->'ev.visit' AS visit, r->'audit_events_scrubbed' AS scrubbed
+  FROM gdpr_erase(1, kind => 'ev') r;
+SELECT count(*) AS visits_left FROM ev.visit WHERE person_id = 1;
+SELECT gdpr_erase(1, kind => 'ev')->>'status' AS status;
+SELECT count(*) AS erasures_recorded FROM gdpr.erasure WHERE kind = 'ev';
 
 SET client_min_messages = error;
 DROP SCHEMA ev CASCADE;

@@ -124,6 +124,8 @@ typedef struct Redacted
 } Redacted;
 
 static void require_read_committed(const char *function);
+static Jsonb *erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id);
+static ErrorData *try_erasure(const GdprSubject *subject, Jsonb **plan);
 static bool subject_erased(const GdprSubject *subject, Jsonb **record);
 static bool lock_subject(const GdprSubject *subject);
 static List *holds(const GdprSubject *subject);
@@ -143,7 +145,8 @@ static int64 dry_run_erasure(List *tables, List *unlinked, List **refreshed,
 static int64 execute_erasure(List *tables, List *unlinked, List **refreshed,
 							 const GdprSubject *subject, const char *pseudonym,
 							 Redacted *redacted);
-static void plan_rows(List *tables, const GdprSubject *subject);
+static void plan_rows(List *tables, const GdprSubject *subject, bool leftovers);
+static bool nothing_planned(List *tables);
 static char *rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject);
 static char *planned_rows(const EraseTable *t, const char *keys);
 static void execute_tables(List *tables, const GdprSubject *subject);
@@ -153,9 +156,10 @@ static char *owned_rows(const EraseTable *t);
 static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables,
 						 Redacted *redacted);
 static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
+static bool subject_in_trail(const GdprSubject *subject);
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
-							   bool keep_subject_row, Jsonb *report);
-static Jsonb *report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run,
+							   bool keep_subject_row, bool again, Jsonb *report);
+static Jsonb *report_jsonb(const char *status, const GdprSubject *subject, const char *pseudonym,
 						  List *unlinked, List *refreshed,
 						   List *tables, int64 scrubbed, int64 redacted);
 static Jsonb *holds_jsonb(List *held);
@@ -190,9 +194,31 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	bool		dry_run = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
 	char	   *kind = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	MemoryContext callercxt = CurrentMemoryContext;
-	ResourceOwner callerowner = CurrentResourceOwner;
-	MemoryContext spicxt;
 	GdprSubject *subject;
+	Jsonb	   *report;
+
+	require_read_committed("gdpr_erase");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+	report = erase_subject(subject, dry_run, PG_ARGISNULL(3) ? NULL : &(int64) {PG_GETARG_INT64(3)});
+	MemoryContextSwitchTo(callercxt);
+	report = DatumGetJsonbPCopy(JsonbPGetDatum(report));
+	SPI_finish();
+	PG_RETURN_JSONB_P(report);
+}
+
+/*
+ * The erasure, or its dry run, of a resolved subject: the one planner that
+ * gdpr_erase and gdpr_can_erase share.  Runs connected to SPI; the report
+ * is made in the SPI context.  request_id: the request it completes, or
+ * NULL.
+ */
+static Jsonb *
+erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id)
+{
+	ResourceOwner callerowner = CurrentResourceOwner;
+	MemoryContext spicxt = CurrentMemoryContext;
 	char	   *pseudonym;
 	Jsonb	   *record;
 	Jsonb	   *report;
@@ -202,15 +228,11 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	List	   *refreshed = NIL;
 	bool		keep_subject_row;
 	bool		found;
+	bool		erased;
 	int64		scrubbed = 0;
 	Redacted	redacted = {0, 0};
 	ListCell   *lc;
 
-	require_read_committed("gdpr_erase");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	spicxt = CurrentMemoryContext;
-	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	pseudonym = gdpr_subject_pseudonym(subject->kind, subject->key_text);
 
 	/*
@@ -223,30 +245,47 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	 */
 	found = lock_subject(subject);
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (!found || subject_erased(subject, &record))
+	erased = subject_erased(subject, &record);
+	if (!found && !erased)
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
+				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
+				 errhint("Check the key: there is nothing to erase.")));
+
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1] = {CStringGetTextDatum(subject->kind)};
+		bool		isnull;
+
+		if (SPI_execute_with_args("SELECT on_erase = 'anonymize' FROM gdpr.subject_kind WHERE kind = $1",
+								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "subject kind lookup failed");
+		keep_subject_row = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+
+	/*
+	 * A subject erased before is checked again: an erasure by an earlier
+	 * version, or one a restored backup undid, can have left rows behind,
+	 * and they are erased now.  With nothing left, the answer is the
+	 * recorded erasure.
+	 */
+	tables = order_tables(plan_tables(subject, keep_subject_row));
+	check_statements_apply(tables, subject);
+	plan_rows(tables, subject, erased);
+	if (erased && nothing_planned(tables) && !subject_in_trail(subject))
 	{
 		JsonbParseState *state = NULL;
 		JsonbValue *v;
-		Jsonb	   *result;
 
-		if (!subject_erased(subject, &record))
-			ereport(ERROR,
-					(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
-					 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
-					 errhint("Check the key: there is nothing to erase.")));
 		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 		gdpr_push_key(&state, "status");
 		gdpr_push_string(&state, "already_erased");
 		gdpr_push_key(&state, "erasure");
 		gdpr_push_jsonb(&state, record);
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-		MemoryContextSwitchTo(callercxt);
-		result = JsonbValueToJsonb(v);
 		PopActiveSnapshot();
-		SPI_finish();
-		PG_RETURN_JSONB_P(result);
+		return JsonbValueToJsonb(v);
 	}
-
 	held = holds(subject);
 	if (held != NIL)
 	{
@@ -269,20 +308,6 @@ gdpr_erase(PG_FUNCTION_ARGS)
 				 errhint("Erase once the holds no longer match (see gdpr_can_erase()), or remove a hold with gdpr.drop_legal_hold().")));
 	}
 
-	{
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		args[1] = {CStringGetTextDatum(subject->kind)};
-		bool		isnull;
-
-		if (SPI_execute_with_args("SELECT on_erase = 'anonymize' FROM gdpr.subject_kind WHERE kind = $1",
-								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "subject kind lookup failed");
-		keep_subject_row = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	}
-
-	tables = order_tables(plan_tables(subject, keep_subject_row));
-	check_statements_apply(tables, subject);
-	plan_rows(tables, subject);
 	unlinked = check_foreign_keys(tables, subject);
 	check_updated_keys(tables, subject);
 
@@ -291,31 +316,30 @@ gdpr_erase(PG_FUNCTION_ARGS)
 								   callerowner, &redacted);
 	else
 		scrubbed = execute_erasure(tables, unlinked, &refreshed, subject, pseudonym, &redacted);
-	report = report_jsonb(subject, pseudonym, dry_run, unlinked, refreshed, tables, scrubbed,
-						  redacted.events);
+	report = report_jsonb(dry_run ? "dry_run" : erased ? "erased_again" : "erased", subject,
+						  pseudonym, unlinked, refreshed, tables, scrubbed, redacted.events);
 	if (dry_run)
 	{
 		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
 	}
 	else
 	{
-		if (!PG_ARGISNULL(3))
-			gdpr_complete_request(PG_GETARG_INT64(3), subject, "erasure", "erased");
-		finish_bookkeeping(subject, pseudonym, keep_subject_row, report);
+		if (request_id != NULL)
+			gdpr_complete_request(*request_id, subject, "erasure", "erased");
+		finish_bookkeeping(subject, pseudonym, keep_subject_row, erased, report);
 		gdpr_audit_event_until("ERASE", true, subject->kind, pseudonym, NULL, report,
 							   redacted.keep_until);
 	}
-
-	MemoryContextSwitchTo(callercxt);
-	report = DatumGetJsonbPCopy(JsonbPGetDatum(report));
 	PopActiveSnapshot();
-	SPI_finish();
-	PG_RETURN_JSONB_P(report);
+	return report;
 }
 
 /*
  * gdpr_can_erase(subject, kind text DEFAULT NULL): whether an erasure would
- * go ahead, and the legal holds that stop it.  Recorded as ERASE_CHECK.
+ * go ahead.  It runs the erasure itself as a dry run, rolled back, so it
+ * answers what gdpr_erase would do and refuses what it would refuse: the
+ * legal holds that stop it, or the refusal, and else the plan.  Recorded as
+ * ERASE_CHECK.
  */
 Datum
 gdpr_can_erase(PG_FUNCTION_ARGS)
@@ -327,7 +351,8 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	JsonbValue *v;
 	Jsonb	   *result;
 	Jsonb	   *record;
-	Jsonb	   *holdsj;
+	Jsonb	   *plan = NULL;
+	ErrorData  *refusal = NULL;
 	List	   *held;
 	bool		erased;
 
@@ -341,16 +366,43 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
 				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
 				 errhint("Check the key: there is nothing to erase.")));
-	held = erased ? NIL : holds(subject);
-	holdsj = holds_jsonb(held);
+	held = holds(subject);
+	if (held == NIL)
+		refusal = try_erasure(subject, &plan);
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	gdpr_push_key(&state, "can_erase");
-	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = !erased && held == NIL});
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool,
+					   .val.boolean = !erased && held == NIL && refusal == NULL});
 	gdpr_push_key(&state, "already_erased");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = erased});
 	gdpr_push_key(&state, "holds");
-	gdpr_push_jsonb(&state, holdsj);
+	gdpr_push_jsonb(&state, holds_jsonb(erased ? NIL : held));
+	if (refusal != NULL)
+	{
+		gdpr_push_key(&state, "refusal");
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		gdpr_push_key(&state, "sqlstate");
+		gdpr_push_string(&state, unpack_sql_state(refusal->sqlerrcode));
+		gdpr_push_key(&state, "message");
+		gdpr_push_string(&state, refusal->message);
+		if (refusal->detail != NULL)
+		{
+			gdpr_push_key(&state, "detail");
+			gdpr_push_string(&state, refusal->detail);
+		}
+		if (refusal->hint != NULL)
+		{
+			gdpr_push_key(&state, "hint");
+			gdpr_push_string(&state, refusal->hint);
+		}
+		pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	}
+	if (plan != NULL && !erased)
+	{
+		gdpr_push_key(&state, "plan");
+		gdpr_push_jsonb(&state, plan);
+	}
 	v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	result = JsonbValueToJsonb(v);
 
@@ -361,6 +413,42 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
 	SPI_finish();
 	PG_RETURN_JSONB_P(result);
+}
+
+/*
+ * The dry run of an erasure in a subtransaction that is rolled back, with
+ * its subject lock: *plan gets its report, or the refusal is returned.
+ * Only refusals (SQLSTATE class GD) are answers; anything else (a cancel,
+ * a lock timeout, a bug) is the caller's error.
+ */
+static ErrorData *
+try_erasure(const GdprSubject *subject, Jsonb **plan)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		*plan = erase_subject(subject, true, NULL);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		*plan = NULL;
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (edata != NULL &&
+		ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_TO_CATEGORY(ERRCODE_GDPR_ERASE_IMPOSSIBLE))
+		ReThrowError(edata);
+	return edata;
 }
 
 /*
@@ -1314,7 +1402,7 @@ owned_rows(const EraseTable *t)
  * first, and the check afterwards knows exactly which rows to look at.
  */
 static void
-plan_rows(List *tables, const GdprSubject *subject)
+plan_rows(List *tables, const GdprSubject *subject, bool leftovers)
 {
 	Oid			argtypes[1] = {subject->key_type};
 	Datum		args[1] = {subject->key};
@@ -1335,15 +1423,57 @@ plan_rows(List *tables, const GdprSubject *subject)
 				t->shared_keys = lappend(t->shared_keys,
 										 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
 		}
-		if (t->owned != NULL)
+		/*
+		 * A subject erased before keeps the rows the law keeps, already
+		 * anonymized: only rows that still hold other values are left over.
+		 */
+		if (t->owned != NULL && (!leftovers || t->delete))
 			t->keys = rows_keys(t, psprintf("%s%s", owned_rows(t), notshared), subject);
+		else if (t->owned != NULL && t->set_check != NULL)
+			t->keys = rows_keys(t, psprintf("%s%s AND %s", owned_rows(t), notshared, t->set_check),
+								subject);
 		if (t->concerned != NULL && t->concerned_set != NULL)
-			t->concerned_keys = rows_keys(t, psprintf(" WHERE (%s) IN (%s)%s", t->pk, t->concerned,
+			t->concerned_keys = rows_keys(t, psprintf(" WHERE (%s) IN (%s)%s%s%s", t->pk, t->concerned,
 													  t->owned != NULL
 													  ? psprintf(" AND (%s) NOT IN (%s)", t->pk, t->owned)
-													  : ""),
+													  : "",
+													  leftovers && t->concerned_check != NULL ? " AND " : "",
+													  leftovers && t->concerned_check != NULL ? t->concerned_check : ""),
 										  subject);
 	}
+}
+
+/* Whether the trail still names the subject by its key, as an erasure scrubs it */
+static bool
+subject_in_trail(const GdprSubject *subject)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(subject->key_text)};
+
+	if (gdpr_execute_as_owner(NULL, "SELECT 1 FROM gdpr.audit_log "
+							  " WHERE subject_kind OPERATOR(pg_catalog.=) $1 "
+							  "   AND (subject_id OPERATOR(pg_catalog.=) $2 "
+							  "        OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2]) LIMIT 1",
+							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	return SPI_processed > 0;
+}
+
+/* Whether the plan changes no row */
+static bool
+nothing_planned(List *tables)
+{
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+
+		if ((t->keys != NULL && strcmp(t->keys, "[]") != 0 && (t->delete || t->set != NULL)) ||
+			(t->concerned_keys != NULL && strcmp(t->concerned_keys, "[]") != 0))
+			return false;
+	}
+	return true;
 }
 
 /* The primary keys of the rows of t that where selects, as a jsonb array's text */
@@ -1658,7 +1788,7 @@ scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args)
  */
 static void
 finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_subject_row,
-				   Jsonb *report)
+				   bool again, Jsonb *report)
 {
 	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
 	Datum		args[4] = {CStringGetTextDatum(subject->kind), CStringGetTextDatum(subject->key_text),
@@ -1668,15 +1798,17 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 	int			nest;
 
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	if (SPI_execute_with_args("INSERT INTO gdpr.erasure (kind, pseudonym, report) VALUES ($1, $3, $4)",
-							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT ||
+	if ((!again &&
+		 SPI_execute_with_args("INSERT INTO gdpr.erasure (kind, pseudonym, report) VALUES ($1, $3, $4)",
+							   4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT) ||
 		SPI_execute_with_args("UPDATE gdpr.erasure_request SET subject_id = $3, error = NULL, "
 							  "       status = CASE WHEN status = 'pending' THEN 'done' ELSE status END, "
 							  "       finished_at = COALESCE(finished_at, pg_catalog.now()) "
 							  " WHERE kind = $1 AND subject_id = $2",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
-		SPI_execute_with_args("DELETE FROM gdpr.restriction WHERE kind = $1 AND subject_id IN ($2, $3)",
-							  4, argtypes, args, NULL, false, 0) != SPI_OK_DELETE ||
+		(!again &&
+		 SPI_execute_with_args("DELETE FROM gdpr.restriction WHERE kind = $1 AND subject_id IN ($2, $3)",
+							   4, argtypes, args, NULL, false, 0) != SPI_OK_DELETE) ||
 		SPI_execute_with_args("UPDATE gdpr.consent SET subject_id = $3 WHERE kind = $1 AND subject_id = $2",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE ||
 		SPI_execute_with_args("UPDATE gdpr.objection SET subject_id = $3, detail = NULL "
@@ -1688,7 +1820,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  " WHERE kind = $1 AND subject_id = $2",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "erasure bookkeeping failed");
-	if (keep_subject_row &&
+	if (keep_subject_row && !again &&
 		SPI_execute_with_args("INSERT INTO gdpr.restriction (kind, subject_id, source, reason) "
 							  "VALUES ($1, $3, 'erased', 'the subject was erased')",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
@@ -1809,7 +1941,7 @@ holds_jsonb(List *held)
 
 /* What an erasure did (or, dry, would do): counts and shared rows, never values */
 static Jsonb *
-report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, List *unlinked,
+report_jsonb(const char *status, const GdprSubject *subject, const char *pseudonym, List *unlinked,
 			 List *refreshed, List *tables,
 			 int64 scrubbed, int64 redacted)
 {
@@ -1820,7 +1952,7 @@ report_jsonb(const GdprSubject *subject, const char *pseudonym, bool dry_run, Li
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"status\": ");
-	appendStringInfoString(&buf, dry_run ? "\"dry_run\"" : "\"erased\"");
+	escape_json(&buf, status);
 	appendStringInfoString(&buf, ", \"subject\": {\"kind\": ");
 	escape_json(&buf, subject->kind);
 	appendStringInfoString(&buf, ", \"pseudonym\": ");
