@@ -67,6 +67,8 @@ ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
 CREATE POLICY only_books ON orders USING (item = 'pen');
 SET ROLE regress_ev_dpo;
 SELECT gdpr_erase(1, kind => 'ev');
+-- An export under the same policy says which tables it may show only in part.
+SELECT gdpr_export(1, 'ev')->'row_security_filtered' AS filtered;
 RESET ROLE;
 SELECT * FROM left_behind;
 ALTER TABLE orders DISABLE ROW LEVEL SECURITY;

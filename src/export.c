@@ -38,6 +38,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 
 PG_FUNCTION_INFO_V1(gdpr_export);
 PG_FUNCTION_INFO_V1(gdpr_export_rows);
@@ -84,6 +85,7 @@ static ExportPlans *get_plans(Oid relid, Oid key_type);
 static SPIPlanPtr prepare_kept(const char *sql, Oid key_type);
 static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
 static List *export_tables(const GdprSubject *subject, bool portable);
+static List *filtered_tables(List *tables);
 static char *rows_sql(Oid relid, bool aggregate);
 static void push_int(JsonbParseState **state, int64 value);
 static void push_members(JsonbParseState **state, Jsonb *object);
@@ -111,6 +113,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
 	Jsonb	   *doc;
+	List	   *filtered;
 	ListCell   *lc;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -160,6 +163,16 @@ gdpr_export(PG_FUNCTION_ARGS)
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	gdpr_push_key(&state, "total_rows");
 	push_int(&state, total);
+	filtered = filtered_tables(tables);
+	if (filtered != NIL)
+	{
+		gdpr_push_key(&state, "row_security_filtered");
+		pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+		foreach(lc, filtered)
+			pushJsonbValue(&state, WJB_ELEM, &(JsonbValue) {.type = jbvString,
+							   .val.string.val = lfirst(lc), .val.string.len = strlen(lfirst(lc))});
+		pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+	}
 
 	if (!portable)
 	{
@@ -420,6 +433,37 @@ table_rows(const ExportTable *t, const GdprSubject *subject)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return DatumGetJsonbPCopy(d);
+}
+
+/*
+ * The exported tables whose rows row security can hide from the caller:
+ * the table itself or a table its paths go through.  The document names
+ * them, so that a copy with rows missing does not pass for complete.
+ */
+static List *
+filtered_tables(List *tables)
+{
+	List	   *filtered = NIL;
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		ExportTable *t = lfirst(lc);
+		GdprTableMap *map = gdpr_load_table_map(t->relid, CurrentMemoryContext);
+		bool		hidden = check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED;
+		ListCell   *p;
+
+		foreach(p, map != NULL ? map->paths : NIL)
+		{
+			ListCell   *st;
+
+			foreach(st, ((GdprPath *) lfirst(p))->steps)
+				hidden |= check_enable_rls(((GdprStep *) lfirst(st))->to_rel, InvalidOid, true) == RLS_ENABLED;
+		}
+		if (hidden)
+			filtered = lappend(filtered, t->name);
+	}
+	return filtered;
 }
 
 /* The registered tables of the subject's kind, by name */

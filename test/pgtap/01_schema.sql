@@ -15,7 +15,7 @@ SELECT function_returns('gdpr', 'log_event', ARRAY['text', 'text', 'boolean', 'j
 SELECT set_eq(
     $$SELECT c.relname::text FROM pg_extension e, unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg
        WHERE e.extname = 'gdpr'$$,
-    ARRAY['subject_kind', 'registered_table', 'subject_path', 'path_step', 'column_class',
+    ARRAY['subject_kind', 'registered_table', 'subject_path', 'path_step', 'column_class', 'derived_view',
           'audit_log_event_id_seq', 'secret', 'legal_hold', 'legal_hold_hold_id_seq',
           'restriction', 'erasure_request', 'erasure_request_request_id_seq', 'erasure',
           'purpose', 'consent', 'consent_consent_id_seq', 'objection', 'objection_objection_id_seq',
