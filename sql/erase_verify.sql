@@ -276,9 +276,24 @@ SELECT count(*) AS visits_left FROM ev.visit WHERE person_id = 1;
 SELECT gdpr_erase(1, kind => 'ev')->>'status' AS status;
 SELECT count(*) AS erasures_recorded FROM gdpr.erasure WHERE kind = 'ev';
 
+-- ON DELETE SET DEFAULT hands the subject's kept row to a placeholder subject during the erasure:
+-- the trail's record of that move names the subject too, and is scrubbed with the rest.
+CREATE TABLE ev.tenant (id int PRIMARY KEY, name text);
+CREATE TABLE ev.ticket (id int PRIMARY KEY, tenant_id int NOT NULL DEFAULT 0 REFERENCES ev.tenant ON DELETE SET DEFAULT,
+                        body text);
+SELECT gdpr.register_subject('ev.tenant', 'id', kind => 'ev_tenant', on_erase => 'delete');
+SELECT gdpr.register_table('ev.ticket', kind => 'ev_tenant', on_erase => 'anonymize');
+SELECT gdpr.classify_column('ev.ticket', 'body', 'identity', erase => 'redact');
+INSERT INTO ev.tenant VALUES (0, '__deleted__'), (1, 'Tia');
+INSERT INTO ev.ticket VALUES (1, 1, 'Tia''s printer is broken');
+SELECT r->'unlinked' AS unlinked, r->'tables'->'ev.ticket' AS ticket FROM gdpr_erase(1, kind => 'ev_tenant') r;
+SELECT id, tenant_id, body FROM ev.ticket;
+SELECT event, subject_id, related_subject_ids = ARRAY['1'] AS names_the_key, old_values, new_values
+  FROM gdpr.audit_log WHERE table_name = 'ev.ticket' ORDER BY event_id;
+
 SET client_min_messages = error;
 DROP SCHEMA ev CASCADE;
 DELETE FROM gdpr.subject_kind WHERE kind IN ('ev', 'ev_customer', 'ev_member', 'ev_account', 'ev_client',
-                                              'ev_holder', 'ev_author', 'ev_shopper');
+                                              'ev_holder', 'ev_author', 'ev_shopper', 'ev_tenant');
 DROP OWNED BY regress_ev_dpo;
 DROP ROLE regress_ev_dpo;
