@@ -288,7 +288,8 @@ INSERT INTO ev.tenant VALUES (0, '__deleted__'), (1, 'Tia');
 INSERT INTO ev.ticket VALUES (1, 1, 'Tia''s printer is broken');
 SELECT r->'unlinked' AS unlinked, r->'tables'->'ev.ticket' AS ticket FROM gdpr_erase(1, kind => 'ev_tenant') r;
 SELECT id, tenant_id, body FROM ev.ticket;
-SELECT event, subject_id, related_subject_ids = ARRAY['1'] AS names_the_key, old_values, new_values
+SELECT event, CASE WHEN subject_id ~ '^[0-9a-f]{32}$' THEN 'pseudonym' ELSE subject_id END AS subject,
+       related_subject_ids = ARRAY['1'] AS names_the_key, old_values, new_values
   FROM gdpr.audit_log WHERE table_name = 'ev.ticket' ORDER BY event_id;
 
 SET client_min_messages = error;
