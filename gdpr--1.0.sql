@@ -58,6 +58,9 @@ CREATE TABLE gdpr.subject_path (
     relation        text NOT NULL CHECK (relation IN ('owner', 'concerned')),
     subject_column  name,
     about_columns   name[],
+    -- the path applies only to rows where this holds (owner_type = 'User'): built-in functions and
+    -- operators only, checked by gdpr._check_path_condition, so it means the same to every reader
+    condition       text,
     PRIMARY KEY (relid, path_name)
 );
 
@@ -392,9 +395,12 @@ DECLARE
 BEGIN
     SELECT sk.relid INTO target FROM gdpr.subject_kind sk WHERE sk.kind = _resolve_path.kind;
 
+    -- A step is a foreign key of the current table, or one of the subject table's own foreign
+    -- keys onto the current table, followed back (customer.billing_address_id from address).
     FOREACH elem IN ARRAY COALESCE(via, '{}') LOOP
         SELECT pg_catalog.count(*) INTO n FROM gdpr._fk_edge e
-         WHERE e.src = cur AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''));
+         WHERE (e.src = cur OR (e.src = target AND e.dst = cur))
+           AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''));
         IF n <> 1 THEN
             RAISE EXCEPTION 'table % has % foreign key matching "%"', gdpr._qualified(cur),
                   CASE WHEN n = 0 THEN 'no' ELSE n::text END, elem
@@ -402,15 +408,24 @@ BEGIN
                       DETAIL = pg_catalog.format('Foreign keys of %s: %s.', gdpr._qualified(cur),
                           COALESCE((SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s) -> %s', e.conname,
                                         pg_catalog.array_to_string(e.src_cols, ','), gdpr._qualified(e.dst)), '; ')
-                                      FROM gdpr._fk_edge e WHERE e.src = cur), 'none')),
-                      HINT = 'Name each step of via by the foreign key''s constraint name or by its column list, such as ''order_id''.';
+                                      FROM gdpr._fk_edge e WHERE e.src = cur OR (e.src = target AND e.dst = cur)), 'none')),
+                      HINT = 'Name each step of via by the foreign key''s constraint name or by its column list, such as ''order_id''; a foreign key of the subject table onto this one counts too.';
         END IF;
-        SELECT * INTO found FROM gdpr._fk_edge e
-         WHERE e.src = cur AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''));
+        SELECT * INTO found FROM (
+            SELECT e.src_cols AS from_cols, e.dst AS to_rel, e.dst_cols AS to_cols, e.ops, false AS reverse, e.conname
+              FROM gdpr._fk_edge e
+             WHERE e.src = cur
+               AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''))
+            UNION ALL
+            SELECT e.dst_cols, e.src, e.src_cols, e.ops, true, e.conname
+              FROM gdpr._fk_edge e
+             WHERE e.src = target AND e.dst = cur
+               AND (e.conname = elem OR pg_catalog.array_to_string(e.src_cols, ',') = pg_catalog.replace(elem, ' ', ''))
+        ) f;
         steps := steps || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                     'from_cols', found.src_cols, 'to', found.dst::oid, 'to_cols', found.dst_cols,
-                     'ops', found.ops::oid[], 'reverse', false, 'constraint', found.conname));
-        cur := found.dst;
+                     'from_cols', found.from_cols, 'to', found.to_rel::oid, 'to_cols', found.to_cols,
+                     'ops', found.ops::oid[], 'reverse', found.reverse, 'constraint', found.conname));
+        cur := found.to_rel;
         seen := seen || cur::oid;
     END LOOP;
 
@@ -564,13 +579,30 @@ END
 $$;
 
 CREATE FUNCTION gdpr._insert_path(tbl pg_catalog.regclass, path_name text, relation text,
-                                  subject_column name, steps jsonb, about_columns name[])
+                                  subject_column name, steps jsonb, about_columns name[],
+                                  condition text)
     RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO gdpr.subject_path (relid, path_name, relation, subject_column, about_columns)
-    VALUES (tbl, path_name, relation, subject_column, about_columns);
+DECLARE
+    back jsonb;
+BEGIN
+    -- A step back from a row to the subject rows that reference it reaches every subject that
+    -- references it: such a row is shared, and belongs to none of them alone.
+    SELECT s INTO back FROM pg_catalog.jsonb_array_elements(COALESCE(steps, '[]')) s
+     WHERE (s->>'reverse')::boolean LIMIT 1;
+    IF back IS NOT NULL THEN
+        RAISE NOTICE 'path "%" of table % steps back from % to the rows of subject table % that reference it (foreign key %)',
+                     path_name, gdpr._qualified(tbl),
+                     COALESCE((SELECT gdpr._qualified(x.dst) FROM gdpr._fk_edge x
+                                WHERE x.conname = back->>'constraint' AND x.src = (back->>'to')::oid::regclass LIMIT 1),
+                              'its parent'),
+                     gdpr._qualified((back->>'to')::oid::regclass), back->>'constraint'
+              USING DETAIL = 'A row that several subjects reach this way is shared: it is in none of their exports'' data (only counted under "shared"), no erasure of one of them changes it, and the trail names no subject for it.';
+    END IF;
+    INSERT INTO gdpr.subject_path (relid, path_name, relation, subject_column, about_columns, condition)
+    VALUES (tbl, path_name, relation, subject_column, about_columns, condition);
     INSERT INTO gdpr.path_step (relid, path_name, step, from_cols, to_rel, to_cols, ops, reverse, constraint_name)
     SELECT tbl, path_name, n,
            ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s->'from_cols'))::name[],
@@ -580,6 +612,7 @@ AS $$
            (s->>'reverse')::boolean,
            s->>'constraint'
       FROM pg_catalog.jsonb_array_elements(COALESCE(steps, '[]')) WITH ORDINALITY AS t(s, n);
+END
 $$;
 
 CREATE FUNCTION gdpr._log_map(event text, tbl pg_catalog.regclass, detail jsonb) RETURNS void
@@ -632,7 +665,7 @@ BEGIN
     INSERT INTO gdpr.subject_kind (kind, relid, key_column, key_type, on_erase)
     VALUES (kind, tbl, key_column, keytype, on_erase);
     INSERT INTO gdpr.registered_table (relid, kind, on_erase) VALUES (tbl, kind, on_erase);
-    PERFORM gdpr._insert_path(tbl, 'self', 'owner', key_column, NULL, NULL);
+    PERFORM gdpr._insert_path(tbl, 'self', 'owner', key_column, NULL, NULL, NULL);
     PERFORM gdpr._map_changed(tbl);
     PERFORM gdpr._log_map('MAP_REGISTER', tbl,
         pg_catalog.jsonb_build_object('kind', kind, 'key_column', key_column, 'on_erase', on_erase, 'subject_table', true));
@@ -641,7 +674,7 @@ $$;
 
 CREATE FUNCTION gdpr.register_table(tbl pg_catalog.regclass, subject_column name DEFAULT NULL,
                                     on_erase text DEFAULT 'delete', kind text DEFAULT 'default',
-                                    via text[] DEFAULT NULL)
+                                    via text[] DEFAULT NULL, condition text DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -667,7 +700,7 @@ BEGIN
 
     PERFORM gdpr._attach(tbl);
     INSERT INTO gdpr.registered_table (relid, kind, on_erase) VALUES (tbl, kind, on_erase);
-    PERFORM gdpr._insert_path(tbl, 'main', 'owner', subject_column, steps, NULL);
+    PERFORM gdpr._insert_path(tbl, 'main', 'owner', subject_column, steps, NULL, condition);
     PERFORM gdpr._map_changed(tbl);
     PERFORM gdpr._log_map('MAP_REGISTER', tbl,
         pg_catalog.jsonb_build_object('kind', kind, 'on_erase', on_erase,
@@ -677,7 +710,7 @@ $$;
 
 CREATE FUNCTION gdpr.add_path(tbl pg_catalog.regclass, path_name text, via text[] DEFAULT NULL,
                               subject_column name DEFAULT NULL, relation text DEFAULT 'concerned',
-                              about_columns name[] DEFAULT NULL)
+                              about_columns name[] DEFAULT NULL, condition text DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -716,7 +749,7 @@ BEGIN
         PERFORM gdpr._check_column(tbl, c);
     END LOOP;
 
-    PERFORM gdpr._insert_path(tbl, path_name, relation, subject_column, steps, about_columns);
+    PERFORM gdpr._insert_path(tbl, path_name, relation, subject_column, steps, about_columns, condition);
     PERFORM gdpr._map_changed(tbl);
     PERFORM gdpr._log_map('MAP_PATH_ADDED', tbl,
         pg_catalog.jsonb_build_object('path', path_name, 'relation', relation,
@@ -1411,6 +1444,27 @@ SELECT pg_catalog.pg_extension_config_dump('gdpr.restriction', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure_request', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure_request_request_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.erasure', '');
+
+-- A path condition may use the row's columns, constants and built-in functions and operators
+-- only: it is evaluated by whoever follows the path (an export as the caller, the audit trigger as
+-- the writer), and must mean the same, and run no one's code, for all of them.
+CREATE FUNCTION gdpr._check_path_condition(tbl pg_catalog.regclass, condition text) RETURNS text
+    LANGUAGE c STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'gdpr_check_path_condition';
+
+-- Stored in canonical form (every name qualified) however the row is written.
+CREATE FUNCTION gdpr._canonical_path_condition() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.condition := gdpr._check_path_condition(NEW.relid, NEW.condition);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER canonical_condition BEFORE INSERT OR UPDATE OF condition ON gdpr.subject_path
+    FOR EACH ROW WHEN (NEW.condition IS NOT NULL) EXECUTE FUNCTION gdpr._canonical_path_condition();
 
 CREATE FUNCTION gdpr._check_condition(tbl pg_catalog.regclass, condition text) RETURNS void
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_check_condition';
@@ -2850,8 +2904,9 @@ GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text)
                           gdpr._attach_truncate(pg_catalog.regclass), gdpr._forget_dropped()
     TO PUBLIC;
 GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text, text),
-                          gdpr.register_table(pg_catalog.regclass, name, text, text, text[]),
-                          gdpr.add_path(pg_catalog.regclass, text, text[], name, text, name[]),
+                          gdpr.register_table(pg_catalog.regclass, name, text, text, text[], text),
+                          gdpr.add_path(pg_catalog.regclass, text, text[], name, text, name[], text),
+                          gdpr._check_path_condition(pg_catalog.regclass, text),
                           gdpr.drop_path(pg_catalog.regclass, text),
                           gdpr.classify_column(pg_catalog.regclass, name, text, text),
                           gdpr.register_derived(pg_catalog.regclass),
@@ -2862,7 +2917,7 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr._check_column(pg_catalog.regclass, name),
                           gdpr._check_on_erase(text), gdpr._attach(pg_catalog.regclass),
                           gdpr._detach(pg_catalog.regclass),
-                          gdpr._insert_path(pg_catalog.regclass, text, text, name, jsonb, name[]),
+                          gdpr._insert_path(pg_catalog.regclass, text, text, name, jsonb, name[], text),
                           gdpr._log_map(text, pg_catalog.regclass, jsonb),
                           gdpr._resolve_path(pg_catalog.regclass, text, text[]),
                           gdpr._shortest_paths(pg_catalog.regclass, pg_catalog.regclass, oid[]),

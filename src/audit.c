@@ -742,13 +742,23 @@ build_row_plan(Relation rel)
 			appendStringInfo(&sql, "%s%s", sql.len == 0 ? "SELECT " : ", ",
 							 gdpr_subject_sql(map, path, "$1"));
 			k->column = ++nkeyed;
-			foreach(c, ((GdprStep *) linitial(path->steps))->from_cols)
+			if (path->condition != NULL)	/* any column can decide it */
+				memset(d->key_input, true, sizeof(bool) * desc->natts);
+			else if (path->subject_column != NULL)
 			{
-				AttrNumber	attnum = attnum_of(desc, lfirst(c));
+				AttrNumber	attnum = attnum_of(desc, path->subject_column);
 
 				if (attnum != InvalidAttrNumber)
 					d->key_input[attnum - 1] = true;
 			}
+			else
+				foreach(c, ((GdprStep *) linitial(path->steps))->from_cols)
+				{
+					AttrNumber	attnum = attnum_of(desc, lfirst(c));
+
+					if (attnum != InvalidAttrNumber)
+						d->key_input[attnum - 1] = true;
+				}
 		}
 	}
 	if (nkeyed > 0)

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * condition.c
- *		User-written conditions: the extra condition of a retention policy
- *		and the condition of a legal hold.
+ *		User-written conditions: the extra condition of a retention policy,
+ *		the condition of a legal hold, and the condition of a subject path.
  *
  * A condition is SQL text that we later paste inside our own statements
  * (erasure's hold checks, retention batches), so it must be exactly one
@@ -22,11 +22,15 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/transam.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_operator.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "gdpr.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
 #include "storage/lmgr.h"
@@ -34,11 +38,12 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/plancache.h"
 #include "utils/syscache.h"
 
 PG_FUNCTION_INFO_V1(gdpr_check_condition);
 
-static List *parse_condition(const char *condition, Oid owner, const char *sql);
+static List *parse_condition(const char *condition, Oid owner, const char *sql, const char *what);
 
 /*
  * gdpr._check_condition(tbl regclass, condition text): refuses anything but
@@ -55,7 +60,7 @@ gdpr_check_condition(PG_FUNCTION_ARGS)
 
 	LockRelationOid(relid, AccessShareLock);
 	name = gdpr_relation_name(relid);
-	gdpr_check_expression(condition);
+	gdpr_check_expression(condition, "legal hold condition");
 	owner = gdpr_relation_owner(relid);
 	if (!has_privs_of_role(GetUserId(), owner))
 		ereport(ERROR,
@@ -68,16 +73,17 @@ gdpr_check_condition(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	(void) parse_condition(condition, owner,
-						   psprintf("SELECT 1 FROM %s WHERE (\n%s\n) LIMIT 0", name, condition));
+						   psprintf("SELECT 1 FROM %s WHERE (\n%s\n) LIMIT 0", name, condition),
+						   "legal hold condition");
 	SPI_finish();
 	PG_RETURN_VOID();
 }
 
 /* Raises an error unless condition is exactly one expression */
 void
-gdpr_check_expression(const char *condition)
+gdpr_check_expression(const char *condition, const char *what)
 {
-	List	   *raw = parse_condition(condition, InvalidOid, NULL);
+	List	   *raw = parse_condition(condition, InvalidOid, NULL, what);
 	SelectStmt *select = list_length(raw) == 1 ? (SelectStmt *) ((RawStmt *) linitial(raw))->stmt : NULL;
 
 	if (select == NULL || !IsA(select, SelectStmt) ||
@@ -90,7 +96,7 @@ gdpr_check_expression(const char *condition)
 		((ResTarget *) linitial(select->targetList))->name != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("legal hold condition must be exactly one expression"),
+				 errmsg("%s must be exactly one expression", what),
 				 errdetail("Got: %s", condition),
 				 errhint("Write a boolean expression over the table's columns, such as status = 'unpaid'.")));
 }
@@ -100,7 +106,7 @@ gdpr_check_expression(const char *condition)
  * owner; either way a failure becomes an error about the condition.
  */
 static List *
-parse_condition(const char *condition, Oid owner, const char *sql)
+parse_condition(const char *condition, Oid owner, const char *sql, const char *what)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	List	   *volatile raw = NIL;
@@ -122,10 +128,345 @@ parse_condition(const char *condition, Oid owner, const char *sql)
 		ereport(ERROR,
 				(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
 						 : ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid legal hold condition: %s", edata->message),
+				 errmsg("invalid %s: %s", what, edata->message),
 				 errdetail("Condition: %s", condition),
 				 errhint("Write one boolean expression over the table's columns, such as status = 'unpaid'.")));
 	}
 	PG_END_TRY();
 	return raw;
+}
+
+/*
+ * Path conditions.
+ *
+ * A path condition (owner_type = 'User') is pasted into the statements that
+ * follow the path: an export as its caller, the audit trigger as the writer,
+ * an erasure, a retention batch.  Parsed again in each of those sessions, a
+ * name like lower() or = would be resolved through that session's
+ * search_path, and a writer could make its rows reach no one.  So the
+ * condition is stored in a canonical form that names every function,
+ * operator and type by schema, and is made of built-in functions and
+ * operators only: it means the same to every reader and runs nobody's code.
+ * The canonical form re-parses to itself, so canonicalizing is idempotent;
+ * a trigger on gdpr.subject_path applies it however the row is written.
+ */
+PG_FUNCTION_INFO_V1(gdpr_check_path_condition);
+
+static void deparse_condition(StringInfo buf, Node *node, Relation rel, const char *condition);
+
+Datum
+gdpr_check_path_condition(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *condition = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	MemoryContext cxt = CurrentMemoryContext;
+	SPIPlanPtr	plan = NULL;
+	Query	   *query;
+	Relation	rel;
+	StringInfoData buf;
+
+	rel = table_open(relid, AccessShareLock);
+	gdpr_check_expression(condition, "path condition");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PG_TRY();
+	{
+		plan = SPI_prepare(psprintf("SELECT 1 FROM ONLY %s WHERE (\n%s\n)",
+									gdpr_relation_name(relid), condition), 0, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
+						 : ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid path condition: %s", edata->message),
+				 errdetail("Condition: %s", condition),
+				 errhint("Write one boolean expression over the table's columns, such as owner_type = 'User'.")));
+	}
+	PG_END_TRY();
+	if (plan == NULL || list_length(SPI_plan_get_plan_sources(plan)) != 1)
+		elog(ERROR, "SPI_prepare failed for path condition");
+	query = linitial_node(Query, ((CachedPlanSource *) linitial(SPI_plan_get_plan_sources(plan)))->query_list);
+	if (query->hasSubLinks || query->hasAggs || query->hasWindowFuncs || query->hasTargetSRFs)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("path condition must be an expression over one row"),
+				 errdetail("Condition: %s", condition),
+				 errhint("Subqueries, aggregates and set-returning functions cannot stand in a path condition.")));
+	initStringInfo(&buf);
+	MemoryContextSwitchTo(cxt);
+	deparse_condition(&buf, query->jointree->quals, rel, condition);
+	SPI_finish();
+	table_close(rel, NoLock);
+	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
+}
+
+static bool
+is_user_function(Oid funcid, void *context)
+{
+	return funcid >= FirstNormalObjectId;
+}
+
+/* A type by schema-qualified name; built-in types only */
+static char *
+qualified_type(Oid typid, int32 typmod, const char *condition)
+{
+	if (typid >= FirstNormalObjectId)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("path condition uses type %s, which is not built in", format_type_be(typid)),
+				 errdetail("Condition: %s", condition),
+				 errhint("Compare the column as a built-in type, such as col::text = 'x'.")));
+	return format_type_extended(typid, typmod, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
+}
+
+static char *
+qualified_function(Oid funcid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_func_namespace(funcid)),
+									  get_func_name(funcid));
+}
+
+static char *
+qualified_operator_name(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(((Form_pg_operator) GETSTRUCT(tup))->oprnamespace)),
+					  NameStr(((Form_pg_operator) GETSTRUCT(tup))->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
+ * Prints an analyzed condition with every name qualified.  Only the shapes a
+ * row filter needs are accepted; anything else is refused by name.
+ */
+static void
+deparse_condition(StringInfo buf, Node *node, Relation rel, const char *condition)
+{
+	ListCell   *lc;
+
+	if (node == NULL)
+	{
+		appendStringInfoString(buf, "NULL");
+		return;
+	}
+	if (check_functions_in_node(node, is_user_function, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("path condition calls a function or operator that is not built in"),
+				 errdetail("Condition: %s", condition),
+				 errhint("A path condition runs in every session that follows the path: use built-in functions and operators only.")));
+	switch (nodeTag(node))
+	{
+		case T_Var:
+			{
+				Var		   *var = (Var *) node;
+
+				if (var->varattno <= 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("path condition must name columns of the table"),
+							 errdetail("Condition: %s", condition)));
+				appendStringInfoString(buf, quote_identifier(get_attname(RelationGetRelid(rel),
+																		 var->varattno, false)));
+				break;
+			}
+		case T_Const:
+			{
+				Const	   *c = (Const *) node;
+				char	   *type = qualified_type(c->consttype, c->consttypmod, condition);
+
+				if (c->constisnull)
+					appendStringInfo(buf, "NULL::%s", type);
+				else
+				{
+					Oid			typoutput;
+					bool		isvarlena;
+
+					getTypeOutputInfo(c->consttype, &typoutput, &isvarlena);
+					appendStringInfo(buf, "%s::%s",
+									 quote_literal_cstr(OidOutputFunctionCall(typoutput, c->constvalue)),
+									 type);
+				}
+				break;
+			}
+		case T_OpExpr:
+			{
+				OpExpr	   *op = (OpExpr *) node;
+
+				appendStringInfoChar(buf, '(');
+				if (list_length(op->args) == 2)
+				{
+					deparse_condition(buf, linitial(op->args), rel, condition);
+					appendStringInfo(buf, " %s ", qualified_operator_name(op->opno));
+					deparse_condition(buf, lsecond(op->args), rel, condition);
+				}
+				else
+				{
+					appendStringInfo(buf, "%s ", qualified_operator_name(op->opno));
+					deparse_condition(buf, linitial(op->args), rel, condition);
+				}
+				appendStringInfoChar(buf, ')');
+				break;
+			}
+		case T_ScalarArrayOpExpr:
+			{
+				ScalarArrayOpExpr *op = (ScalarArrayOpExpr *) node;
+
+				appendStringInfoChar(buf, '(');
+				deparse_condition(buf, linitial(op->args), rel, condition);
+				appendStringInfo(buf, " %s %s (", qualified_operator_name(op->opno),
+								 op->useOr ? "ANY" : "ALL");
+				deparse_condition(buf, lsecond(op->args), rel, condition);
+				appendStringInfoString(buf, "))");
+				break;
+			}
+		case T_FuncExpr:
+			{
+				FuncExpr   *f = (FuncExpr *) node;
+
+				if (f->funcvariadic)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("path condition must not call a function with VARIADIC"),
+							 errdetail("Condition: %s", condition)));
+				appendStringInfo(buf, "%s(", qualified_function(f->funcid));
+				foreach(lc, f->args)
+				{
+					if (foreach_current_index(lc) > 0)
+						appendStringInfoString(buf, ", ");
+					deparse_condition(buf, lfirst(lc), rel, condition);
+				}
+				appendStringInfoChar(buf, ')');
+				break;
+			}
+		case T_BoolExpr:
+			{
+				BoolExpr   *b = (BoolExpr *) node;
+				const char *sep = b->boolop == AND_EXPR ? " AND " : " OR ";
+
+				appendStringInfoChar(buf, '(');
+				if (b->boolop == NOT_EXPR)
+				{
+					appendStringInfoString(buf, "NOT ");
+					deparse_condition(buf, linitial(b->args), rel, condition);
+				}
+				else
+					foreach(lc, b->args)
+					{
+						if (foreach_current_index(lc) > 0)
+							appendStringInfoString(buf, sep);
+						deparse_condition(buf, lfirst(lc), rel, condition);
+					}
+				appendStringInfoChar(buf, ')');
+				break;
+			}
+		case T_NullTest:
+			{
+				NullTest   *n = (NullTest *) node;
+
+				appendStringInfoChar(buf, '(');
+				deparse_condition(buf, (Node *) n->arg, rel, condition);
+				appendStringInfoString(buf, n->nulltesttype == IS_NULL ? " IS NULL)" : " IS NOT NULL)");
+				break;
+			}
+		case T_BooleanTest:
+			{
+				static const char *const tests[] = {" IS TRUE)", " IS NOT TRUE)", " IS FALSE)",
+				" IS NOT FALSE)", " IS UNKNOWN)", " IS NOT UNKNOWN)"};
+				BooleanTest *t = (BooleanTest *) node;
+
+				appendStringInfoChar(buf, '(');
+				deparse_condition(buf, (Node *) t->arg, rel, condition);
+				appendStringInfoString(buf, tests[t->booltesttype]);
+				break;
+			}
+		case T_RelabelType:
+			{
+				RelabelType *r = (RelabelType *) node;
+
+				appendStringInfoChar(buf, '(');
+				deparse_condition(buf, (Node *) r->arg, rel, condition);
+				appendStringInfo(buf, ")::%s", qualified_type(r->resulttype, r->resulttypmod, condition));
+				break;
+			}
+		case T_CoerceViaIO:
+			{
+				CoerceViaIO *c = (CoerceViaIO *) node;
+
+				appendStringInfoChar(buf, '(');
+				deparse_condition(buf, (Node *) c->arg, rel, condition);
+				appendStringInfo(buf, ")::%s", qualified_type(c->resulttype, -1, condition));
+				break;
+			}
+		case T_CoalesceExpr:
+			{
+				CoalesceExpr *c = (CoalesceExpr *) node;
+
+				appendStringInfoString(buf, "COALESCE(");
+				foreach(lc, c->args)
+				{
+					if (foreach_current_index(lc) > 0)
+						appendStringInfoString(buf, ", ");
+					deparse_condition(buf, lfirst(lc), rel, condition);
+				}
+				appendStringInfoChar(buf, ')');
+				break;
+			}
+		case T_ArrayExpr:
+			{
+				ArrayExpr  *a = (ArrayExpr *) node;
+
+				appendStringInfoString(buf, "ARRAY[");
+				foreach(lc, a->elements)
+				{
+					if (foreach_current_index(lc) > 0)
+						appendStringInfoString(buf, ", ");
+					deparse_condition(buf, lfirst(lc), rel, condition);
+				}
+				appendStringInfo(buf, "]::%s", qualified_type(a->array_typeid, -1, condition));
+				break;
+			}
+		case T_CaseExpr:
+			{
+				CaseExpr   *c = (CaseExpr *) node;
+
+				if (c->arg != NULL)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("path condition must use CASE WHEN <condition>, not CASE <value> WHEN"),
+							 errdetail("Condition: %s", condition)));
+				appendStringInfoString(buf, "CASE");
+				foreach(lc, c->args)
+				{
+					CaseWhen   *w = lfirst_node(CaseWhen, lc);
+
+					appendStringInfoString(buf, " WHEN ");
+					deparse_condition(buf, (Node *) w->expr, rel, condition);
+					appendStringInfoString(buf, " THEN ");
+					deparse_condition(buf, (Node *) w->result, rel, condition);
+				}
+				appendStringInfoString(buf, " ELSE ");
+				deparse_condition(buf, (Node *) c->defresult, rel, condition);
+				appendStringInfoString(buf, " END");
+				break;
+			}
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("path condition uses an expression of a kind it cannot hold"),
+					 errdetail("Condition: %s", condition),
+					 errhint("Use comparisons, AND, OR, NOT, IS NULL, IN lists, COALESCE, CASE WHEN and built-in functions over the table's columns.")));
+	}
 }

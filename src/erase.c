@@ -757,7 +757,7 @@ holds(const GdprSubject *subject)
 		GdprTableMap *map;
 		int64		count;
 
-		gdpr_check_expression(condition);
+		gdpr_check_expression(condition, "legal hold condition");
 		map = gdpr_load_table_map(relid, CurrentMemoryContext);
 		if (map == NULL)
 			continue;
@@ -886,6 +886,12 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 		t->shared = reverse ? SPI_getvalue(tup, desc, 5) : NULL;
 		t->map = gdpr_load_table_map(t->relid, CurrentMemoryContext);
 		t->from = t->map->from_name;
+		{
+			char	   *others = gdpr_shared_sql(t->map);
+
+			if (others != NULL)
+				t->shared = t->shared != NULL ? psprintf("(%s) OR %s", t->shared, others) : others;
+		}
 		if (t->relid == subject->relid)
 			t->delete = !keep_subject_row;
 		else if (reverse && keep_subject_row)

@@ -67,7 +67,13 @@ typedef struct ExportPlans
 	Oid			key_type;		/* the parameter type the plans were prepared for */
 	SPIPlanPtr	aggregate;		/* one jsonb array of all rows */
 	SPIPlanPtr	stream;			/* one jsonb row per row */
+	SPIPlanPtr	shared;			/* the count of rows shared with other subjects, or NULL */
 } ExportPlans;
+
+/* What rows_sql() selects */
+#define EXPORT_AGGREGATE	1
+#define EXPORT_STREAM		2
+#define EXPORT_SHARED		3
 
 static HTAB *export_plans = NULL;
 
@@ -84,9 +90,16 @@ static void retire_plan(SPIPlanPtr plan);
 static ExportPlans *get_plans(Oid relid, Oid key_type);
 static SPIPlanPtr prepare_kept(const char *sql, Oid key_type);
 static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
+static int64 shared_rows(const ExportTable *t, const GdprSubject *subject);
+static Datum run_export_plan(SPIPlanPtr plan, const GdprSubject *subject);
 static List *export_tables(const GdprSubject *subject, bool portable);
 static List *filtered_tables(List *tables);
-static char *rows_sql(Oid relid, bool aggregate);
+static void push_string_elem(JsonbParseState **state, const char *value);
+static void push_shared_and_withheld(JsonbParseState **state, List *tables,
+									 const GdprSubject *subject, const int64 *counts);
+static char *rows_sql(Oid relid, int what);
+static char *withheld_array(const GdprTableMap *map);
+static List *withheld_columns(const GdprTableMap *map);
 static void push_int(JsonbParseState **state, int64 value);
 static void push_members(JsonbParseState **state, Jsonb *object);
 static Jsonb *query_jsonb(const char *sql, const GdprSubject *subject, bool as_owner);
@@ -163,14 +176,14 @@ gdpr_export(PG_FUNCTION_ARGS)
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	gdpr_push_key(&state, "total_rows");
 	push_int(&state, total);
+	push_shared_and_withheld(&state, tables, subject, counts);
 	filtered = filtered_tables(tables);
 	if (filtered != NIL)
 	{
 		gdpr_push_key(&state, "row_security_filtered");
 		pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
 		foreach(lc, filtered)
-			pushJsonbValue(&state, WJB_ELEM, &(JsonbValue) {.type = jbvString,
-							   .val.string.val = lfirst(lc), .val.string.len = strlen(lfirst(lc))});
+			push_string_elem(&state, lfirst(lc));
 		pushJsonbValue(&state, WJB_END_ARRAY, NULL);
 	}
 
@@ -306,11 +319,19 @@ gdpr_export_sql(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	sql = rows_sql(relid, false);
+	sql = rows_sql(relid, EXPORT_STREAM);
 	MemoryContextSwitchTo(callercxt);
 	sql = pstrdup(sql);
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(sql));
+}
+
+/* One string element of an array being built */
+static void
+push_string_elem(JsonbParseState **state, const char *value)
+{
+	pushJsonbValue(state, WJB_ELEM, &(JsonbValue) {.type = jbvString,
+				   .val.string.val = (char *) value, .val.string.len = strlen(value)});
 }
 
 /* The relcache callback's part for export: forget one table's plans, or all */
@@ -339,6 +360,7 @@ static ExportPlans *
 get_plans(Oid relid, Oid key_type)
 {
 	ExportPlans *ep;
+	char	   *sql;
 	bool		found;
 
 	if (export_plans == NULL)
@@ -355,7 +377,7 @@ get_plans(Oid relid, Oid key_type)
 	if (!found)
 	{
 		ep->valid = false;
-		ep->aggregate = ep->stream = NULL;
+		ep->aggregate = ep->stream = ep->shared = NULL;
 	}
 	if (!ep->valid || ep->key_type != key_type)
 	{
@@ -363,9 +385,14 @@ get_plans(Oid relid, Oid key_type)
 			retire_plan(ep->aggregate);
 		if (ep->stream != NULL)
 			retire_plan(ep->stream);
-		ep->aggregate = ep->stream = NULL;
-		ep->aggregate = prepare_kept(rows_sql(relid, true), key_type);
-		ep->stream = prepare_kept(rows_sql(relid, false), key_type);
+		if (ep->shared != NULL)
+			retire_plan(ep->shared);
+		ep->aggregate = ep->stream = ep->shared = NULL;
+		ep->aggregate = prepare_kept(rows_sql(relid, EXPORT_AGGREGATE), key_type);
+		ep->stream = prepare_kept(rows_sql(relid, EXPORT_STREAM), key_type);
+		sql = rows_sql(relid, EXPORT_SHARED);
+		if (sql != NULL)
+			ep->shared = prepare_kept(sql, key_type);
 		ep->key_type = key_type;
 		ep->valid = true;
 	}
@@ -405,11 +432,30 @@ prepare_kept(const char *sql, Oid key_type)
 static Jsonb *
 table_rows(const ExportTable *t, const GdprSubject *subject)
 {
+	return DatumGetJsonbPCopy(run_export_plan(get_plans(t->relid, subject->key_type)->aggregate,
+											  subject));
+}
+
+/* How many rows of t the subject shares with other subjects (see gdpr_shared_sql) */
+static int64
+shared_rows(const ExportTable *t, const GdprSubject *subject)
+{
+	SPIPlanPtr	plan = get_plans(t->relid, subject->key_type)->shared;
+
+	return plan != NULL ? DatumGetInt64(run_export_plan(plan, subject)) : 0;
+}
+
+/*
+ * Runs one of a table's kept plans for the subject; its single value.  A
+ * plan retired meanwhile (the map changed under a nested call) is freed
+ * once no export plan runs.
+ */
+static Datum
+run_export_plan(SPIPlanPtr plan, const GdprSubject *subject)
+{
 	Datum		args[1] = {subject->key};
 	bool		isnull;
-	Datum		d;
 	volatile int ret;
-	SPIPlanPtr	plan = get_plans(t->relid, subject->key_type)->aggregate;
 
 	export_plans_running++;
 	PG_TRY();
@@ -431,8 +477,70 @@ table_rows(const ExportTable *t, const GdprSubject *subject)
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return DatumGetJsonbPCopy(d);
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+}
+
+/*
+ * "shared": the rows of each table the subject shares with other subjects,
+ * by count (no one's export holds them); "withheld_columns": the columns
+ * that rows only about the subject leave out, by name, so that the person
+ * knows they exist.  Each only when not empty.
+ */
+static void
+push_shared_and_withheld(JsonbParseState **state, List *tables, const GdprSubject *subject,
+						 const int64 *counts)
+{
+	int64	   *shared = palloc0(sizeof(int64) * Max(list_length(tables), 1));
+	List	  **withheld = palloc0(sizeof(List *) * Max(list_length(tables), 1));
+	bool		any_shared = false;
+	bool		any_withheld = false;
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		ExportTable *t = lfirst(lc);
+		int			i = foreach_current_index(lc);
+
+		shared[i] = shared_rows(t, subject);
+		any_shared |= shared[i] > 0;
+		if (counts[i] > 0)
+		{
+			GdprTableMap *map = gdpr_load_table_map(t->relid, CurrentMemoryContext);
+
+			withheld[i] = map != NULL ? withheld_columns(map) : NIL;
+			any_withheld |= withheld[i] != NIL;
+		}
+	}
+	if (any_shared)
+	{
+		gdpr_push_key(state, "shared");
+		pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+		foreach(lc, tables)
+			if (shared[foreach_current_index(lc)] > 0)
+			{
+				gdpr_push_key(state, ((ExportTable *) lfirst(lc))->name);
+				push_int(state, shared[foreach_current_index(lc)]);
+			}
+		pushJsonbValue(state, WJB_END_OBJECT, NULL);
+	}
+	if (any_withheld)
+	{
+		gdpr_push_key(state, "withheld_columns");
+		pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+		foreach(lc, tables)
+		{
+			ListCell   *c;
+
+			if (withheld[foreach_current_index(lc)] == NIL)
+				continue;
+			gdpr_push_key(state, ((ExportTable *) lfirst(lc))->name);
+			pushJsonbValue(state, WJB_BEGIN_ARRAY, NULL);
+			foreach(c, withheld[foreach_current_index(lc)])
+				push_string_elem(state, lfirst(c));
+			pushJsonbValue(state, WJB_END_ARRAY, NULL);
+		}
+		pushJsonbValue(state, WJB_END_OBJECT, NULL);
+	}
 }
 
 /*
@@ -507,7 +615,7 @@ export_tables(const GdprSubject *subject, bool portable)
  * each path reaches, united, so a row reached twice is exported once.
  */
 static char *
-rows_sql(Oid relid, bool aggregate)
+rows_sql(Oid relid, int what)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	GdprTableMap *map = gdpr_load_table_map(relid, cxt);
@@ -516,7 +624,12 @@ rows_sql(Oid relid, bool aggregate)
 	StringInfoData rowexpr;
 	StringInfoData secret;
 	char	   *pk;
-	char	   *where;
+	char	   *owned;
+	char	   *concerned;
+	char	   *shared;
+	char	   *withheld;
+	char	   *selected;
+	char	   *row;
 	GdprPathSql only = {0};
 	int			npaths = 0;
 	ListCell   *lc;
@@ -574,13 +687,23 @@ rows_sql(Oid relid, bool aggregate)
 		only = p;
 		npaths++;
 	}
+	owned = gdpr_path_rows_sql(map, pk, GDPR_PATHS_OWNER);
+	concerned = gdpr_path_rows_sql(map, pk, GDPR_PATHS_CONCERNED);
+	shared = gdpr_shared_sql(map);
+	withheld = withheld_array(map);
+
+	if (what == EXPORT_SHARED)
+		return shared != NULL && owned != NULL
+			? psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE (%s) IN (%s) AND %s",
+					   map->from_name, pk, owned, shared)
+			: NULL;
 	if (npaths == 0)
-		return pstrdup(aggregate ? "SELECT '[]'::pg_catalog.jsonb"
+		return pstrdup(what == EXPORT_AGGREGATE ? "SELECT '[]'::pg_catalog.jsonb"
 					   : "SELECT NULL::pg_catalog.jsonb WHERE false");
-	if (npaths == 1)
+	if (npaths == 1 && shared == NULL && (owned != NULL || withheld == NULL))
 	{
 		/* one path's join selects the rows themselves */
-		if (aggregate)
+		if (what == EXPORT_AGGREGATE)
 			return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
 							"FROM %s t%s%s WHERE %s AND %s OPERATOR(pg_catalog.=) $1",
 							rowexpr.data, pk, map->from_name, only.from[0] ? ", " : "",
@@ -589,14 +712,87 @@ rows_sql(Oid relid, bool aggregate)
 						rowexpr.data, map->from_name, only.from[0] ? ", " : "", only.from,
 						only.where, only.key, pk);
 	}
-	/* several: the primary keys each path reaches, united, so a row reached twice comes once */
-	where = gdpr_path_rows_sql(map, pk, GDPR_PATHS_ALL);
-	if (aggregate)
+
+	/*
+	 * The subject's own rows, less those it shares with other subjects, and
+	 * the rows only about it, which leave out what is personal data of
+	 * their owner: each path's keys united, so a row reached twice comes
+	 * once.
+	 */
+	if (owned != NULL)
+		owned = shared != NULL ? psprintf("((%s) IN (%s) AND NOT %s)", pk, owned, shared)
+			: psprintf("(%s) IN (%s)", pk, owned);
+	if (concerned != NULL)
+		concerned = psprintf("(%s) IN (%s)", pk, concerned);
+	selected = owned == NULL ? concerned : concerned == NULL ? owned
+		: psprintf("(%s OR %s)", owned, concerned);
+	row = rowexpr.data;
+	if (concerned != NULL && withheld != NULL)
+		row = owned == NULL ? psprintf("%s OPERATOR(pg_catalog.-) %s", rowexpr.data, withheld)
+			: psprintf("CASE WHEN %s THEN %s ELSE %s OPERATOR(pg_catalog.-) %s END",
+					   owned, rowexpr.data, rowexpr.data, withheld);
+	if (what == EXPORT_AGGREGATE)
 		return psprintf("SELECT COALESCE(pg_catalog.jsonb_agg(%s ORDER BY %s), '[]') "
-						"FROM %s t WHERE (%s) IN (%s)",
-						rowexpr.data, pk, map->from_name, pk, where);
-	return psprintf("SELECT %s FROM %s t WHERE (%s) IN (%s) ORDER BY %s",
-					rowexpr.data, map->from_name, pk, where, pk);
+						"FROM %s t WHERE %s", row, pk, map->from_name, selected);
+	return psprintf("SELECT %s FROM %s t WHERE %s ORDER BY %s",
+					row, map->from_name, selected, pk);
+}
+
+/*
+ * The columns a row reached only by a concerned path leaves out, as a
+ * text[] literal, or NULL: those classified as personal data (of the row's
+ * owner), less the about_columns of the table's concerned paths.
+ */
+static char *
+withheld_array(const GdprTableMap *map)
+{
+	StringInfoData buf;
+	List	   *names = withheld_columns(map);
+	ListCell   *lc;
+
+	if (names == NIL)
+		return NULL;
+	initStringInfo(&buf);
+	foreach(lc, names)
+		appendStringInfo(&buf, "%s%s", buf.len > 0 ? ", " : "ARRAY[", quote_literal_cstr(lfirst(lc)));
+	appendStringInfoString(&buf, "]::pg_catalog.text[]");
+	return buf.data;
+}
+
+static List *
+withheld_columns(const GdprTableMap *map)
+{
+	List	   *about = NIL;
+	List	   *names = NIL;
+	bool		concerned = false;
+	ListCell   *lc;
+
+	foreach(lc, map->paths)
+	{
+		GdprPath   *path = lfirst(lc);
+
+		if (!path->owner)
+		{
+			concerned = true;
+			about = list_concat(about, path->about_columns);
+		}
+	}
+	if (!concerned)
+		return NIL;
+	foreach(lc, map->columns)
+	{
+		GdprColumn *col = lfirst(lc);
+		ListCell   *a;
+		bool		about_subject = false;
+
+		if (strcmp(col->category, "secret") == 0)
+			continue;
+		foreach(a, about)
+			about_subject |= strcmp(lfirst(a), col->name) == 0;
+		if (!about_subject)
+			names = lappend(names, col->name);
+	}
+	return names;
 }
 
 /*

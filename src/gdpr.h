@@ -84,6 +84,8 @@ typedef struct GdprPath
 	char	   *name;
 	bool		owner;			/* false: the subject is only concerned */
 	char	   *subject_column; /* the row holds the key itself, or NULL */
+	char	   *condition;		/* canonical SQL over the row's bare columns, or NULL */
+	List	   *about_columns;	/* char *: what a concerned path's row says about the subject */
 	List	   *steps;			/* GdprStep *, when subject_column is NULL */
 } GdprPath;
 
@@ -143,6 +145,7 @@ extern char *gdpr_pk_json(Relation rel, const char *prefix);
 extern char *gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which);
 extern char *gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path,
 							  const char *rowref);
+extern char *gdpr_shared_sql(const GdprTableMap *map);
 extern GdprSubject *gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno,
 										 const char *kind, MemoryContext mcxt);	/* SPI */
 extern bool gdpr_subject_exists(const GdprSubject *subject);	/* SPI */
@@ -150,7 +153,7 @@ extern bool gdpr_column_is_secret(const GdprTableMap *map, const char *column);
 extern char *gdpr_relation_name(Oid relid);
 
 /* condition.c */
-extern void gdpr_check_expression(const char *condition);
+extern void gdpr_check_expression(const char *condition, const char *what);
 
 /* audit.c */
 extern void gdpr_audit_invalidate(Oid relid);

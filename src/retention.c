@@ -252,7 +252,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 		appendStringInfo(&where, "t.%s < pg_catalog.now()", quote_identifier(time_column));
 	if (condition != NULL)
 	{
-		gdpr_check_expression(condition);
+		gdpr_check_expression(condition, "retention condition");
 		appendStringInfo(&where, " AND (\n%s\n)", condition);
 	}
 	if (SPI_execute_with_args("SELECT condition FROM gdpr.legal_hold WHERE relid::pg_catalog.oid = $1",
@@ -262,7 +262,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	{
 		char	   *hold = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
-		gdpr_check_expression(hold);
+		gdpr_check_expression(hold, "legal hold condition");
 		appendStringInfo(&where, " AND (\n%s\n) IS NOT TRUE", hold);
 	}
 

@@ -38,6 +38,7 @@ static GdprPath *find_path(List *paths, const char *name);
 static char *qualified_table(const GdprTableMap *map, Oid relid);
 static List *pk_names(Relation rel);
 static const char *qualified_operator(Oid opid);
+static GdprPathSql path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix);
 static void append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
 								  const char *right_alias);
 
@@ -104,7 +105,8 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 	MemoryContextSwitchTo(oldcxt);
 
 	ret = SPI_execute_with_args(
-		"SELECT path_name, relation = 'owner', subject_column::pg_catalog.text "
+		"SELECT path_name, relation = 'owner', subject_column::pg_catalog.text, condition, "
+		"       about_columns::pg_catalog.text[] "
 		"  FROM gdpr.subject_path WHERE relid::pg_catalog.oid = $1 "
 		" ORDER BY relation <> 'owner', path_name NOT IN ('self', 'main'), path_name",
 		1, argtypes, args, NULL, true, 0);
@@ -120,6 +122,16 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 		path->name = spi_text(tup, desc, 1);
 		path->owner = DatumGetBool(SPI_getbinval(tup, desc, 2, &(bool){false}));
 		path->subject_column = spi_text(tup, desc, 3);
+		path->condition = spi_text(tup, desc, 4);
+		{
+			bool		isnull;
+			Datum		about = SPI_getbinval(tup, desc, 5, &isnull);
+
+			path->about_columns = isnull ? NIL : text_array_to_list(about);
+		}
+		/* pasted into statements: one expression, whoever wrote the row (condition.c) */
+		if (path->condition != NULL)
+			gdpr_check_expression(path->condition, "path condition");
 		map->paths = lappend(map->paths, path);
 	}
 	MemoryContextSwitchTo(oldcxt);
@@ -333,6 +345,24 @@ gdpr_column_is_secret(const GdprTableMap *map, const char *column)
 GdprPathSql
 gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix)
 {
+	GdprPathSql result = path_sql(map, path, rowprefix);
+
+	/*
+	 * The condition names the row's columns bare: evaluated over the row
+	 * alone, where no joined table's column can answer for them.
+	 */
+	if (path->condition != NULL)
+	{
+		result.where = psprintf("%s AND COALESCE((SELECT %s FROM (SELECT %s*) c), false)",
+								result.where, path->condition, rowprefix);
+		result.row_column = NULL;	/* the key alone no longer says whose row it is */
+	}
+	return result;
+}
+
+static GdprPathSql
+path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix)
+{
 	GdprPathSql result = {NULL, NULL, NULL, false, NULL};
 	StringInfoData from;
 	const GdprStep *last;
@@ -494,10 +524,58 @@ gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowr
 								p.key, p.key);
 
 	if (p.from[0] == '\0')
-		return text;
-	/* a reverse step may find several subject rows: take one, always the same */
-	return psprintf("(SELECT %s FROM %s WHERE %s%s)", text, p.from,
-					p.where, p.many ? " ORDER BY 1 LIMIT 1" : "");
+		return strcmp(p.where, "true") == 0 ? text
+			: psprintf("CASE WHEN %s THEN %s END", p.where, text);
+	/* a reverse step may find several subject rows: a row they share is no one's alone */
+	if (p.many)
+		return psprintf("(SELECT CASE WHEN pg_catalog.count(DISTINCT k) OPERATOR(pg_catalog.=) 1 "
+						"THEN pg_catalog.min(k) END FROM (SELECT %s AS k FROM %s WHERE %s) s)",
+						text, p.from, p.where);
+	return psprintf("(SELECT %s FROM %s WHERE %s)", text, p.from, p.where);
+}
+
+/*
+ * A condition on row t (of the map's table) that holds when the row is
+ * shared: an owner path that steps back from a parent to the subject rows
+ * referencing it (payment_method -> account <- users) reaches a subject
+ * other than $1, and no path that names one subject reaches $1.  NULL when
+ * no owner path steps back.
+ */
+char *
+gdpr_shared_sql(const GdprTableMap *map)
+{
+	StringInfoData others;
+	StringInfoData mine;
+	ListCell   *lc;
+
+	initStringInfo(&others);
+	initStringInfo(&mine);
+	foreach(lc, map->paths)
+	{
+		GdprPath   *path = lfirst(lc);
+		GdprPathSql p;
+		StringInfo	buf;
+
+		if (!path->owner)
+			continue;
+		p = gdpr_path_sql(map, path, "t.");
+		if (strcmp(p.key, "NULL") == 0)
+			continue;
+		buf = p.many ? &others : &mine;
+		if (buf->len > 0)
+			appendStringInfoString(buf, " OR ");
+		if (p.from[0] == '\0')
+			appendStringInfo(buf, "(%s AND %s OPERATOR(pg_catalog.=) $1)", p.where, p.key);
+		else
+			appendStringInfo(buf, "EXISTS (SELECT 1 FROM %s WHERE %s AND %s %s $1)",
+							 p.from, p.where, p.key,
+							 p.many ? "OPERATOR(pg_catalog.<>)" : "OPERATOR(pg_catalog.=)");
+	}
+	if (others.len == 0)
+		return NULL;
+	if (mine.len == 0)
+		return psprintf("(%s)", others.data);
+	return psprintf("((%s) AND NOT (%s))", others.data, mine.data);
 }
 
 /*
