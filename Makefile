@@ -7,7 +7,7 @@ EXTENSION = gdpr
 DATA = gdpr--1.0.sql
 PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 
-REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile security erase_verify cleanup
+REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile security erase_verify whose_data cleanup
 REGRESS_OPTS = --inputdir=. --load-extension=gdpr
 
 ISOLATION = audit_concurrent erase_concurrent seal_concurrent retention_concurrent

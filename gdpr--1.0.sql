@@ -1008,6 +1008,16 @@ SELECT r.relid AS table_name, NULL::name AS column_name,
   FROM gdpr.registered_table r
  WHERE NOT EXISTS (SELECT 1 FROM gdpr.subject_path p WHERE p.relid = r.relid AND p.relation = 'owner')
 UNION ALL
+-- A key column beside a type column (owner_id, owner_type: the Rails and Django pattern) holds the
+-- keys of several kinds of owner: without a condition the path takes a company's rows for a user's.
+SELECT p.relid, p.subject_column,
+       pg_catalog.format('holds keys of several kinds of owner (see column %I): give path %L a condition, such as %I = ''User''',
+                         a.attname, p.path_name, a.attname)
+  FROM gdpr.subject_path p
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+   AND a.attname::text = pg_catalog.regexp_replace(p.subject_column, '_id$', '_type')
+ WHERE p.subject_column ~ '_id$' AND p.condition IS NULL
+UNION ALL
 SELECT e.src, NULL::name AS column_name,
        pg_catalog.format('references registered table %s through (%s) but is not registered',
                          gdpr._qualified(e.dst), pg_catalog.array_to_string(e.src_cols, ', ')) AS reason

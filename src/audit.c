@@ -161,7 +161,7 @@ static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
-static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys);
+static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys, const char *erasing);
 static bool keys_changed(const AuditPlanData *d, const bool *changed);
 static AttrNumber attnum_of(TupleDesc desc, const char *name);
 static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
@@ -322,7 +322,8 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 		values[P_SUBJECT] = d->owned && keys[0] != NULL ? CStringGetTextDatum(keys[0]) : (Datum) 0;
 		/* an UPDATE that moves the row to another subject is about the old one too */
 		values[P_RELATED] = related_array(d, keys, keys_changed(d, changed)
-										  ? subject_keys(d, oldtup, desc) : NULL);
+										  ? subject_keys(d, oldtup, desc) : NULL,
+										  gdpr_erasing_key(d->kind));
 		nulls[P_RELATED] = values[P_RELATED] != (Datum) 0 ? ' ' : 'n';
 
 		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
@@ -1020,9 +1021,9 @@ subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
  * or 0 when none: an erasure of any of them scrubs the event.
  */
 static Datum
-related_array(AuditPlanData *d, char **keys, char **oldkeys)
+related_array(AuditPlanData *d, char **keys, char **oldkeys, const char *erasing)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * Max(2 * d->npaths, 1));
+	Datum	   *elems = palloc(sizeof(Datum) * (2 * d->npaths + 1));
 	int			n = 0;
 
 	for (int i = d->owned ? 1 : 0; i < d->npaths; i++)
@@ -1038,6 +1039,22 @@ related_array(AuditPlanData *d, char **keys, char **oldkeys)
 			kept = keys[j] != NULL && strcmp(keys[j], oldkeys[i]) == 0;
 		if (!kept)
 			elems[n++] = CStringGetTextDatum(oldkeys[i]);
+	}
+
+	/*
+	 * A row an erasure changes is about the erased subject, whoever it names
+	 * by the time the statement reaches it (a foreign key's SET DEFAULT
+	 * handed it to a placeholder subject): the event is scrubbed with the
+	 * subject's others.
+	 */
+	if (erasing != NULL)
+	{
+		bool		named = false;
+
+		for (int i = 0; i < d->npaths && !named; i++)
+			named = keys[i] != NULL && strcmp(keys[i], erasing) == 0;
+		if (!named)
+			elems[n++] = CStringGetTextDatum(erasing);
 	}
 	if (n == 0)
 		return (Datum) 0;

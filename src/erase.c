@@ -617,6 +617,18 @@ planned_jsonb(const char *keys)
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(keys != NULL ? keys : "[]"));
 }
 
+/*
+ * The key of the subject an erasure of the given kind is erasing now, as
+ * the trail records it, or NULL.
+ */
+const char *
+gdpr_erasing_key(const char *kind)
+{
+	if (erasing_subject == NULL || kind == NULL || strcmp(kind, erasing_subject->kind) != 0)
+		return NULL;
+	return erasing_subject->key_text;
+}
+
 /* Whether an erasure's statements are running in this backend */
 bool
 gdpr_erasure_running(void)
@@ -1018,7 +1030,7 @@ order_tables(List *tables)
 {
 	int			n = list_length(tables);
 	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
-	bool	  **refs = palloc(sizeof(bool *) * Max(n, 1));
+	char	  **refs = palloc(sizeof(char *) * Max(n, 1));
 	List	   *result = NIL;
 
 	{
@@ -1028,13 +1040,25 @@ order_tables(List *tables)
 
 		for (int i = 0; i < n; i++)
 		{
-			refs[i] = palloc0(sizeof(bool) * n);
+			refs[i] = palloc0(sizeof(char) * n);
 			relids[i] = ObjectIdGetDatum(((EraseTable *) list_nth(tables, i))->relid);
 		}
 		args[0] = PointerGetDatum(construct_array(relids, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
-		if (SPI_execute_with_args("SELECT DISTINCT src::pg_catalog.oid, dst::pg_catalog.oid FROM gdpr._fk_edge "
-								  " WHERE src::pg_catalog.oid = ANY ($1) AND dst::pg_catalog.oid = ANY ($1) "
-								  "   AND src <> dst",
+		/*
+		 * Children go before their parents, so that a row is erased while
+		 * it still names its subject.  Only a key that would stop the
+		 * parent's DELETE, or take rows with it, must be obeyed ('s'); one
+		 * that sets NULL or a default, is checked at commit, or points at a
+		 * parent the erasure keeps only prefers it ('p'), and gives way in a
+		 * cycle.
+		 */
+		if (SPI_execute_with_args("SELECT src, dst, pg_catalog.bool_or(strict) FROM ("
+								  "  SELECT COALESCE(pg_catalog.pg_partition_root(c.conrelid), c.conrelid)::pg_catalog.oid AS src, "
+								  "         COALESCE(pg_catalog.pg_partition_root(c.confrelid), c.confrelid)::pg_catalog.oid AS dst, "
+								  "         c.confdeltype IN ('a', 'r', 'c') AND NOT (c.condeferrable AND c.condeferred) AS strict "
+								  "    FROM pg_catalog.pg_constraint c "
+								  "   WHERE c.contype = 'f' AND c.conparentid = 0) e "
+								  " WHERE src = ANY ($1) AND dst = ANY ($1) AND src <> dst GROUP BY src, dst",
 								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed");
 		for (uint64 e = 0; e < SPI_processed; e++)
@@ -1042,6 +1066,7 @@ order_tables(List *tables)
 			bool		isnull;
 			Oid			src = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[e], SPI_tuptable->tupdesc, 1, &isnull));
 			Oid			dst = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[e], SPI_tuptable->tupdesc, 2, &isnull));
+			bool		strict = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[e], SPI_tuptable->tupdesc, 3, &isnull));
 			int			i = -1,
 						j = -1;
 
@@ -1053,34 +1078,59 @@ order_tables(List *tables)
 					j = k;
 			}
 			if (i >= 0 && j >= 0)
-				refs[i][j] = true;
+				refs[i][j] = strict && ((EraseTable *) list_nth(tables, j))->delete ? 's' : 'p';
 		}
 	}
 
 	while (list_length(result) < n)
 	{
-		bool		progress = false;
+		int			next = -1;
 
-		for (int i = 0; i < n; i++)
+		/* the first table no waiting table references; else, the first only preferences hold */
+		for (int strict_only = 0; strict_only <= 1 && next < 0; strict_only++)
+			for (int i = 0; i < n && next < 0; i++)
+			{
+				bool		referenced = false;
+
+				if (done[i])
+					continue;
+				for (int j = 0; j < n; j++)
+					if (!done[j] && j != i && refs[j][i] != 0 && (!strict_only || refs[j][i] == 's'))
+						referenced = true;
+				if (!referenced)
+					next = i;
+			}
+		if (next >= 0)
 		{
-			bool		referenced = false;
-
-			if (done[i])
-				continue;
-			/* i may go once no table still waiting references it */
-			for (int j = 0; j < n; j++)
-				if (!done[j] && j != i && refs[j][i])
-					referenced = true;
-			if (referenced)
-				continue;
-			done[i] = true;
-			progress = true;
-			result = lappend(result, list_nth(tables, i));
+			done[next] = true;
+			result = lappend(result, list_nth(tables, next));
 		}
-		if (!progress)
+		else
 		{
 			StringInfoData cycle;
+			bool		pruned = true;
 
+			/* name only the tables in a cycle: prune those nothing waiting points to, or from */
+			while (pruned)
+			{
+				pruned = false;
+				for (int i = 0; i < n; i++)
+				{
+					bool		in = false;
+					bool		out = false;
+
+					if (done[i])
+						continue;
+					for (int j = 0; j < n; j++)
+						if (!done[j] && j != i)
+						{
+							in |= refs[j][i] == 's';
+							out |= refs[i][j] == 's';
+						}
+					if (!in || !out)
+						done[i] = pruned = true;
+				}
+			}
 			initStringInfo(&cycle);
 			for (int i = 0; i < n; i++)
 				if (!done[i])
@@ -1090,7 +1140,7 @@ order_tables(List *tables)
 					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
 					 errmsg("cannot plan the erasure: foreign keys form a cycle"),
 					 errdetail("Tables in the cycle: %s.", cycle.data),
-					 errhint("Make one of the foreign keys DEFERRABLE or ON DELETE SET NULL, or register one of the tables with on_erase => 'anonymize'.")));
+					 errhint("Make one of the foreign keys between them ON DELETE SET NULL, or DEFERRABLE INITIALLY DEFERRED.")));
 		}
 	}
 	return result;

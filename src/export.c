@@ -96,7 +96,8 @@ static List *export_tables(const GdprSubject *subject, bool portable);
 static List *filtered_tables(List *tables);
 static void push_string_elem(JsonbParseState **state, const char *value);
 static void push_shared_and_withheld(JsonbParseState **state, List *tables,
-									 const GdprSubject *subject, const int64 *counts);
+									 const GdprSubject *subject, Jsonb **rowsets);
+static bool some_row_lacks(Jsonb *rows, const char *column);
 static char *rows_sql(Oid relid, int what);
 static char *withheld_array(const GdprTableMap *map);
 static List *withheld_columns(const GdprTableMap *map);
@@ -122,6 +123,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	GdprSubject *subject;
 	List	   *tables;
 	int64	   *counts;
+	Jsonb	  **rowsets;
 	int64		total = 0;
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
@@ -134,6 +136,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	subject = export_subject(fcinfo, kind, callercxt);
 	tables = export_tables(subject, portable);
 	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
+	rowsets = palloc0(sizeof(Jsonb *) * Max(list_length(tables), 1));
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	gdpr_push_key(&state, "format");
@@ -160,6 +163,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 		Jsonb	   *rows = table_rows(t, subject);
 
 		counts[foreach_current_index(lc)] = JsonContainerSize(&rows->root);
+		rowsets[foreach_current_index(lc)] = rows;
 		total += counts[foreach_current_index(lc)];
 		gdpr_push_key(&state, t->name);
 		gdpr_push_jsonb(&state, rows);
@@ -176,7 +180,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	gdpr_push_key(&state, "total_rows");
 	push_int(&state, total);
-	push_shared_and_withheld(&state, tables, subject, counts);
+	push_shared_and_withheld(&state, tables, subject, rowsets);
 	filtered = filtered_tables(tables);
 	if (filtered != NIL)
 	{
@@ -488,7 +492,7 @@ run_export_plan(SPIPlanPtr plan, const GdprSubject *subject)
  */
 static void
 push_shared_and_withheld(JsonbParseState **state, List *tables, const GdprSubject *subject,
-						 const int64 *counts)
+						 Jsonb **rowsets)
 {
 	int64	   *shared = palloc0(sizeof(int64) * Max(list_length(tables), 1));
 	List	  **withheld = palloc0(sizeof(List *) * Max(list_length(tables), 1));
@@ -503,11 +507,14 @@ push_shared_and_withheld(JsonbParseState **state, List *tables, const GdprSubjec
 
 		shared[i] = shared_rows(t, subject);
 		any_shared |= shared[i] > 0;
-		if (counts[i] > 0)
+		if (JsonContainerSize(&rowsets[i]->root) > 0)
 		{
 			GdprTableMap *map = gdpr_load_table_map(t->relid, CurrentMemoryContext);
 
 			withheld[i] = map != NULL ? withheld_columns(map) : NIL;
+			/* only rows about the subject leave them out: said only when one was exported */
+			if (withheld[i] != NIL && !some_row_lacks(rowsets[i], linitial(withheld[i])))
+				withheld[i] = NIL;
 			any_withheld |= withheld[i] != NIL;
 		}
 	}
@@ -541,6 +548,23 @@ push_shared_and_withheld(JsonbParseState **state, List *tables, const GdprSubjec
 		}
 		pushJsonbValue(state, WJB_END_OBJECT, NULL);
 	}
+}
+
+/* Whether an element of the array rows (of objects) has no key column */
+static bool
+some_row_lacks(Jsonb *rows, const char *column)
+{
+	JsonbIterator *it = JsonbIteratorInit(&rows->root);
+	JsonbValue	v;
+	JsonbValue	key = {.type = jbvString, .val.string.val = (char *) column,
+	.val.string.len = strlen(column)};
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_ELEM && v.type == jbvBinary &&
+			findJsonbValueFromContainer(v.val.binary.data, JB_FOBJECT, &key) == NULL)
+			return true;
+	return false;
 }
 
 /*

@@ -185,6 +185,7 @@ extern void gdpr_anonymize_invalidate(Oid relid);
 /* erase.c */
 extern bool gdpr_erasure_exempt(Oid relid);
 extern bool gdpr_erasure_running(void);
+extern const char *gdpr_erasing_key(const char *kind);
 extern void gdpr_erasure_check_row(Relation rel, const char *kind, char **oldkeys,
 								   char **newkeys, int nkeys, Jsonb *rowkey);
 
