@@ -1008,6 +1008,16 @@ SELECT r.relid AS table_name, NULL::name AS column_name,
   FROM gdpr.registered_table r
  WHERE NOT EXISTS (SELECT 1 FROM gdpr.subject_path p WHERE p.relid = r.relid AND p.relation = 'owner')
 UNION ALL
+-- An oid column (or a domain over oid, such as lo) references a large object, whose content
+-- pg_dump writes: exported and removed with a deleted row, it stays with a kept row unless classified.
+SELECT r.relid, a.attname,
+       'references large objects: classify it, so that an anonymized row loses its object too'
+  FROM gdpr.registered_table r
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+ WHERE (a.atttypid = 'pg_catalog.oid'::pg_catalog.regtype OR ty.typbasetype = 'pg_catalog.oid'::pg_catalog.regtype)
+   AND NOT EXISTS (SELECT 1 FROM gdpr.column_class cc WHERE cc.relid = r.relid AND cc.column_name = a.attname)
+UNION ALL
 -- A key column beside a type column (owner_id, owner_type: the Rails and Django pattern) holds the
 -- keys of several kinds of owner: without a condition the path takes a company's rows for a user's.
 SELECT p.relid, p.subject_column,

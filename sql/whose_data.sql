@@ -25,6 +25,19 @@ SELECT r->'tables'->'wd.payment_method' AS payment, r->'shared' AS shared FROM g
 SELECT * FROM payment_method ORDER BY id;
 UPDATE payment_method SET card_last4 = '4244' WHERE id = 1;   -- Bob's own write still works
 
+-- 6. Large objects: an oid column's object is exported by content and removed with the row.
+CREATE TABLE document (id int PRIMARY KEY, member_id int NOT NULL REFERENCES member ON DELETE CASCADE, title text, content oid);
+SELECT gdpr.register_table('document', kind => 'wd_member');
+SELECT column_name, reason FROM gdpr.coverage_gaps WHERE table_name = 'wd.document'::regclass;
+SELECT gdpr.classify_column('document', 'content', 'special', erase => 'null');
+INSERT INTO document VALUES (1, 2, 'payslip', lo_from_bytea(0, 'Bob earns 4242')),
+                            (2, 2, 'empty', NULL);
+SELECT jsonb_path_query_array(gdpr_export(2, 'wd_member')->'data'->'wd.document', '$[*].content') #- '{0,large_object}' AS content,
+       convert_from(decode(gdpr_export(2, 'wd_member')->'data'->'wd.document'->0->'content'->>'content', 'base64'), 'UTF8') AS decoded;
+SELECT content AS oid FROM document WHERE id = 1 \gset
+SELECT r->'tables'->'wd.document' AS document FROM gdpr_erase(2, kind => 'wd_member') r;
+SELECT count(*) AS objects_left FROM pg_largeobject_metadata WHERE oid = :oid;
+
 -- 2. Polymorphic references: a condition says which rows the path applies to; it is stored with
 -- every name qualified, and only built-in functions and operators may stand in it.
 CREATE TABLE company (id int PRIMARY KEY, name text);

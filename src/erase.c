@@ -96,6 +96,9 @@ typedef struct EraseTable
 	char	   *keys;			/* jsonb array of the keys of the subject's rows erased */
 	char	   *concerned_keys; /* the same for the rows only about the subject */
 	Jsonb	   *planned;		/* both as one jsonb array, made when first needed */
+	char	   *lo_columns;		/* "t.a, t.b": large object references the erasure removes */
+	char	   *lo_oids;		/* the objects the planned rows reference, an oid[] literal */
+	int64		lo_removed;
 } EraseTable;
 
 /*
@@ -131,6 +134,9 @@ static bool lock_subject(const GdprSubject *subject);
 static List *holds(const GdprSubject *subject);
 static int64 held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *subject);
 static List *plan_tables(const GdprSubject *subject, bool keep_subject_row);
+static char *lo_columns(const EraseTable *t, Relation rel);
+static void plan_large_objects(EraseTable *t, const GdprSubject *subject);
+static void remove_large_objects(List *tables);
 static List *order_tables(List *tables);
 static List *check_foreign_keys(List *tables, const GdprSubject *subject);
 static void check_updated_keys(List *tables, const GdprSubject *subject);
@@ -515,6 +521,7 @@ execute_erasure(List *tables, List *unlinked, List **refreshed, const GdprSubjec
 	PG_TRY();
 	{
 		execute_tables(tables, subject);
+		remove_large_objects(tables);
 		verify_erasure(tables, subject);
 		*refreshed = refresh_derived(tables);
 		scrubbed = scrub_audit(subject, pseudonym, tables, redacted);
@@ -847,6 +854,35 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 }
 
 /*
+ * The columns of t that reference large objects (oid, or a domain over it
+ * such as lo) whose objects go with the row: all of them when the row is
+ * deleted, those the anonymization rewrites when it is kept.  pg_dump
+ * writes every large object: one left behind keeps the subject's content.
+ */
+static char *
+lo_columns(const EraseTable *t, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *strategy;
+
+		if (att->attisdropped || getBaseType(att->atttypid) != OIDOID)
+			continue;
+		strategy = strategy_of(t->map, NameStr(att->attname));
+		if (!t->delete && (strategy == NULL || strcmp(strategy, "keep") == 0))
+			continue;
+		appendStringInfo(&buf, "%st.%s::pg_catalog.oid", buf.len > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)));
+	}
+	return buf.len > 0 ? buf.data : NULL;
+}
+
+/*
  * What happens to each registered table of the kind: rows owned by the
  * subject are deleted or anonymized per on_erase; rows only about the subject
  * lose the columns about them; rows the subject's row points to that others
@@ -911,6 +947,7 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 
 		rel = table_open(t->relid, AccessShareLock);
 		t->pk = gdpr_pk_list(rel, "t.");
+		t->lo_columns = lo_columns(t, rel);
 		t->owned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_OWNER);
 		set_owned_join(t);
 		t->concerned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_CONCERNED);
@@ -1488,6 +1525,7 @@ plan_rows(List *tables, const GdprSubject *subject, bool leftovers)
 		else if (t->owned != NULL && t->set_check != NULL)
 			t->keys = rows_keys(t, psprintf("%s%s AND %s", owned_rows(t), notshared, t->set_check),
 								subject);
+		plan_large_objects(t, subject);
 		if (t->concerned != NULL && t->concerned_set != NULL)
 			t->concerned_keys = rows_keys(t, psprintf(" WHERE (%s) IN (%s)%s%s%s", t->pk, t->concerned,
 													  t->owned != NULL
@@ -1513,6 +1551,56 @@ subject_in_trail(const GdprSubject *subject)
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
 	return SPI_processed > 0;
+}
+
+/* The large objects the planned rows of t reference (see lo_columns) */
+static void
+plan_large_objects(EraseTable *t, const GdprSubject *subject)
+{
+	char	   *planned = planned_rows(t, t->keys);
+	Oid			argtypes[1] = {subject->key_type};
+	Datum		args[1] = {subject->key};
+
+	if (t->lo_columns == NULL || planned == NULL)
+		return;
+	if (SPI_execute_with_args(psprintf("SELECT pg_catalog.array_agg(DISTINCT o)::pg_catalog.text "
+									   "  FROM (SELECT pg_catalog.unnest(ARRAY[%s]) o FROM %s t%s) s "
+									   " WHERE o IS NOT NULL",
+									   t->lo_columns, t->from, planned),
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	t->lo_oids = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Unlinks the planned rows' large objects once the rows are gone or
+ * rewritten: as the extension's owner, since objects belong to whoever
+ * created them, and lo_unlink() runs no one's code.
+ */
+static void
+remove_large_objects(List *tables)
+{
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1];
+		bool		isnull;
+
+		if (t->lo_oids == NULL)
+			continue;
+		args[0] = CStringGetTextDatum(t->lo_oids);
+		if (gdpr_execute_as_owner(NULL, "SELECT pg_catalog.count(pg_catalog.lo_unlink(o)) "
+								  "  FROM pg_catalog.unnest($1::pg_catalog.oid[]) o "
+								  " WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata m "
+								  "                WHERE m.oid OPERATOR(pg_catalog.=) o)",
+								  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
+		t->lo_removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+													&isnull));
+	}
 }
 
 /* Whether the plan changes no row */
@@ -2022,9 +2110,11 @@ report_jsonb(const char *status, const GdprSubject *subject, const char *pseudon
 		escape_json(&buf, t->name);
 		appendStringInfo(&buf, ": {\"action\": \"%s\", \"deleted\": " INT64_FORMAT
 						 ", \"anonymized\": " INT64_FORMAT ", \"concerned_anonymized\": " INT64_FORMAT
-						 ", \"shared_kept\": %d}",
+						 ", \"shared_kept\": %d%s}",
 						 t->delete ? "delete" : (t->set != NULL ? "anonymize" : "keep"),
-						 t->deleted, t->anonymized, t->concerned_rows, list_length(t->shared_keys));
+						 t->deleted, t->anonymized, t->concerned_rows, list_length(t->shared_keys),
+						 t->lo_columns != NULL
+						 ? psprintf(", \"large_objects_removed\": " INT64_FORMAT, t->lo_removed) : "");
 	}
 	appendStringInfoString(&buf, "}, \"shared\": [");
 	foreach(lc, tables)

@@ -46,6 +46,9 @@ PG_FUNCTION_INFO_V1(gdpr_export_sql);
 
 #define GDPR_EXPORT_FORMAT "gdpr-export/1.0"
 
+/* The most of one large object's content an export holds, in bytes */
+#define GDPR_EXPORT_MAX_OBJECT (16 * 1024 * 1024)
+
 /* What an export reads: the subject and the registered tables of its kind */
 typedef struct ExportTable
 {
@@ -683,15 +686,33 @@ rows_sql(Oid relid, int what)
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *col = quote_identifier(NameStr(att->attname));
 
-		if (att->attisdropped || att->atttypid != BYTEAOID ||
-			gdpr_column_is_secret(map, NameStr(att->attname)))
+		if (att->attisdropped || gdpr_column_is_secret(map, NameStr(att->attname)))
 			continue;
-		appendStringInfo(&rowexpr,
-						 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%s, "
-						 "pg_catalog.translate(pg_catalog.encode(t.%s, 'base64'), E'\\n', ''))",
-						 quote_literal_cstr(NameStr(att->attname)),
-						 quote_identifier(NameStr(att->attname)));
+		if (att->atttypid == BYTEAOID)
+			appendStringInfo(&rowexpr,
+							 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%s, "
+							 "pg_catalog.translate(pg_catalog.encode(t.%s, 'base64'), E'\\n', ''))",
+							 quote_literal_cstr(NameStr(att->attname)), col);
+
+		/*
+		 * An oid column references a large object (what Hibernate's @Lob
+		 * maps to): the person gets its content, not its number, up to
+		 * GDPR_EXPORT_MAX_OBJECT bytes.
+		 */
+		else if (getBaseType(att->atttypid) == OIDOID)
+			appendStringInfo(&rowexpr,
+							 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%s, "
+							 "(SELECT pg_catalog.jsonb_build_object('large_object', o, "
+							 "        'content', pg_catalog.translate(pg_catalog.encode("
+							 "            pg_catalog.lo_get(o, 0, %d), 'base64'), E'\\n', ''), "
+							 "        'truncated', pg_catalog.length(pg_catalog.lo_get(o, %d, 1)) OPERATOR(pg_catalog.>) 0) "
+							 "   FROM (SELECT t.%s::pg_catalog.oid) l(o) "
+							 "  WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata m "
+							 "                 WHERE m.oid OPERATOR(pg_catalog.=) l.o)))",
+							 quote_literal_cstr(NameStr(att->attname)), GDPR_EXPORT_MAX_OBJECT,
+							 GDPR_EXPORT_MAX_OBJECT, col);
 	}
 
 	pk = gdpr_pk_list(rel, "t.");
