@@ -1574,7 +1574,8 @@ CREATE FUNCTION gdpr._subject_key(subject text, kind text, must_exist boolean,
 AS $$
 DECLARE
     k gdpr.subject_kind;
-    found boolean;
+    present boolean;
+    stored text;
 BEGIN
     IF subject IS NULL THEN
         RAISE EXCEPTION 'subject must not be NULL' USING ERRCODE = '22004',
@@ -1594,10 +1595,18 @@ BEGIN
             USING ERRCODE = '22P02', DETAIL = format('Subjects of kind "%s" have keys of type %s.', k.kind, k.key_type);
     END;
     subject_kind := k.kind;
+    -- a case-insensitive key is recorded as the subject row spells it (see gdpr_resolve_subject)
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation
+                WHERE a.attrelid = k.relid AND a.attname = k.key_column AND NOT c.collisdeterministic) THEN
+        EXECUTE format('SELECT pg_catalog.format(''%%s'', %I) FROM %s WHERE %I OPERATOR(pg_catalog.=) %L::%s',
+                       k.key_column, k.relid, k.key_column, subject_key, k.key_type)
+           INTO stored;
+        subject_key := COALESCE(stored, subject_key);
+    END IF;
     IF must_exist THEN
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = %L::%s)', k.relid, k.key_column,
-                       subject_key, k.key_type) INTO found;
-        IF NOT found THEN
+                       subject_key, k.key_type) INTO present;
+        IF NOT present THEN
             RAISE EXCEPTION 'subject % of kind "%" does not exist', subject_key, k.kind
                 USING ERRCODE = 'GD200', HINT = 'Check the key.';
         END IF;

@@ -255,6 +255,48 @@ SELECT event, table_name, subject_id, changed_columns FROM gdpr.audit_log
  WHERE table_name IN ('sec.visit', 'sec.person') AND event IN ('DELETE', 'UPDATE', 'RETENTION')
  ORDER BY event_id;
 
+-- 9. Erasure's own switches of user.
+--    (a) A registered materialized view is refreshed through PostgreSQL's REFRESH, which runs the
+--        view's query as the view's owner: mallory's function in it never runs as a superuser.
+RESET ROLE;
+GRANT REFERENCES ON sec.member TO regress_owner;
+SET ROLE regress_owner;
+CREATE TABLE sec.badge (id int PRIMARY KEY, member_id int REFERENCES sec.member, label text, picture oid);
+GRANT SELECT ON sec.badge TO PUBLIC;
+RESET ROLE;
+SELECT gdpr.register_table('sec.badge', kind => 'sec_member');
+SELECT gdpr.classify_column('sec.badge', 'picture', 'special', erase => 'null');
+GRANT CREATE ON SCHEMA sec TO regress_mallory;
+SET ROLE regress_mallory;
+CREATE TABLE sec.who_refreshed (who name, super boolean);
+CREATE FUNCTION sec.spy(text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sec.who_refreshed SELECT current_user, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user;
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        EXECUTE 'ALTER ROLE regress_mallory SUPERUSER';
+    END IF;
+    RETURN $1;
+END $$;
+CREATE MATERIALIZED VIEW sec.badge_labels AS SELECT id, sec.spy(label) AS label FROM sec.badge;
+RESET ROLE;
+SELECT gdpr.register_derived('sec.badge_labels');
+--    (b) A large object another role owns, written into the subject's row: the erasure unlinks
+--        only objects the table's owner owns, and leaves the other role's one alone.
+SET ROLE regress_owner;
+SELECT lo_from_bytea(0, 'owner''s picture') AS own_lo \gset
+RESET ROLE;
+SELECT lo_from_bytea(0, 'a superuser''s object') AS other_lo \gset
+INSERT INTO sec.member VALUES (90, 'victim'), (91, 'bystander');
+INSERT INTO sec.badge VALUES (1, 90, 'gold', :own_lo), (2, 90, 'silver', :other_lo), (3, 91, 'bronze', NULL);
+TRUNCATE sec.who_refreshed;
+SELECT r->'refreshed_views' AS refreshed, r->'tables'->'sec.badge'->'large_objects_removed' AS removed,
+       r->'tables'->'sec.badge'->'large_objects_left' AS left_alone
+  FROM gdpr_erase(90, kind => 'sec_member') r;
+SELECT DISTINCT who, super FROM sec.who_refreshed;
+SELECT (SELECT count(*) FROM pg_largeobject_metadata WHERE oid = :own_lo) AS owners_left,
+       (SELECT count(*) FROM pg_largeobject_metadata WHERE oid = :other_lo) AS others_left;
+SELECT lo_unlink(:other_lo) AS unlinked_by_its_owner;
+
 SELECT supers();
 SET client_min_messages = error;
 DROP SCHEMA sec CASCADE;

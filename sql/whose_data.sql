@@ -25,6 +25,30 @@ SELECT r->'tables'->'wd.payment_method' AS payment, r->'shared' AS shared FROM g
 SELECT * FROM payment_method ORDER BY id;
 UPDATE payment_method SET card_last4 = '4244' WHERE id = 1;   -- Bob's own write still works
 
+-- 5. Keys under a nondeterministic collation (the replacement for citext): the key as typed is
+-- resolved to the stored spelling before anything is compared, hashed or scrubbed, and one
+-- restricted subject blocks no one else's writes.
+CREATE COLLATION wd_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE TABLE login (email text COLLATE wd_ci PRIMARY KEY, name text);
+CREATE TABLE purchase (id int PRIMARY KEY, email text COLLATE wd_ci REFERENCES login, item text);
+SELECT gdpr.register_subject('login', 'email', kind => 'wd_login');
+SELECT gdpr.register_table('purchase', kind => 'wd_login');
+SELECT gdpr.classify_column('login', 'name', 'identity');
+INSERT INTO login VALUES ('alice@x.test', 'Alice'), ('bob@x.test', 'Bob');
+INSERT INTO purchase VALUES (1, 'Alice@X.test', 'book'), (3, 'bob@X.TEST', 'pen');
+SELECT gdpr_restrict('BOB@x.test', 'accuracy contested', 'wd_login');
+SELECT subject_id FROM gdpr.restriction WHERE kind = 'wd_login';
+INSERT INTO purchase VALUES (2, 'ALICE@x.test', 'pen');     -- Alice is not restricted
+UPDATE purchase SET item = 'ink' WHERE id = 1;
+UPDATE purchase SET item = 'ink' WHERE id = 3;              -- Bob is, however his row spells him
+SELECT gdpr_export('ALICE@X.TEST', 'wd_login')->'subject'->>'key' AS key;
+SELECT DISTINCT subject_id FROM gdpr.audit_log WHERE table_name = 'wd.purchase' AND event = 'INSERT';
+SELECT gdpr_erase('Alice@x.Test', kind => 'wd_login')->>'status' AS status;
+SELECT count(*) AS events_naming_alice FROM gdpr.audit_log
+ WHERE subject_kind = 'wd_login' AND (subject_id ILIKE 'alice@x.test' OR new_values::text ILIKE '%alice%');
+SELECT gdpr_erase('alice@x.test', kind => 'wd_login')->>'status' AS status;
+SELECT gdpr_unrestrict('bob@x.test', 'wd_login');
+
 -- 6. Large objects: an oid column's object is exported by content and removed with the row.
 CREATE TABLE document (id int PRIMARY KEY, member_id int NOT NULL REFERENCES member ON DELETE CASCADE, title text, content oid);
 SELECT gdpr.register_table('document', kind => 'wd_member');
@@ -137,6 +161,29 @@ INSERT INTO pair_b VALUES (1, 1);
 UPDATE pair_a SET b_id = 1;
 SELECT r->>'status' AS status, r->'tables'->'wd.pair_a' AS pair_a, r->'tables'->'wd.pair_b' AS pair_b
   FROM gdpr_erase(2, kind => 'wd_shopper') r;
+
+-- Shapes that work and must keep working: a composite foreign key, a foreign key onto a unique
+-- column that is not the key, a partitioned table, quoted names with dots, a generated column.
+CREATE TABLE "wd.org" (tenant int, id int, email text UNIQUE NOT NULL, PRIMARY KEY (tenant, id));
+CREATE TABLE "odd.name" (id int PRIMARY KEY, tenant int, org_id int, note text,
+                         FOREIGN KEY (tenant, org_id) REFERENCES "wd.org");
+CREATE TABLE by_mail (id int PRIMARY KEY, email text REFERENCES "wd.org" (email), "Memo" text,
+                      memo_len int GENERATED ALWAYS AS (length("Memo")) STORED);
+CREATE TABLE visit (id int, org_tenant int, org_id int, at date NOT NULL,
+                    FOREIGN KEY (org_tenant, org_id) REFERENCES "wd.org", PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE visit_2026 PARTITION OF visit FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+SELECT gdpr.register_subject('"wd.org"', 'email', kind => 'wd_org', on_erase => 'delete');
+SELECT gdpr.register_table('"odd.name"', kind => 'wd_org');
+SELECT gdpr.register_table('by_mail', kind => 'wd_org');
+SELECT gdpr.register_table('visit', kind => 'wd_org');
+INSERT INTO "wd.org" VALUES (1, 1, 'o@x.test'), (1, 2, 'p@x.test');
+INSERT INTO "odd.name" VALUES (1, 1, 1, 'mine'), (2, 1, 2, 'theirs');
+INSERT INTO by_mail VALUES (1, 'o@x.test', 'hello'), (2, 'p@x.test', 'other');
+INSERT INTO visit VALUES (1, 1, 1, '2026-05-01'), (2, 1, 2, '2026-05-02');
+SELECT jsonb_pretty(gdpr_export('o@x.test', 'wd_org')->'data') AS data;
+SELECT r->'tables' AS tables FROM gdpr_erase('o@x.test', kind => 'wd_org') r;
+SELECT (SELECT count(*) FROM "odd.name") AS odd, (SELECT count(*) FROM by_mail) AS by_mail,
+       (SELECT count(*) FROM visit) AS visits, (SELECT count(*) FROM "wd.org") AS orgs;
 
 SET client_min_messages = error;
 DROP SCHEMA wd CASCADE;

@@ -99,6 +99,7 @@ typedef struct EraseTable
 	char	   *lo_columns;		/* "t.a, t.b": large object references the erasure removes */
 	char	   *lo_oids;		/* the objects the planned rows reference, an oid[] literal */
 	int64		lo_removed;
+	int64		lo_left;		/* referenced objects another role owns */
 } EraseTable;
 
 /*
@@ -1574,8 +1575,9 @@ plan_large_objects(EraseTable *t, const GdprSubject *subject)
 
 /*
  * Unlinks the planned rows' large objects once the rows are gone or
- * rewritten: as the extension's owner, since objects belong to whoever
- * created them, and lo_unlink() runs no one's code.
+ * rewritten, as the table's owner, and only the objects that role owns: a
+ * writer can put any number in a row, and the erasure of its own subject
+ * must not destroy somebody else's object.  The others are counted as left.
  */
 static void
 remove_large_objects(List *tables)
@@ -1585,21 +1587,27 @@ remove_large_objects(List *tables)
 	foreach(lc, tables)
 	{
 		EraseTable *t = lfirst(lc);
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		args[1];
+		Oid			owner = gdpr_relation_owner(t->relid);
+		Oid			argtypes[2] = {TEXTOID, OIDOID};
+		Datum		args[2];
 		bool		isnull;
 
 		if (t->lo_oids == NULL)
 			continue;
 		args[0] = CStringGetTextDatum(t->lo_oids);
-		if (gdpr_execute_as_owner(NULL, "SELECT pg_catalog.count(pg_catalog.lo_unlink(o)) "
-								  "  FROM pg_catalog.unnest($1::pg_catalog.oid[]) o "
-								  " WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata m "
-								  "                WHERE m.oid OPERATOR(pg_catalog.=) o)",
-								  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		args[1] = ObjectIdGetDatum(owner);
+		if (gdpr_execute_as_role(owner, NULL,
+								 "SELECT pg_catalog.count(CASE WHEN m.lomowner OPERATOR(pg_catalog.=) $2 "
+								 "                             THEN pg_catalog.lo_unlink(m.oid) END), "
+								 "       pg_catalog.count(*) FILTER (WHERE m.lomowner OPERATOR(pg_catalog.<>) $2) "
+								 "  FROM pg_catalog.pg_largeobject_metadata m "
+								 " WHERE m.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])",
+								 2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed");
 		t->lo_removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 													&isnull));
+		t->lo_left = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+												 &isnull));
 	}
 }
 
@@ -2114,7 +2122,9 @@ report_jsonb(const char *status, const GdprSubject *subject, const char *pseudon
 						 t->delete ? "delete" : (t->set != NULL ? "anonymize" : "keep"),
 						 t->deleted, t->anonymized, t->concerned_rows, list_length(t->shared_keys),
 						 t->lo_columns != NULL
-						 ? psprintf(", \"large_objects_removed\": " INT64_FORMAT, t->lo_removed) : "");
+						 ? psprintf(", \"large_objects_removed\": " INT64_FORMAT
+									", \"large_objects_left\": " INT64_FORMAT,
+									t->lo_removed, t->lo_left) : "");
 	}
 	appendStringInfoString(&buf, "}, \"shared\": [");
 	foreach(lc, tables)

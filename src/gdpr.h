@@ -107,6 +107,7 @@ typedef struct GdprTableMap
 	char	   *key_column;
 	Oid			key_type;
 	char	   *on_erase;
+	bool		key_nondeterministic;	/* the key compares under a nondeterministic collation */
 	List	   *paths;			/* GdprPath *, owner paths first */
 	List	   *columns;		/* GdprColumn *, classified columns */
 } GdprTableMap;
@@ -149,6 +150,7 @@ extern char *gdpr_shared_sql(const GdprTableMap *map);
 extern GdprSubject *gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno,
 										 const char *kind, MemoryContext mcxt);	/* SPI */
 extern bool gdpr_subject_exists(const GdprSubject *subject);	/* SPI */
+extern bool gdpr_key_nondeterministic(Oid relid, const char *column);
 extern bool gdpr_column_is_secret(const GdprTableMap *map, const char *column);
 extern char *gdpr_relation_name(Oid relid);
 

@@ -26,6 +26,7 @@
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/regproc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -102,6 +103,7 @@ gdpr_load_table_map(Oid relid, MemoryContext mcxt)
 	/* a child registered on its own is erased and exported as itself, not through its parent */
 	map->from_name = DatumGetBool(SPI_getbinval(tup, desc, 7, &(bool){false}))
 		? psprintf("ONLY %s", map->qualified_name) : map->qualified_name;
+	map->key_nondeterministic = gdpr_key_nondeterministic(map->subject_relid, map->key_column);
 	MemoryContextSwitchTo(oldcxt);
 
 	ret = SPI_execute_with_args(
@@ -294,7 +296,56 @@ gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno, const char *kind, Memor
 	getTypeOutputInfo(subject->key_type, &typfunc, &isvarlena);
 	subject->key_text = OidOutputFunctionCall(typfunc, subject->key);
 	MemoryContextSwitchTo(oldcxt);
+
+	/*
+	 * Under a nondeterministic collation (case-insensitive e-mail keys) the
+	 * key the caller typed is one of several spellings of the stored one:
+	 * everything after (the trail, restrictions, pseudonyms) uses the
+	 * stored spelling, as the audit trigger records it.
+	 */
+	if (gdpr_key_nondeterministic(subject->relid, subject->key_column))
+	{
+		Oid			keytypes[1] = {subject->key_type};
+		Datum		keyargs[1] = {subject->key};
+
+		ret = SPI_execute_with_args(psprintf("SELECT %s FROM %s WHERE %s OPERATOR(pg_catalog.=) $1",
+											 quote_identifier(subject->key_column),
+											 gdpr_relation_name(subject->relid),
+											 quote_identifier(subject->key_column)),
+									1, keytypes, keyargs, NULL, true, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+		if (SPI_processed == 1)
+		{
+			oldcxt = MemoryContextSwitchTo(mcxt);
+			subject->key = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			{
+				int16		typlen;
+				bool		typbyval;
+
+				get_typlenbyval(subject->key_type, &typlen, &typbyval);
+				subject->key = datumCopy(subject->key, typbyval, typlen);
+			}
+			subject->key_text = OidOutputFunctionCall(typfunc, subject->key);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
 	return subject;
+}
+
+/* Whether a key column compares under a nondeterministic collation */
+bool
+gdpr_key_nondeterministic(Oid relid, const char *column)
+{
+	AttrNumber	attnum = get_attnum(relid, column);
+	Oid			collid;
+	Oid			typid;
+	int32		typmod;
+
+	if (attnum == InvalidAttrNumber)
+		return false;
+	get_atttypetypmodcoll(relid, attnum, &typid, &typmod, &collid);
+	return OidIsValid(collid) && !get_collation_isdeterministic(collid);
 }
 
 /* Whether the subject's row exists, as the caller sees it */
@@ -357,6 +408,8 @@ gdpr_path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowpref
 								result.where, path->condition, rowprefix);
 		result.row_column = NULL;	/* the key alone no longer says whose row it is */
 	}
+	if (map->key_nondeterministic)
+		result.row_column = NULL;	/* the row's spelling is not the stored one */
 	return result;
 }
 
@@ -522,6 +575,13 @@ gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowr
 	GdprPathSql p = gdpr_path_sql(map, path, prefix);
 	char	   *text = psprintf("CASE WHEN (%s) IS NULL THEN NULL ELSE pg_catalog.format('%%s', %s) END",
 								p.key, p.key);
+
+	/* a row may spell a case-insensitive key its own way: the trail names the stored spelling */
+	if (map->key_nondeterministic)
+		text = psprintf("COALESCE((SELECT pg_catalog.format('%%s', sk.%s) FROM %s sk "
+						"WHERE sk.%s OPERATOR(pg_catalog.=) (%s)), %s)",
+						quote_identifier(map->key_column), gdpr_relation_name(map->subject_relid),
+						quote_identifier(map->key_column), p.key, text);
 
 	if (p.from[0] == '\0')
 		return strcmp(p.where, "true") == 0 ? text
