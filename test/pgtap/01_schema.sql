@@ -27,9 +27,9 @@ SELECT ok(NOT has_table_privilege('public', 'gdpr.audit_log', 'SELECT'), 'PUBLIC
 SELECT ok(NOT has_table_privilege('public', 'gdpr.audit_log', 'INSERT'), 'PUBLIC cannot write the trail');
 SELECT ok(has_table_privilege('gdpr_auditor', 'gdpr.audit_log', 'SELECT'), 'gdpr_auditor reads the trail');
 SELECT ok(NOT has_table_privilege('gdpr_auditor', 'gdpr.audit_log', 'UPDATE'), 'gdpr_auditor cannot change the trail');
-SELECT ok(NOT has_function_privilege('public', 'gdpr.register_table(regclass, name, text, text, text[])', 'EXECUTE'),
+SELECT ok(NOT has_function_privilege('public', 'gdpr.register_table(regclass, name, text, text, text[], text)', 'EXECUTE'),
           'PUBLIC cannot change the map');
-SELECT ok(has_function_privilege('gdpr_admin', 'gdpr.register_table(regclass, name, text, text, text[])', 'EXECUTE'),
+SELECT ok(has_function_privilege('gdpr_admin', 'gdpr.register_table(regclass, name, text, text, text[], text)', 'EXECUTE'),
           'gdpr_admin changes the map');
 SELECT ok(NOT has_table_privilege('gdpr_admin', 'gdpr.secret', 'SELECT'), 'nobody but the owner reads the pseudonym key');
 SELECT ok(NOT has_function_privilege('public', 'gdpr._pseudonym(text)', 'EXECUTE'), 'PUBLIC cannot compute pseudonyms');
