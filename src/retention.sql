@@ -1,0 +1,236 @@
+------------------------------------------------------------------------------------------------
+-- Retention (Art. 5(1)(e)): policies, the passes that enforce them, and their history
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE gdpr.retention_policy (
+    relid        pg_catalog.regclass PRIMARY KEY REFERENCES gdpr.registered_table ON DELETE CASCADE,
+    time_column  name NOT NULL,
+    keep         interval CHECK (keep > interval '0'),
+    action       text NOT NULL CHECK (action IN ('delete', 'anonymize')),
+    condition    text,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+CREATE TABLE gdpr.retention_history (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    database     name NOT NULL DEFAULT pg_catalog.current_database(),
+    table_name   text NOT NULL,
+    deleted      bigint NOT NULL DEFAULT 0,
+    anonymized   bigint NOT NULL DEFAULT 0,
+    dry_run      boolean NOT NULL DEFAULT false,
+    by_worker    boolean NOT NULL DEFAULT false,
+    -- a worker's run it left out while the table backs off: not a failure of its own
+    skipped      boolean NOT NULL DEFAULT false,
+    error        text
+);
+CREATE INDEX retention_history_started_idx ON gdpr.retention_history (started_at);
+
+CREATE TRIGGER check_condition BEFORE INSERT OR UPDATE OF relid, condition ON gdpr.retention_policy
+    FOR EACH ROW EXECUTE FUNCTION gdpr._check_rule();
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_policy', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history_run_id_seq', '');
+
+CREATE FUNCTION gdpr._retention_batch(tbl pg_catalog.regclass, batch_size int, dry_run boolean) RETURNS bigint
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_retention_batch';
+
+CREATE FUNCTION gdpr.set_retention(tbl pg_catalog.regclass, time_column name, keep interval DEFAULT NULL,
+                                   action text DEFAULT 'delete', condition text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regtype;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE r.relid = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704', HINT = 'Retention applies to registered tables; register it with gdpr.register_table().';
+    END IF;
+    t := gdpr._check_column(tbl, time_column);
+    IF t NOT IN ('date'::regtype, 'timestamp without time zone'::regtype, 'timestamp with time zone'::regtype) THEN
+        RAISE EXCEPTION 'column "%" of table % has type %, not a date or timestamp', time_column, gdpr._qualified(tbl), t
+            USING ERRCODE = '42804';
+    END IF;
+    IF keep IS NOT NULL AND keep <= interval '0' THEN
+        RAISE EXCEPTION 'retention must be a positive interval' USING ERRCODE = '22023',
+              HINT = 'Pass keep => NULL when the column holds each row''s own deadline.';
+    END IF;
+    IF action IS NULL OR action NOT IN ('delete', 'anonymize') THEN
+        RAISE EXCEPTION 'invalid retention action "%"', action USING ERRCODE = '22023',
+              HINT = 'Use ''delete'' or ''anonymize''.';
+    END IF;
+    IF action = 'anonymize' AND NOT EXISTS (SELECT 1 FROM gdpr.column_class c
+                                             WHERE c.relid = tbl AND c.erase <> 'keep') THEN
+        RAISE EXCEPTION 'table % has no classified column to anonymize', gdpr._qualified(tbl)
+            USING ERRCODE = '55000', HINT = 'Classify its personal columns with gdpr.classify_column() first.';
+    END IF;
+    INSERT INTO gdpr.retention_policy (relid, time_column, keep, action, condition)
+    VALUES (tbl, time_column, keep, action, condition)
+    ON CONFLICT ON CONSTRAINT retention_policy_pkey DO UPDATE
+       SET time_column = EXCLUDED.time_column, keep = EXCLUDED.keep, action = EXCLUDED.action,
+           condition = EXCLUDED.condition;
+    PERFORM gdpr._log_map('MAP_RETENTION', tbl, jsonb_strip_nulls(jsonb_build_object(
+        'time_column', time_column, 'keep', keep::text, 'action', action, 'condition', condition)));
+END
+$$;
+
+CREATE FUNCTION gdpr.drop_retention(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM gdpr.retention_policy p WHERE p.relid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % has no retention policy', COALESCE(gdpr._qualified(tbl), 'NULL')
+            USING ERRCODE = '42704';
+    END IF;
+    PERFORM gdpr._log_map('MAP_RETENTION_DROPPED', tbl, NULL);
+END
+$$;
+
+-- Monthly partitions of the trail by retention_until, from the month events written now expire
+-- in to `ahead` months past it.  A month the default partition already holds events of is left
+-- to the default partition: creating its partition would have to move them.  When the locks of a
+-- month are not granted within lock_timeout (1s when the caller has none), it and the months
+-- after it are left for the next call: while a month is created, readers of the trail queue
+-- behind it.
+CREATE FUNCTION gdpr.create_audit_partitions(ahead int DEFAULT 3) RETURNS int
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first timestamptz := date_trunc('month', now() + current_setting('gdpr.audit_retention')::interval);
+    m     timestamptz;
+    name  text;
+    n     int := 0;
+    saved text := current_setting('lock_timeout');
+BEGIN
+    IF saved = '0' THEN
+        PERFORM set_config('lock_timeout', '1s', true);
+    END IF;
+    FOR i IN 0 .. GREATEST(ahead, 0) LOOP
+        m := first + make_interval(months => i);
+        name := 'audit_log_' || to_char(m, '"y"YYYY"m"MM');
+        BEGIN
+            CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
+            CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
+                                   WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
+            IF i = 0 THEN
+                -- Events are being written into this month now.  Only the ACCESS EXCLUSIVE lock
+                -- of PARTITION OF keeps them out while it is created: a writer that routed an
+                -- event to the default partition before a concurrent ATTACH would fail.
+                EXECUTE format('CREATE TABLE gdpr.%I PARTITION OF gdpr.audit_log FOR VALUES FROM (%L) TO (%L)',
+                               name, m, m + interval '1 month');
+                PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+            ELSE
+                -- Built apart, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE on the trail,
+                -- which audited writes do not queue behind, where PARTITION OF takes ACCESS
+                -- EXCLUSIVE every month.
+                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
+                PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+                EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
+                               name, m, m + interval '1 month');
+            END IF;
+            n := n + 1;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            EXIT;
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', saved, true);
+    RETURN n;
+END
+$$;
+
+-- Removes expired events: whole partitions whose month is over, then expired events of the
+-- default partition, a batch at a time.  Returns the events removed (for dropped partitions,
+-- the planner's row estimate: counting them would cost what dropping saves).
+CREATE FUNCTION gdpr.purge_audit_log(batch_size int DEFAULT 10000) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p     record;
+    n     bigint := 0;
+    gone  bigint;
+BEGIN
+    FOR p IN SELECT c.oid::regclass AS part, c.reltuples,
+                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz AS upper_bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhparent = 'gdpr.audit_log'::regclass AND c.relispartition
+                AND c.oid <> 'gdpr.audit_log_default'::regclass LOOP
+        CONTINUE WHEN p.upper_bound IS NULL OR p.upper_bound > now();
+        EXECUTE format('DROP TABLE %s', p.part);
+        n := n + GREATEST(p.reltuples, 0)::bigint;
+    END LOOP;
+    gone := gdpr._purge_audit_rows(batch_size);
+    RETURN n + gone;
+END
+$$;
+
+-- One full pass, in the caller's transaction: every policy, the audit trail, due erasures.  What
+-- the background worker does in small transactions, on demand and without preloading.
+CREATE FUNCTION public.gdpr_enforce_retention(dry_run boolean DEFAULT false, batch_size int DEFAULT 10000)
+    RETURNS TABLE (table_name text, deleted bigint, anonymized bigint, error text)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p       gdpr.retention_policy;
+    started timestamptz := clock_timestamp();
+    n       bigint;
+    total   bigint;
+BEGIN
+    IF dry_run IS NULL OR batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'dry_run must be given and batch_size be at least 1' USING ERRCODE = '22023';
+    END IF;
+    FOR p IN SELECT * FROM gdpr.retention_policy ORDER BY gdpr._qualified(relid) LOOP
+        table_name := gdpr._qualified(p.relid);
+        total := 0;
+        error := NULL;
+        BEGIN
+            IF dry_run THEN
+                total := gdpr._retention_batch(p.relid, batch_size, true);
+            ELSE
+                LOOP
+                    n := gdpr._retention_batch(p.relid, batch_size, false);
+                    total := total + n;
+                    EXIT WHEN n < batch_size;
+                END LOOP;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            error := SQLERRM;
+        END;
+        deleted := CASE WHEN p.action = 'delete' THEN total ELSE 0 END;
+        anonymized := CASE WHEN p.action = 'anonymize' THEN total ELSE 0 END;
+        INSERT INTO gdpr.retention_history (started_at, table_name, deleted, anonymized, dry_run, error)
+        VALUES (started, table_name, deleted, anonymized, dry_run, error);
+        RETURN NEXT;
+    END LOOP;
+    IF NOT dry_run THEN
+        table_name := 'gdpr.audit_log';
+        deleted := 0;
+        -- before the purge, as the worker does: the purge holds the sealers' lock to the end of
+        -- the transaction, which an erasure writing into the trail may be waiting to share
+        PERFORM gdpr.create_audit_partitions();
+        LOOP
+            n := gdpr.purge_audit_log(batch_size);
+            deleted := deleted + n;
+            EXIT WHEN n < batch_size;
+        END LOOP;
+        anonymized := 0;
+        error := NULL;
+        INSERT INTO gdpr.retention_history (started_at, table_name, deleted) VALUES (started, table_name, deleted);
+        RETURN NEXT;
+        table_name := 'gdpr.erasure_request';
+        SELECT count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed')
+          INTO deleted, n FROM gdpr.run_due_erasures() r;
+        anonymized := 0;
+        error := CASE WHEN n > 0 THEN format('%s erasure(s) failed: see gdpr.erasure_request', n) END;
+        RETURN NEXT;
+        DELETE FROM gdpr.retention_history h WHERE h.started_at < now() - interval '90 days';
+    END IF;
+END
+$$;
