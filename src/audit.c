@@ -159,6 +159,7 @@ static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup);
+static void plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext mcxt);
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
 static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys, const char *erasing);
@@ -336,6 +337,78 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 	}
 	PG_END_TRY();
 	SPI_finish();
+}
+
+/*
+ * Each path's key source: a column of the row, or a column of the key
+ * query (d->key_plan), which follows the paths that leave the row; and the
+ * columns an UPDATE must change for the keys to differ.
+ */
+static void
+plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext mcxt)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData sql;
+	int			nkeyed = 0;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	d->npaths = list_length(map->paths);
+	d->keys = MemoryContextAllocZero(mcxt, sizeof(KeySource) * Max(d->npaths, 1));
+	d->key_input = MemoryContextAllocZero(mcxt, sizeof(bool) * Max(desc->natts, 1));
+	d->owned = map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner;
+	foreach(lc, map->paths)
+	{
+		GdprPath   *path = lfirst(lc);
+		KeySource  *k = &d->keys[foreach_current_index(lc)];
+		GdprPathSql p = gdpr_path_sql(map, path, "($1).");
+
+		if (p.row_column != NULL)
+		{
+			bool		isvarlena;
+
+			k->attnum = attnum_of(desc, p.row_column);
+			if (k->attnum != InvalidAttrNumber)
+			{
+				getTypeOutputInfo(TupleDescAttr(desc, k->attnum - 1)->atttypid, &k->typoutput,
+								  &isvarlena);
+				d->key_input[k->attnum - 1] = true;
+			}
+		}
+		else if (strcmp(p.key, "NULL") != 0)
+		{
+			ListCell   *c;
+
+			appendStringInfo(&sql, "%s%s", sql.len == 0 ? "SELECT " : ", ",
+							 gdpr_subject_sql(map, path, "$1"));
+			k->column = ++nkeyed;
+			if (path->condition != NULL)	/* any column can decide it */
+				memset(d->key_input, true, sizeof(bool) * desc->natts);
+			else if (path->subject_column != NULL)
+			{
+				AttrNumber	attnum = attnum_of(desc, path->subject_column);
+
+				if (attnum != InvalidAttrNumber)
+					d->key_input[attnum - 1] = true;
+			}
+			else
+				foreach(c, ((GdprStep *) linitial(path->steps))->from_cols)
+				{
+					AttrNumber	attnum = attnum_of(desc, lfirst(c));
+
+					if (attnum != InvalidAttrNumber)
+						d->key_input[attnum - 1] = true;
+				}
+		}
+	}
+	if (nkeyed > 0)
+	{
+		Oid			rowtype = rel->rd_rel->reltype;
+
+		d->key_plan = SPI_prepare(sql.data, 1, &rowtype);
+		if (d->key_plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\"", sql.data);
+	}
 }
 
 /* An erasure changes its subject's rows only (erase.c) */
@@ -671,8 +744,6 @@ build_row_plan(Relation rel)
 	GdprTableMap *map;
 	StringInfoData sql;
 	Oid			argtypes[ROW_NPARAMS];
-	int			nkeyed = 0;
-	ListCell   *lc;
 	bool	   *nonkey;
 	Bitmapset  *pkattrs;
 
@@ -712,64 +783,7 @@ build_row_plan(Relation rel)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
 
-	/* each path's key: a column of the row, or a column of the key query */
-	d->npaths = list_length(map->paths);
-	d->keys = MemoryContextAllocZero(mcxt, sizeof(KeySource) * Max(d->npaths, 1));
-	d->key_input = MemoryContextAllocZero(mcxt, sizeof(bool) * Max(desc->natts, 1));
-	d->owned = map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner;
-	resetStringInfo(&sql);
-	foreach(lc, map->paths)
-	{
-		GdprPath   *path = lfirst(lc);
-		KeySource  *k = &d->keys[foreach_current_index(lc)];
-		GdprPathSql p = gdpr_path_sql(map, path, "($1).");
-
-		if (p.row_column != NULL)
-		{
-			bool		isvarlena;
-
-			k->attnum = attnum_of(desc, p.row_column);
-			if (k->attnum != InvalidAttrNumber)
-			{
-				getTypeOutputInfo(TupleDescAttr(desc, k->attnum - 1)->atttypid, &k->typoutput,
-								  &isvarlena);
-				d->key_input[k->attnum - 1] = true;
-			}
-		}
-		else if (strcmp(p.key, "NULL") != 0)
-		{
-			ListCell   *c;
-
-			appendStringInfo(&sql, "%s%s", sql.len == 0 ? "SELECT " : ", ",
-							 gdpr_subject_sql(map, path, "$1"));
-			k->column = ++nkeyed;
-			if (path->condition != NULL)	/* any column can decide it */
-				memset(d->key_input, true, sizeof(bool) * desc->natts);
-			else if (path->subject_column != NULL)
-			{
-				AttrNumber	attnum = attnum_of(desc, path->subject_column);
-
-				if (attnum != InvalidAttrNumber)
-					d->key_input[attnum - 1] = true;
-			}
-			else
-				foreach(c, ((GdprStep *) linitial(path->steps))->from_cols)
-				{
-					AttrNumber	attnum = attnum_of(desc, lfirst(c));
-
-					if (attnum != InvalidAttrNumber)
-						d->key_input[attnum - 1] = true;
-				}
-		}
-	}
-	if (nkeyed > 0)
-	{
-		Oid			rowtype = rel->rd_rel->reltype;
-
-		d->key_plan = SPI_prepare(sql.data, 1, &rowtype);
-		if (d->key_plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\"", sql.data);
-	}
+	plan_keys(d, map, rel, mcxt);
 
 	if (d->owned)
 	{

@@ -154,6 +154,58 @@ typedef struct Redactions
 	int64		erase_says;
 } Redactions;
 
+/* Where sealing stands: the sealers' state row and the end of the chain */
+typedef struct SealState
+{
+	int64		frontier;		/* every event below it is sealed */
+	Datum		pending_upto;	/* identity values handed out to the writers noted */
+	bool		pending_null;
+	Datum		pending_writers;	/* int8[]: transactions writing when noted */
+	int64		safe;			/* the frontier may pass this, or -1 */
+	int64		seq;			/* the chain's last sequence number */
+	uint8		prev[HASH_LEN]; /* and its hash */
+} SealState;
+
+static void read_seal_state(SealState *st);
+static int64 seal_events(SealState *st, int32 max_events, int64 *first_left);
+static void seal_one(SealState *st, Digester *d, SPIPlanPtr insert, MemoryContext rowcxt);
+static void write_seal_state(const SealState *st);
+
+/* Where gdpr_verify_audit() stands while it walks the chain */
+typedef struct Verify
+{
+	MemoryContext callercxt;
+	TimestampTz now;			/* what has expired is judged by this clock */
+	Digester	d;
+	HTAB	   *redactions;		/* Redactions, by erasure pseudonym */
+	int64		digest_seq;		/* a saved digest's sequence number, or -1 */
+	uint8		digest_hash[HASH_LEN];
+	const char *digest_status;
+	uint8		prev[HASH_LEN]; /* the last link checked */
+	int64		from_seq;		/* the checkpoint the walk starts from */
+	int64		expected;		/* the sequence number the next row must have */
+	int64		checked;
+	int64		redacted;
+	int64		purged;
+	Portal		portal;			/* the seal rows, in order */
+	MemoryContext rowcxt;		/* holds one batch of them */
+	SealRow    *rows;
+	int			nrows;
+	int			pos;
+	bool		exhausted;
+} Verify;
+
+static void read_saved_digest(Jsonb *saved, int64 *seq, uint8 *hash);
+static const char *digest_before_chain(int64 seq, const uint8 *hash);
+static HTAB *redactions_table(void);
+static bool next_seal_row(Verify *v, SealRow **row, SealRow **next);
+static const char *check_seal_row(Verify *v, const SealRow *r, const SealRow *next, uint8 *chain,
+								  char **detail);
+static void count_seal_row(Verify *v, const SealRow *r);
+static Jsonb *check_chain_end(Verify *v, bool have_digest);
+static Jsonb *check_redactions(Verify *v);
+static Jsonb *verify_verdict(Verify *v, const SealRow *bad, const char *problem, const char *detail);
+
 static int	execute_maintenance(const char *sql, int nargs, Oid *argtypes, Datum *values,
 								const char *nulls);
 static void digester_init(Digester *d, TupleDesc desc, int first);
@@ -189,25 +241,12 @@ Datum
 gdpr_seal_audit(PG_FUNCTION_ARGS)
 {
 	int32		max_events = PG_GETARG_INT32(0);
-	Digester	d;
+	SealState	st;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
-	HeapTuple	state;
-	TupleDesc	state_desc;
-	bool		isnull;
-	int64		seq;
-	uint8		prev[HASH_LEN];
-	int64		frontier;
-	Datum		pending_upto;
-	bool		pending_null;
-	Datum		pending_writers;
-	int64		safe = -1;
-	int64		sealed = 0;
 	int64		first_left = -1;
-	Portal		portal;
-	SPIPlanPtr	insert;
-	Oid			argtypes[7] = {INT8OID, INT8OID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID, BYTEAOID, BYTEAOID};
+	int64		sealed;
 
 	if (max_events < 1)
 		ereport(ERROR,
@@ -222,15 +261,41 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
+	read_seal_state(&st);
+	sealed = seal_events(&st, max_events, &first_left);
 
-	/*
-	 * The end of the chain is read from the chain itself, so a restored dump
-	 * (whose state row is not dumped) or a state row made before the restore
-	 * brought the seal rows cannot disagree with it.  The state row holds
-	 * only the frontier; locking it serializes sealers, and writers never
-	 * touch it.  Read after the lock: a sealer that waited sees what the one
-	 * before it wrote.
-	 */
+	/* everything below the frontier is sealed: what was left, and what may still come */
+	if (st.safe >= 0)
+	{
+		int64		next = st.safe + 1;
+
+		if (first_left >= 0 && first_left < next)
+			next = first_left;
+		st.frontier = Max(st.frontier, next);
+	}
+	write_seal_state(&st);
+	gdpr_leave_role(save_userid, save_sec_context, nest);
+	SPI_finish();
+	PG_RETURN_INT64(sealed);
+}
+
+/*
+ * Locks the sealers' state and reads where sealing stands.
+ *
+ * The end of the chain is read from the chain itself, so a restored dump
+ * (whose state row is not dumped) or a state row made before the restore
+ * brought the seal rows cannot disagree with it.  The state row holds only
+ * the frontier; locking it serializes sealers, and writers never touch it.
+ * Read after the lock: a sealer that waited sees what the one before it
+ * wrote.
+ */
+static void
+read_seal_state(SealState *st)
+{
+	HeapTuple	state;
+	TupleDesc	state_desc;
+	bool		isnull;
+
 	lock_seal_state("UPDATE");
 	if (SPI_execute("SELECT frontier, pending_upto, pending_writers FROM gdpr.audit_seal_state",
 					false, 0) != SPI_OK_SELECT ||
@@ -238,9 +303,10 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 		elog(ERROR, "gdpr.audit_seal_state must hold exactly one row");
 	state = SPI_copytuple(SPI_tuptable->vals[0]);
 	state_desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
-	frontier = DatumGetInt64(SPI_getbinval(state, state_desc, 1, &isnull));
-	pending_upto = SPI_getbinval(state, state_desc, 2, &pending_null);
-	pending_writers = SPI_getbinval(state, state_desc, 3, &isnull);
+	st->frontier = DatumGetInt64(SPI_getbinval(state, state_desc, 1, &isnull));
+	st->pending_upto = SPI_getbinval(state, state_desc, 2, &st->pending_null);
+	st->pending_writers = SPI_getbinval(state, state_desc, 3, &isnull);
+	st->safe = -1;
 
 	/*
 	 * Not read-only: a snapshot taken after the lock, so a sealer that waited
@@ -248,20 +314,20 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	 */
 	if (SPI_execute(CHAIN_END, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed");
-	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull), prev, HASH_LEN);
+	st->seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull), st->prev, HASH_LEN);
 
 	/*
 	 * Every identity value up to pending_upto went to a transaction that was
 	 * writing when it was noted; once they have all ended, their events are
 	 * visible (or gone) and the frontier may pass them.
 	 */
-	if (!pending_null && writers_ended(pending_writers))
+	if (!st->pending_null && writers_ended(st->pending_writers))
 	{
-		safe = DatumGetInt64(pending_upto);
-		pending_null = true;
+		st->safe = DatumGetInt64(st->pending_upto);
+		st->pending_null = true;
 	}
-	if (pending_null)
+	if (st->pending_null)
 	{
 		int64		handed_out;
 
@@ -270,15 +336,39 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_execute failed");
 		handed_out = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		/* read after the sequence: a writer holding an older value holds its lock already */
-		pending_writers = current_writers();
-		if (pending_writers == (Datum) 0)
-			safe = Max(safe, handed_out);
+		st->pending_writers = current_writers();
+		if (st->pending_writers == (Datum) 0)
+			st->safe = Max(st->safe, handed_out);
 		else
 		{
-			pending_upto = Int64GetDatum(handed_out);
-			pending_null = false;
+			st->pending_upto = Int64GetDatum(handed_out);
+			st->pending_null = false;
 		}
 	}
+}
+
+/*
+ * Seals up to max_events unsealed events from the frontier on, in order,
+ * extending the chain; *first_left gets the first event left for the next
+ * call.  Inserting seal rows needs no exemption: the guard refuses only
+ * changes.
+ */
+static int64
+seal_events(SealState *st, int32 max_events, int64 *first_left)
+{
+	Oid			argtypes[7] = {INT8OID, INT8OID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID, BYTEAOID, BYTEAOID};
+	Oid			fargtypes[1] = {INT8OID};
+	Datum		fargs[1] = {Int64GetDatum(st->frontier)};
+	Digester	d;
+	SPIPlanPtr	insert;
+	SPIPlanPtr	scan;
+	Portal		portal;
+	int64		sealed = 0;
+	bool		done = false;
+
+	/* a row's field texts and digests go with it: a large max_events must not pile them up */
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr seal row",
+												 ALLOCSET_DEFAULT_SIZES);
 
 	insert = SPI_prepare("INSERT INTO gdpr.audit_seal (seq, event_id, retention_until, nonce, "
 						 "personal_digest, event_digest, chain_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -286,125 +376,102 @@ gdpr_seal_audit(PG_FUNCTION_ARGS)
 	if (insert == NULL)
 		elog(ERROR, "SPI_prepare failed");
 
-	{
-		Oid			fargtypes[1] = {INT8OID};
-		Datum		fargs[1] = {Int64GetDatum(frontier)};
-		/*
-		 * An event that expired unsealed stays out of the chain.  After a
-		 * restore the frontier starts again from the first event (the state
-		 * row is not dumped): the expired events whose seal rows a checkpoint
-		 * folded in must not be sealed a second time.
-		 */
-		SPIPlanPtr	scan = SPI_prepare("SELECT " EVENT_COLUMNS " FROM gdpr.audit_log a "
-									   " WHERE a.event_id >= $1 AND a.retention_until >= pg_catalog.now() "
-									   "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id) "
-									   " ORDER BY a.event_id",
-									   1, fargtypes);
+	/*
+	 * An event that expired unsealed stays out of the chain.  After a restore
+	 * the frontier starts again from the first event (the state row is not
+	 * dumped): the expired events whose seal rows a checkpoint folded in must
+	 * not be sealed a second time.
+	 */
+	scan = SPI_prepare("SELECT " EVENT_COLUMNS " FROM gdpr.audit_log a "
+					   " WHERE a.event_id >= $1 AND a.retention_until >= pg_catalog.now() "
+					   "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id) "
+					   " ORDER BY a.event_id",
+					   1, fargtypes);
+	if (scan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+	/* not read-only: a fresh snapshot, taken after the writers were noted */
+	portal = SPI_cursor_open(NULL, scan, fargs, NULL, false);
 
-		if (scan == NULL)
-			elog(ERROR, "SPI_prepare failed");
-		/* not read-only: a fresh snapshot, taken after the writers were noted */
-		portal = SPI_cursor_open(NULL, scan, fargs, NULL, false);
-	}
-
-	/* inserting seal rows needs no exemption: the guard refuses only changes */
 	d.sha = NULL;
+	while (!done)
 	{
-		bool		done = false;
+		SPITupleTable *tuptable;
+		uint64		n;
 
-		/* a row's field texts and digests go with it: a large max_events must not pile them up */
-		MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr seal row",
-													 ALLOCSET_DEFAULT_SIZES);
-
-		while (!done)
+		SPI_cursor_fetch(portal, true, 1000);
+		tuptable = SPI_tuptable;
+		n = SPI_processed;
+		if (n == 0)
+			break;
+		if (d.sha == NULL)
+			digester_init(&d, tuptable->tupdesc, 1);
+		for (uint64 i = 0; i < n; i++)
 		{
-			SPITupleTable *tuptable;
-			uint64		n;
-
-			SPI_cursor_fetch(portal, true, 1000);
-			tuptable = SPI_tuptable;
-			n = SPI_processed;
-			if (n == 0)
-				break;
-			if (d.sha == NULL)
-				digester_init(&d, tuptable->tupdesc, 1);
-			for (uint64 i = 0; i < n; i++)
+			deform(&d, tuptable->vals[i], tuptable->tupdesc);
+			if (sealed >= max_events)
 			{
-				HeapTuple	tup = tuptable->vals[i];
-				int64		event_id;
-				uint8		nonce[NONCE_LEN];
-				uint8		personal[HASH_LEN];
-				uint8		event_digest[HASH_LEN];
-				uint8		chain[HASH_LEN];
-				Datum		values[7];
-				MemoryContext old;
-
-				deform(&d, tup, tuptable->tupdesc);
-				event_id = DatumGetInt64(d.values[0]);
-				if (sealed >= max_events)
-				{
-					first_left = event_id;
-					done = true;
-					break;
-				}
-				CHECK_FOR_INTERRUPTS();
-				if (!pg_strong_random(nonce, NONCE_LEN))
-					ereport(ERROR,
-							(errcode(ERRCODE_INTERNAL_ERROR),
-							 errmsg("could not generate a random nonce")));
-				old = MemoryContextSwitchTo(rowcxt);
-				event_digests(&d, nonce, NULL, personal, event_digest);
-				seq++;
-				chain_step(&d, prev, seq, event_digest,
-						   DatumGetTimestampTz(d.values[N_PUBLIC - 1]), chain);
-				memcpy(prev, chain, HASH_LEN);
-
-				values[0] = Int64GetDatum(seq);
-				values[1] = Int64GetDatum(event_id);
-				values[2] = d.values[N_PUBLIC - 1];
-				values[3] = PointerGetDatum(to_bytea(nonce, NONCE_LEN));
-				values[4] = PointerGetDatum(to_bytea(personal, HASH_LEN));
-				values[5] = PointerGetDatum(to_bytea(event_digest, HASH_LEN));
-				values[6] = PointerGetDatum(to_bytea(chain, HASH_LEN));
-				MemoryContextSwitchTo(old);
-				if (SPI_execute_plan(insert, values, NULL, false, 0) != SPI_OK_INSERT)
-					elog(ERROR, "SPI_execute_plan failed");
-				MemoryContextReset(rowcxt);
-				sealed++;
+				*first_left = DatumGetInt64(d.values[0]);
+				done = true;
+				break;
 			}
-			SPI_freetuptable(tuptable);
+			CHECK_FOR_INTERRUPTS();
+			seal_one(st, &d, insert, rowcxt);
+			sealed++;
 		}
+		SPI_freetuptable(tuptable);
 	}
 	SPI_cursor_close(portal);
 	if (d.sha != NULL)
 		pg_cryptohash_free(d.sha);
+	return sealed;
+}
 
-	/* everything below the frontier is sealed: what was left, and what may still come */
-	if (safe >= 0)
-	{
-		int64		next = safe + 1;
+/* Seals the event d holds: a fresh nonce, its digests, the next link */
+static void
+seal_one(SealState *st, Digester *d, SPIPlanPtr insert, MemoryContext rowcxt)
+{
+	uint8		nonce[NONCE_LEN];
+	uint8		personal[HASH_LEN];
+	uint8		event_digest[HASH_LEN];
+	uint8		chain[HASH_LEN];
+	Datum		values[7];
+	MemoryContext old;
 
-		if (first_left >= 0 && first_left < next)
-			next = first_left;
-		frontier = Max(frontier, next);
-	}
+	if (!pg_strong_random(nonce, NONCE_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random nonce")));
+	old = MemoryContextSwitchTo(rowcxt);
+	event_digests(d, nonce, NULL, personal, event_digest);
+	st->seq++;
+	chain_step(d, st->prev, st->seq, event_digest, DatumGetTimestampTz(d->values[N_PUBLIC - 1]), chain);
+	memcpy(st->prev, chain, HASH_LEN);
 
-	{
-		Oid			uargtypes[3] = {INT8OID, INT8OID, INT8ARRAYOID};
-		Datum		uvalues[3];
-		char		unulls[3] = {' ', pending_null ? 'n' : ' ', pending_null ? 'n' : ' '};
+	values[0] = Int64GetDatum(st->seq);
+	values[1] = d->values[0];
+	values[2] = d->values[N_PUBLIC - 1];
+	values[3] = PointerGetDatum(to_bytea(nonce, NONCE_LEN));
+	values[4] = PointerGetDatum(to_bytea(personal, HASH_LEN));
+	values[5] = PointerGetDatum(to_bytea(event_digest, HASH_LEN));
+	values[6] = PointerGetDatum(to_bytea(chain, HASH_LEN));
+	MemoryContextSwitchTo(old);
+	if (SPI_execute_plan(insert, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan failed");
+	MemoryContextReset(rowcxt);
+}
 
-		uvalues[0] = Int64GetDatum(frontier);
-		uvalues[1] = pending_upto;
-		uvalues[2] = pending_writers;
-		if (execute_maintenance("UPDATE gdpr.audit_seal_state SET frontier = $1, pending_upto = $2, "
-								"       pending_writers = $3",
-								3, uargtypes, uvalues, unulls) != SPI_OK_UPDATE)
-			elog(ERROR, "SPI_execute_with_args failed");
-	}
-	gdpr_leave_role(save_userid, save_sec_context, nest);
-	SPI_finish();
-	PG_RETURN_INT64(sealed);
+/* Writes the frontier, and the writers it waits for, back */
+static void
+write_seal_state(const SealState *st)
+{
+	Oid			uargtypes[3] = {INT8OID, INT8OID, INT8ARRAYOID};
+	Datum		uvalues[3] = {Int64GetDatum(st->frontier), st->pending_upto, st->pending_writers};
+	char		unulls[3] = {' ', st->pending_null ? 'n' : ' ', st->pending_null ? 'n' : ' '};
+
+	if (execute_maintenance("UPDATE gdpr.audit_seal_state SET frontier = $1, pending_upto = $2, "
+							"       pending_writers = $3",
+							3, uargtypes, uvalues, unulls) != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed");
 }
 
 /*
@@ -417,42 +484,28 @@ Datum
 gdpr_verify_audit(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *saved = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
-	MemoryContext callercxt = CurrentMemoryContext;
-	MemoryContext rowcxt;
-	Digester	d;
-	HASHCTL		ctl;
-	HTAB	   *redactions;
-	int64		digest_seq = -1;
-	uint8		digest_hash[HASH_LEN];
-	const char *digest_status = saved == NULL ? "none" : "not reached";
+	Verify		v;
+	SPIPlanPtr	plan;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1];
 	char	   *checkpoint_problem = NULL;
 	uint8		checkpoint_hash[HASH_LEN];
+	Jsonb	   *result = NULL;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+
+	memset(&v, 0, sizeof(v));
+	v.callercxt = CurrentMemoryContext;
 
 	/*
 	 * What has expired is judged by the clock after the snapshot was taken:
 	 * a purge this snapshot sees judged by a clock no later than this one.
 	 * The transaction's start may lie before a purge it sees.
 	 */
-	TimestampTz now = GetCurrentTimestamp();
-	uint8		prev[HASH_LEN];
-	int64		from_seq = 0;
-	int64		expected;
-	int64		checked = 0;
-	int64		redacted = 0;
-	int64		purged = 0;
-	SealRow    *rows = NULL;
-	int			nrows = 0;
-	int			pos = 0;
-	bool		exhausted = false;
-	Portal		portal;
-	SPIPlanPtr	plan;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1];
-	bool		isnull;
-	Jsonb	   *result = NULL;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
+	v.now = GetCurrentTimestamp();
+	v.digest_seq = -1;
+	v.digest_status = saved == NULL ? "none" : "not reached";
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -461,64 +514,16 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	(void) set_config_option("work_mem", "262144", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	if (saved != NULL)
-	{
-		Oid			jtypes[1] = {JSONBOID};
-		Datum		jargs[1] = {JsonbPGetDatum(saved)};
-
-		char	   *hash_text;
-
-		if (SPI_execute_with_args("SELECT CASE WHEN pg_catalog.jsonb_typeof($1->'seq') = 'number' "
-								  "            THEN ($1->>'seq')::pg_catalog.numeric::pg_catalog.int8 END, "
-								  "       CASE WHEN $1->>'hash' ~ '^[0-9a-f]{64}$' THEN $1->>'hash' END",
-								  1, jtypes, jargs, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		digest_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		hash_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		if (isnull || digest_seq < 0 || hash_text == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("digest must be an object with \"seq\" and a 64-digit hex \"hash\""),
-					 errhint("Pass what gdpr_audit_digest() returned.")));
-		hex_decode(hash_text, HASH_LEN * 2, (char *) digest_hash);
-	}
+		read_saved_digest(saved, &v.digest_seq, v.digest_hash);
 
 	/* start from the latest checkpoint, or from nothing */
-	from_seq = latest_checkpoint(prev, now, &checkpoint_problem);
-	memcpy(checkpoint_hash, prev, HASH_LEN);
-	expected = from_seq + 1;
-	if (saved != NULL && digest_seq == 0)
-	{
-		/* taken from an empty chain: every chain starts there */
-		uint8		origin[HASH_LEN] = {0};
-
-		digest_status = memcmp(origin, digest_hash, HASH_LEN) == 0 ? "matched" : "mismatch";
-	}
-	else if (saved != NULL && digest_seq <= from_seq)
-	{
-		Oid			ctypes[1] = {INT8OID};
-		Datum		cargs[1] = {Int64GetDatum(digest_seq)};
-
-		/* the digest's event is purged: a checkpoint may still carry its hash */
-		if (SPI_execute_with_args("SELECT chain_hash FROM gdpr.audit_checkpoint WHERE seq = $1",
-								  1, ctypes, cargs, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed");
-		if (SPI_processed == 0)
-			digest_status = "purged";
-		else
-		{
-			uint8		h[HASH_LEN];
-
-			from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), h, HASH_LEN);
-			digest_status = memcmp(h, digest_hash, HASH_LEN) == 0 ? "matched" : "mismatch";
-		}
-	}
-
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(((Redactions *) NULL)->pseudonym);
-	ctl.entrysize = sizeof(Redactions);
-	ctl.hcxt = CurrentMemoryContext;
-	redactions = hash_create("gdpr redactions", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	load_folded_redactions(redactions, from_seq);
+	v.from_seq = latest_checkpoint(v.prev, v.now, &checkpoint_problem);
+	memcpy(checkpoint_hash, v.prev, HASH_LEN);
+	v.expected = v.from_seq + 1;
+	if (saved != NULL && v.digest_seq <= v.from_seq)
+		v.digest_status = digest_before_chain(v.digest_seq, v.digest_hash);
+	v.redactions = redactions_table();
+	load_folded_redactions(v.redactions, v.from_seq);
 
 	plan = SPI_prepare("SELECT s.seq, s.event_id, s.event_digest, s.chain_hash, s.personal_digest, "
 					   "       s.nonce, s.redacted_by, s.retention_until, "
@@ -530,279 +535,361 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 					   1, argtypes);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed");
-	args[0] = Int64GetDatum(from_seq);
-	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr verify rows", ALLOCSET_DEFAULT_SIZES);
-	d.sha = NULL;
+	args[0] = Int64GetDatum(v.from_seq);
+	v.portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	v.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "gdpr verify rows", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
 		SealRow    *r;
-		SealRow    *next = NULL;
+		SealRow    *next;
 		uint8		chain[HASH_LEN];
-		const char *problem = NULL;
+		const char *problem;
 		char	   *detail = NULL;
 
-		/* keep one row of lookahead: an inserted or swapped row shows in its neighbour */
-		if (pos + 1 >= nrows && !exhausted)
-		{
-			SealRow    *keep = pos < nrows ? &rows[pos] : NULL;
-			SealRow		saved_row;
-			MemoryContext old;
-
-			if (keep != NULL)
-				saved_row = *keep;
-			SPI_cursor_fetch(portal, true, 10000);
-			if (SPI_processed == 0)
-				exhausted = true;
-			else
-			{
-				if (d.sha == NULL)
-					digester_init(&d, SPI_tuptable->tupdesc, 10);
-				/* the kept row's strings live in rowcxt: move them out before it is reset */
-				if (keep != NULL && saved_row.redacted_by != NULL)
-					saved_row.redacted_by = MemoryContextStrdup(callercxt, saved_row.redacted_by);
-				if (keep != NULL && saved_row.erase_pseudonym != NULL)
-					saved_row.erase_pseudonym = MemoryContextStrdup(callercxt, saved_row.erase_pseudonym);
-				MemoryContextReset(rowcxt);
-				old = MemoryContextSwitchTo(rowcxt);
-				rows = palloc(sizeof(SealRow) * (SPI_processed + 1));
-				nrows = 0;
-				if (keep != NULL)
-					rows[nrows++] = saved_row;
-				for (uint64 i = 0; i < SPI_processed; i++)
-					read_seal_row(&rows[nrows++], SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &d, now);
-				MemoryContextSwitchTo(old);
-				pos = 0;
-			}
-			SPI_freetuptable(SPI_tuptable);
-		}
-		if (pos >= nrows)
+		if (!next_seal_row(&v, &r, &next))
 			break;
 		CHECK_FOR_INTERRUPTS();
-		r = &rows[pos];
-		if (pos + 1 < nrows)
-			next = &rows[pos + 1];
-
-		if (r->seq != expected)
+		problem = check_seal_row(&v, r, next, chain, &detail);
+		if (problem == NULL && v.digest_seq == r->seq)
 		{
-			problem = "missing";
-			detail = psprintf("sequence numbers " INT64_FORMAT " to " INT64_FORMAT " are missing from the chain",
-							  expected, r->seq - 1);
-		}
-		else if (!r->present && !r->expired)
-		{
-			problem = "missing";
-			detail = psprintf("event " INT64_FORMAT " was deleted before its retention ended", r->event_id);
-		}
-		else
-		{
-			bool		event_ok = !r->present || (r->personal_ok && r->digest_ok);
-			bool		chain_ok;
-
-			chain_step(&d, prev, r->seq, r->event_digest, r->retention_until, chain);
-			chain_ok = memcmp(chain, r->chain_hash, HASH_LEN) == 0;
-			if (!event_ok || !chain_ok)
-			{
-				uint8		alt[HASH_LEN];
-				uint8		back[HASH_LEN];
-
-				/* does the chain go on from the next row as if this one were not there? */
-				if (next != NULL)
-					chain_step(&d, prev, r->seq, next->event_digest, next->retention_until, alt);
-				if (next != NULL && memcmp(alt, next->chain_hash, HASH_LEN) == 0)
-				{
-					chain_step(&d, next->chain_hash, r->seq + 1, r->event_digest, r->retention_until, back);
-					if (memcmp(back, r->chain_hash, HASH_LEN) == 0)
-					{
-						problem = "reordered";
-						detail = psprintf("sequence numbers " INT64_FORMAT " and " INT64_FORMAT " were swapped",
-										  r->seq, r->seq + 1);
-					}
-					else
-					{
-						problem = "inserted";
-						detail = psprintf("event " INT64_FORMAT " was put into the chain after it was sealed",
-										  r->event_id);
-					}
-				}
-				else if (!event_ok && next != NULL && next->present &&
-						 memcmp(r->recomputed, next->event_digest, HASH_LEN) == 0)
-				{
-					problem = "reordered";
-					detail = psprintf("event " INT64_FORMAT " holds what was sealed as the next event", r->event_id);
-				}
-				else if (!r->personal_ok)
-				{
-					problem = "changed";
-					detail = psprintf("a personal field of event " INT64_FORMAT " no longer matches its digest",
-									  r->event_id);
-				}
-				else if (!event_ok)
-				{
-					problem = "changed";
-					detail = psprintf("event " INT64_FORMAT " no longer matches its digest", r->event_id);
-				}
-				else
-				{
-					problem = "changed";
-					detail = psprintf("the chain hash of sequence number " INT64_FORMAT " does not follow from the events before it",
-									  r->seq);
-				}
-			}
-		}
-		if (problem == NULL && digest_seq == r->seq)
-		{
-			if (memcmp(chain, digest_hash, HASH_LEN) != 0)
+			if (memcmp(chain, v.digest_hash, HASH_LEN) != 0)
 			{
 				problem = "rewritten";
 				detail = psprintf("the chain no longer passes through the saved digest at sequence number " INT64_FORMAT,
-								  digest_seq);
+								  v.digest_seq);
 			}
 			else
-				digest_status = "matched";
+				v.digest_status = "matched";
 		}
 		if (problem != NULL)
 		{
-			MemoryContextSwitchTo(callercxt);
-			result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged,
-							 digest_status, r, problem, detail);
+			MemoryContextSwitchTo(v.callercxt);
+			result = verify_verdict(&v, r, problem, detail);
 			break;
 		}
-
-		if (!r->present)
-			purged++;
-		if (r->redacted_by != NULL)
-		{
-			Redactions *red;
-			bool		found;
-
-			redacted++;
-			red = hash_search(redactions, r->redacted_by, HASH_ENTER, &found);
-			if (!found)
-				redaction_init(red);
-			if (red->count == 0)
-			{
-				red->first_seq = r->seq;
-				red->first_event_id = r->event_id;
-			}
-			red->count++;
-			if (!r->expired)
-				red->unexpired++;
-		}
-		if (r->is_erase && r->erase_pseudonym != NULL)
-		{
-			Redactions *red;
-			bool		found;
-
-			red = hash_search(redactions, r->erase_pseudonym, HASH_ENTER, &found);
-			if (!found)
-				redaction_init(red);
-			red->erase_seen = true;
-			red->erase_says = r->erase_redacted;
-		}
-		memcpy(prev, r->chain_hash, HASH_LEN);
-		expected = r->seq + 1;
-		checked++;
-		pos++;
+		count_seal_row(&v, r);
 	}
-	SPI_cursor_close(portal);
-	if (d.sha != NULL)
-		pg_cryptohash_free(d.sha);
-	MemoryContextSwitchTo(callercxt);
+	SPI_cursor_close(v.portal);
+	if (v.d.sha != NULL)
+		pg_cryptohash_free(v.d.sha);
+	MemoryContextSwitchTo(v.callercxt);
 
 	/* the checkpoint comes first in the chain, so does its verdict */
 	if (checkpoint_problem != NULL)
-		result = verdict(false, 0, from_seq, checkpoint_hash, from_seq, 0, 0, digest_status, NULL,
+		result = verdict(false, 0, v.from_seq, checkpoint_hash, v.from_seq, 0, 0, v.digest_status, NULL,
 						 "rewritten", checkpoint_problem);
-
 	if (result == NULL)
-	{
-		int64		unsealed = first_unsealed(now);
-
-		if (unsealed >= 0)
-			result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
-							 NULL, "unsealed",
-							 psprintf("event " INT64_FORMAT " lies in the sealed part of the trail but is not in the chain: "
-									  "it was added afterwards or its seal row was removed", unsealed));
-	}
-
-	if (result == NULL && saved != NULL && strcmp(digest_status, "not reached") == 0)
-		result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
-						 NULL, "missing",
-						 psprintf("the chain ends at sequence number " INT64_FORMAT ", before the saved digest's " INT64_FORMAT,
-								  expected - 1, digest_seq));
-	if (result == NULL && saved != NULL && strcmp(digest_status, "mismatch") == 0)
-		result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
-						 NULL, "rewritten", pstrdup("the checkpoint at the saved digest's sequence number has another hash"));
-
-	/* every redaction must come from an erasure that says it made that many */
+		result = check_chain_end(&v, saved != NULL);
 	if (result == NULL)
-	{
-		HASH_SEQ_STATUS status;
-		Redactions *red;
-
-		hash_seq_init(&status, redactions);
-		while ((red = hash_seq_search(&status)) != NULL)
-		{
-			SealRow		bad;
-			const char *why = NULL;
-
-			if (red->count == 0)
-				continue;
-			if (!red->erase_seen)
-			{
-				Oid			ptypes[1] = {TEXTOID};
-				Datum		pargs[1] = {CStringGetTextDatum(red->pseudonym)};
-
-				/* an erasure not sealed yet: its event is in the trail, not in the chain */
-				if (SPI_execute_with_args("SELECT (detail->>'sealed_events_redacted')::pg_catalog.int8 "
-										  "  FROM gdpr.audit_log WHERE event = 'ERASE' AND subject_id = $1",
-										  1, ptypes, pargs, NULL, true, 1) != SPI_OK_SELECT)
-					elog(ERROR, "SPI_execute_with_args failed");
-				if (SPI_processed == 1)
-				{
-					red->erase_seen = true;
-					red->erase_says = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-					if (isnull)
-						red->erase_says = -1;
-				}
-			}
-			/*
-			 * An erasure's event is kept as long as the events it redacted,
-			 * but their seal rows can stay longer, until everything sealed
-			 * before them has expired too: once expired, they need it no more.
-			 */
-			if (!red->erase_seen)
-			{
-				if (red->unexpired > 0)
-					why = "no erasure of that subject is in the trail";
-			}
-			else if (red->erase_says != red->count + red->folded)
-				why = psprintf("its erasure redacted " INT64_FORMAT " sealed events, the chain shows " INT64_FORMAT,
-							   red->erase_says, red->count + red->folded);
-			if (why == NULL)
-				continue;
-			memset(&bad, 0, sizeof(bad));
-			bad.seq = red->first_seq;
-			bad.event_id = red->first_event_id;
-			hash_seq_term(&status);
-			result = verdict(false, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
-							 &bad, "redacted without an erasure",
-							 psprintf("event " INT64_FORMAT " is redacted by %s, but %s",
-									  red->first_event_id, red->pseudonym, why));
-			break;
-		}
-	}
+		result = check_redactions(&v);
 	if (result == NULL)
-		result = verdict(true, checked, expected - 1, prev, from_seq, redacted, purged, digest_status,
-						 NULL, NULL, NULL);
+		result = verify_verdict(&v, NULL, NULL, NULL);
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 	/* SPI calls leave SPI's context current: the result must outlive SPI_finish */
-	MemoryContextSwitchTo(callercxt);
+	MemoryContextSwitchTo(v.callercxt);
 	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
 	SPI_finish();
 	PG_RETURN_JSONB_P(result);
+}
+
+/* The sequence number and hash of a digest gdpr_audit_digest() returned */
+static void
+read_saved_digest(Jsonb *saved, int64 *seq, uint8 *hash)
+{
+	Oid			jtypes[1] = {JSONBOID};
+	Datum		jargs[1] = {JsonbPGetDatum(saved)};
+	char	   *hash_text;
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT CASE WHEN pg_catalog.jsonb_typeof($1->'seq') = 'number' "
+							  "            THEN ($1->>'seq')::pg_catalog.numeric::pg_catalog.int8 END, "
+							  "       CASE WHEN $1->>'hash' ~ '^[0-9a-f]{64}$' THEN $1->>'hash' END",
+							  1, jtypes, jargs, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	*seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	hash_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (isnull || *seq < 0 || hash_text == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("digest must be an object with \"seq\" and a 64-digit hex \"hash\""),
+				 errhint("Pass what gdpr_audit_digest() returned.")));
+	hex_decode(hash_text, HASH_LEN * 2, (char *) hash);
+}
+
+/*
+ * The status of a digest at or before the latest checkpoint: every chain
+ * starts from the empty one, and a checkpoint may still carry the hash of
+ * a purged event.
+ */
+static const char *
+digest_before_chain(int64 seq, const uint8 *hash)
+{
+	Oid			ctypes[1] = {INT8OID};
+	Datum		cargs[1] = {Int64GetDatum(seq)};
+	uint8		h[HASH_LEN] = {0};
+	bool		isnull;
+
+	if (seq == 0)
+		return memcmp(h, hash, HASH_LEN) == 0 ? "matched" : "mismatch";
+	if (SPI_execute_with_args("SELECT chain_hash FROM gdpr.audit_checkpoint WHERE seq = $1",
+							  1, ctypes, cargs, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	if (SPI_processed == 0)
+		return "purged";
+	from_bytea(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), h, HASH_LEN);
+	return memcmp(h, hash, HASH_LEN) == 0 ? "matched" : "mismatch";
+}
+
+/* Redactions by erasure pseudonym */
+static HTAB *
+redactions_table(void)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(((Redactions *) NULL)->pseudonym);
+	ctl.entrysize = sizeof(Redactions);
+	ctl.hcxt = CurrentMemoryContext;
+	return hash_create("gdpr redactions", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/*
+ * The next seal row, and the one after it: one row of lookahead, since an
+ * inserted or swapped row shows in its neighbour.  Rows are fetched in
+ * batches into rowcxt; the kept row's strings are moved out before it is
+ * reset.  False at the end of the chain.
+ */
+static bool
+next_seal_row(Verify *v, SealRow **row, SealRow **next)
+{
+	if (v->pos + 1 >= v->nrows && !v->exhausted)
+	{
+		SealRow    *keep = v->pos < v->nrows ? &v->rows[v->pos] : NULL;
+		SealRow		saved_row;
+		MemoryContext old;
+
+		if (keep != NULL)
+			saved_row = *keep;
+		SPI_cursor_fetch(v->portal, true, 10000);
+		if (SPI_processed == 0)
+			v->exhausted = true;
+		else
+		{
+			if (v->d.sha == NULL)
+				digester_init(&v->d, SPI_tuptable->tupdesc, 10);
+			if (keep != NULL && saved_row.redacted_by != NULL)
+				saved_row.redacted_by = MemoryContextStrdup(v->callercxt, saved_row.redacted_by);
+			if (keep != NULL && saved_row.erase_pseudonym != NULL)
+				saved_row.erase_pseudonym = MemoryContextStrdup(v->callercxt, saved_row.erase_pseudonym);
+			MemoryContextReset(v->rowcxt);
+			old = MemoryContextSwitchTo(v->rowcxt);
+			v->rows = palloc(sizeof(SealRow) * (SPI_processed + 1));
+			v->nrows = 0;
+			if (keep != NULL)
+				v->rows[v->nrows++] = saved_row;
+			for (uint64 i = 0; i < SPI_processed; i++)
+				read_seal_row(&v->rows[v->nrows++], SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+							  &v->d, v->now);
+			MemoryContextSwitchTo(old);
+			v->pos = 0;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	if (v->pos >= v->nrows)
+		return false;
+	*row = &v->rows[v->pos];
+	*next = v->pos + 1 < v->nrows ? &v->rows[v->pos + 1] : NULL;
+	return true;
+}
+
+/*
+ * What is wrong with seal row r, or NULL; *detail says it in words.  chain
+ * gets the hash r's link computes.  A row that does not follow is told
+ * apart: swapped with the next, inserted, or changed.
+ */
+static const char *
+check_seal_row(Verify *v, const SealRow *r, const SealRow *next, uint8 *chain, char **detail)
+{
+	bool		event_ok = !r->present || (r->personal_ok && r->digest_ok);
+	uint8		alt[HASH_LEN];
+	uint8		back[HASH_LEN];
+
+	if (r->seq != v->expected)
+	{
+		*detail = psprintf("sequence numbers " INT64_FORMAT " to " INT64_FORMAT " are missing from the chain",
+						   v->expected, r->seq - 1);
+		return "missing";
+	}
+	if (!r->present && !r->expired)
+	{
+		*detail = psprintf("event " INT64_FORMAT " was deleted before its retention ended", r->event_id);
+		return "missing";
+	}
+	chain_step(&v->d, v->prev, r->seq, r->event_digest, r->retention_until, chain);
+	if (event_ok && memcmp(chain, r->chain_hash, HASH_LEN) == 0)
+		return NULL;
+
+	/* does the chain go on from the next row as if this one were not there? */
+	if (next != NULL)
+		chain_step(&v->d, v->prev, r->seq, next->event_digest, next->retention_until, alt);
+	if (next != NULL && memcmp(alt, next->chain_hash, HASH_LEN) == 0)
+	{
+		chain_step(&v->d, next->chain_hash, r->seq + 1, r->event_digest, r->retention_until, back);
+		if (memcmp(back, r->chain_hash, HASH_LEN) == 0)
+		{
+			*detail = psprintf("sequence numbers " INT64_FORMAT " and " INT64_FORMAT " were swapped",
+							   r->seq, r->seq + 1);
+			return "reordered";
+		}
+		*detail = psprintf("event " INT64_FORMAT " was put into the chain after it was sealed", r->event_id);
+		return "inserted";
+	}
+	if (!event_ok && next != NULL && next->present &&
+		memcmp(r->recomputed, next->event_digest, HASH_LEN) == 0)
+	{
+		*detail = psprintf("event " INT64_FORMAT " holds what was sealed as the next event", r->event_id);
+		return "reordered";
+	}
+	if (!r->personal_ok)
+		*detail = psprintf("a personal field of event " INT64_FORMAT " no longer matches its digest",
+						   r->event_id);
+	else if (!event_ok)
+		*detail = psprintf("event " INT64_FORMAT " no longer matches its digest", r->event_id);
+	else
+		*detail = psprintf("the chain hash of sequence number " INT64_FORMAT " does not follow from the events before it",
+						   r->seq);
+	return "changed";
+}
+
+/* Takes a checked row into the counts, and its redaction into the erasures' */
+static void
+count_seal_row(Verify *v, const SealRow *r)
+{
+	Redactions *red;
+	bool		found;
+
+	if (!r->present)
+		v->purged++;
+	if (r->redacted_by != NULL)
+	{
+		v->redacted++;
+		red = hash_search(v->redactions, r->redacted_by, HASH_ENTER, &found);
+		if (!found)
+			redaction_init(red);
+		if (red->count == 0)
+		{
+			red->first_seq = r->seq;
+			red->first_event_id = r->event_id;
+		}
+		red->count++;
+		if (!r->expired)
+			red->unexpired++;
+	}
+	if (r->is_erase && r->erase_pseudonym != NULL)
+	{
+		red = hash_search(v->redactions, r->erase_pseudonym, HASH_ENTER, &found);
+		if (!found)
+			redaction_init(red);
+		red->erase_seen = true;
+		red->erase_says = r->erase_redacted;
+	}
+	memcpy(v->prev, r->chain_hash, HASH_LEN);
+	v->expected = r->seq + 1;
+	v->checked++;
+	v->pos++;
+}
+
+/*
+ * Once the chain checked out: no event of the sealed part may be outside
+ * it, and a saved digest must have been reached and matched.
+ */
+static Jsonb *
+check_chain_end(Verify *v, bool have_digest)
+{
+	int64		unsealed = first_unsealed(v->now);
+
+	if (unsealed >= 0)
+		return verify_verdict(v, NULL, "unsealed",
+							  psprintf("event " INT64_FORMAT " lies in the sealed part of the trail but is not in the chain: "
+									   "it was added afterwards or its seal row was removed", unsealed));
+	if (have_digest && strcmp(v->digest_status, "not reached") == 0)
+		return verify_verdict(v, NULL, "missing",
+							  psprintf("the chain ends at sequence number " INT64_FORMAT ", before the saved digest's " INT64_FORMAT,
+									   v->expected - 1, v->digest_seq));
+	if (have_digest && strcmp(v->digest_status, "mismatch") == 0)
+		return verify_verdict(v, NULL, "rewritten",
+							  pstrdup("the checkpoint at the saved digest's sequence number has another hash"));
+	return NULL;
+}
+
+/* Every redaction must come from an erasure that says it made that many */
+static Jsonb *
+check_redactions(Verify *v)
+{
+	HASH_SEQ_STATUS status;
+	Redactions *red;
+	bool		isnull;
+
+	hash_seq_init(&status, v->redactions);
+	while ((red = hash_seq_search(&status)) != NULL)
+	{
+		SealRow		bad;
+		const char *why = NULL;
+
+		if (red->count == 0)
+			continue;
+		if (!red->erase_seen)
+		{
+			Oid			ptypes[1] = {TEXTOID};
+			Datum		pargs[1] = {CStringGetTextDatum(red->pseudonym)};
+
+			/* an erasure not sealed yet: its event is in the trail, not in the chain */
+			if (SPI_execute_with_args("SELECT (detail->>'sealed_events_redacted')::pg_catalog.int8 "
+									  "  FROM gdpr.audit_log WHERE event = 'ERASE' AND subject_id = $1",
+									  1, ptypes, pargs, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "SPI_execute_with_args failed");
+			if (SPI_processed == 1)
+			{
+				red->erase_seen = true;
+				red->erase_says = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+				if (isnull)
+					red->erase_says = -1;
+			}
+		}
+
+		/*
+		 * An erasure's event is kept as long as the events it redacted, but
+		 * their seal rows can stay longer, until everything sealed before
+		 * them has expired too: once expired, they need it no more.
+		 */
+		if (!red->erase_seen)
+		{
+			if (red->unexpired > 0)
+				why = "no erasure of that subject is in the trail";
+		}
+		else if (red->erase_says != red->count + red->folded)
+			why = psprintf("its erasure redacted " INT64_FORMAT " sealed events, the chain shows " INT64_FORMAT,
+						   red->erase_says, red->count + red->folded);
+		if (why == NULL)
+			continue;
+		memset(&bad, 0, sizeof(bad));
+		bad.seq = red->first_seq;
+		bad.event_id = red->first_event_id;
+		hash_seq_term(&status);
+		return verify_verdict(v, &bad, "redacted without an erasure",
+							  psprintf("event " INT64_FORMAT " is redacted by %s, but %s",
+									   red->first_event_id, red->pseudonym, why));
+	}
+	return NULL;
+}
+
+/* The verdict as far as the chain was checked; ok when no problem is given */
+static Jsonb *
+verify_verdict(Verify *v, const SealRow *bad, const char *problem, const char *detail)
+{
+	return verdict(problem == NULL, v->checked, v->expected - 1, v->prev, v->from_seq, v->redacted,
+				   v->purged, v->digest_status, bad, problem, detail);
 }
 
 /*

@@ -153,6 +153,8 @@ parse_condition(const char *condition, Oid owner, const char *sql, const char *w
 PG_FUNCTION_INFO_V1(gdpr_check_path_condition);
 
 static void deparse_condition(StringInfo buf, Node *node, Relation rel, const char *condition);
+static void deparse_other(StringInfo buf, Node *node, Relation rel, const char *condition);
+static void deparse_list(StringInfo buf, List *args, Relation rel, const char *condition);
 
 Datum
 gdpr_check_path_condition(PG_FUNCTION_ARGS)
@@ -342,12 +344,7 @@ deparse_condition(StringInfo buf, Node *node, Relation rel, const char *conditio
 							 errmsg("path condition must not call a function with VARIADIC"),
 							 errdetail("Condition: %s", condition)));
 				appendStringInfo(buf, "%s(", qualified_function(f->funcid));
-				foreach(lc, f->args)
-				{
-					if (foreach_current_index(lc) > 0)
-						appendStringInfoString(buf, ", ");
-					deparse_condition(buf, lfirst(lc), rel, condition);
-				}
+				deparse_list(buf, f->args, rel, condition);
 				appendStringInfoChar(buf, ')');
 				break;
 			}
@@ -372,6 +369,19 @@ deparse_condition(StringInfo buf, Node *node, Relation rel, const char *conditio
 				appendStringInfoChar(buf, ')');
 				break;
 			}
+		default:
+			deparse_other(buf, node, rel, condition);
+	}
+}
+
+/* The shapes of deparse_condition() that test, cast or choose */
+static void
+deparse_other(StringInfo buf, Node *node, Relation rel, const char *condition)
+{
+	ListCell   *lc;
+
+	switch (nodeTag(node))
+	{
 		case T_NullTest:
 			{
 				NullTest   *n = (NullTest *) node;
@@ -415,12 +425,7 @@ deparse_condition(StringInfo buf, Node *node, Relation rel, const char *conditio
 				CoalesceExpr *c = (CoalesceExpr *) node;
 
 				appendStringInfoString(buf, "COALESCE(");
-				foreach(lc, c->args)
-				{
-					if (foreach_current_index(lc) > 0)
-						appendStringInfoString(buf, ", ");
-					deparse_condition(buf, lfirst(lc), rel, condition);
-				}
+				deparse_list(buf, c->args, rel, condition);
 				appendStringInfoChar(buf, ')');
 				break;
 			}
@@ -429,12 +434,7 @@ deparse_condition(StringInfo buf, Node *node, Relation rel, const char *conditio
 				ArrayExpr  *a = (ArrayExpr *) node;
 
 				appendStringInfoString(buf, "ARRAY[");
-				foreach(lc, a->elements)
-				{
-					if (foreach_current_index(lc) > 0)
-						appendStringInfoString(buf, ", ");
-					deparse_condition(buf, lfirst(lc), rel, condition);
-				}
+				deparse_list(buf, a->elements, rel, condition);
 				appendStringInfo(buf, "]::%s", qualified_type(a->array_typeid, -1, condition));
 				break;
 			}
@@ -468,5 +468,19 @@ deparse_condition(StringInfo buf, Node *node, Relation rel, const char *conditio
 					 errmsg("path condition uses an expression of a kind it cannot hold"),
 					 errdetail("Condition: %s", condition),
 					 errhint("Use comparisons, AND, OR, NOT, IS NULL, IN lists, COALESCE, CASE WHEN and built-in functions over the table's columns.")));
+	}
+}
+
+/* Expressions separated by commas */
+static void
+deparse_list(StringInfo buf, List *args, Relation rel, const char *condition)
+{
+	ListCell   *lc;
+
+	foreach(lc, args)
+	{
+		if (foreach_current_index(lc) > 0)
+			appendStringInfoString(buf, ", ");
+		deparse_condition(buf, lfirst(lc), rel, condition);
 	}
 }

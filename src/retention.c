@@ -64,6 +64,9 @@ static int	retaining_event = 0;
 static Oid	resume_relid = InvalidOid;
 static BlockNumber resume_block = 0;
 
+static void expired_rows(Oid relid, const GdprTableMap *map, const char *time_column,
+						 const char *keep, const char *condition, StringInfo where);
+static char *anonymize_set(const GdprTableMap *map, TupleDesc desc, const char *pk, StringInfo set);
 static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
 						   Oid *owner, bool *anonymize, char **again);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
@@ -211,7 +214,6 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	TupleDesc	desc;
 	StringInfoData where;
 	StringInfoData set;
-	StringInfoData pending;
 	char	   *time_column;
 	char	   *keep;
 	char	   *action;
@@ -243,39 +245,8 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table with OID %u is not registered", relid)));
 
-	/* expired, not excluded by the policy's condition, held by no legal hold */
 	initStringInfo(&where);
-	if (keep != NULL)
-		appendStringInfo(&where, "t.%s < pg_catalog.now() - %s::pg_catalog.interval",
-						 quote_identifier(time_column), quote_literal_cstr(keep));
-	else
-		appendStringInfo(&where, "t.%s < pg_catalog.now()", quote_identifier(time_column));
-	if (condition != NULL)
-	{
-		gdpr_check_expression(condition, "retention condition");
-		appendStringInfo(&where, " AND (\n%s\n)", condition);
-	}
-	if (SPI_execute_with_args("SELECT condition FROM gdpr.legal_hold WHERE relid::pg_catalog.oid = $1",
-							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed");
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		char	   *hold = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-
-		gdpr_check_expression(hold, "legal hold condition");
-		appendStringInfo(&where, " AND (\n%s\n) IS NOT TRUE", hold);
-	}
-
-	/*
-	 * Art. 18(1)(c): a subject may have their data kept past its time for
-	 * legal claims.  Erased subjects' kept rows and subjects awaiting
-	 * erasure are no reason to keep anything.
-	 */
-	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
-		appendStringInfo(&where,
-						 " AND NOT EXISTS (SELECT FROM gdpr.restriction r WHERE r.kind = %s "
-						 "AND r.subject_id = %s AND r.source = 'manual')",
-						 quote_literal_cstr(map->kind), gdpr_subject_sql(map, linitial(map->paths), "t"));
+	expired_rows(relid, map, time_column, keep, condition, &where);
 
 	rel = table_open(relid, AccessShareLock);
 	*owner = rel->rd_rel->relowner;
@@ -296,49 +267,8 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 
 	/* anonymization: the SET list, and a condition true while a row is not yet anonymized */
 	initStringInfo(&set);
-	initStringInfo(&pending);
-	if (strcmp(action, "anonymize") == 0)
-	{
-		for (int i = 0; i < desc->natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, i);
-			ListCell   *lc;
-			const char *strategy = NULL;
-			const char *error;
-			char	   *expr;
-
-			if (att->attisdropped)
-				continue;
-			foreach(lc, map->columns)
-				if (strcmp(((GdprColumn *) lfirst(lc))->name, NameStr(att->attname)) == 0)
-					strategy = ((GdprColumn *) lfirst(lc))->erase;
-			if (strategy == NULL)
-				continue;
-			expr = gdpr_anonymize_expr(att, strategy,
-									   psprintf("%s || (ROW(%s))::pg_catalog.text",
-												quote_literal_cstr(psprintf("retention\x1f%s\x1f%s\x1f",
-																			map->qualified_name,
-																			NameStr(att->attname))),
-												pk),
-									   &error);
-			if (error != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
-						 errmsg("cannot anonymize table %s: %s", map->qualified_name, error)));
-			if (expr == NULL)
-				continue;
-			appendStringInfo(&set, "%s%s = %s", set.len ? ", " : "",
-							 quote_identifier(NameStr(att->attname)), expr);
-			appendStringInfo(&pending, "%st.%s IS DISTINCT FROM %s", pending.len ? " OR " : "",
-							 quote_identifier(NameStr(att->attname)), expr);
-		}
-		if (set.len == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
-					 errmsg("table %s has no classified column to anonymize", map->qualified_name),
-					 errhint("Classify its personal columns with gdpr.classify_column(), or retain with action => 'delete'.")));
-		appendStringInfo(&where, " AND (%s)", pending.data);
-	}
+	if (*anonymize)
+		appendStringInfo(&where, " AND (%s)", anonymize_set(map, desc, pk, &set));
 	table_close(rel, NoLock);
 
 	if (dry_run)
@@ -377,4 +307,101 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 					"            THEN ARRAY(SELECT b.ctid FROM b) END "
 					"  FROM c",
 					batch, change);
+}
+
+/*
+ * The rows of a policy's table whose time has come: expired, not excluded
+ * by the policy's condition, held by no legal hold, and of no subject who
+ * asked for them to be kept.
+ */
+static void
+expired_rows(Oid relid, const GdprTableMap *map, const char *time_column, const char *keep,
+			 const char *condition, StringInfo where)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+
+	if (keep != NULL)
+		appendStringInfo(where, "t.%s < pg_catalog.now() - %s::pg_catalog.interval",
+						 quote_identifier(time_column), quote_literal_cstr(keep));
+	else
+		appendStringInfo(where, "t.%s < pg_catalog.now()", quote_identifier(time_column));
+	if (condition != NULL)
+	{
+		gdpr_check_expression(condition, "retention condition");
+		appendStringInfo(where, " AND (\n%s\n)", condition);
+	}
+	if (SPI_execute_with_args("SELECT condition FROM gdpr.legal_hold WHERE relid::pg_catalog.oid = $1",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *hold = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		gdpr_check_expression(hold, "legal hold condition");
+		appendStringInfo(where, " AND (\n%s\n) IS NOT TRUE", hold);
+	}
+
+	/*
+	 * Art. 18(1)(c): a subject may have their data kept past its time for
+	 * legal claims.  Erased subjects' kept rows and subjects awaiting
+	 * erasure are no reason to keep anything.
+	 */
+	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+		appendStringInfo(where,
+						 " AND NOT EXISTS (SELECT FROM gdpr.restriction r WHERE r.kind = %s "
+						 "AND r.subject_id = %s AND r.source = 'manual')",
+						 quote_literal_cstr(map->kind), gdpr_subject_sql(map, linitial(map->paths), "t"));
+}
+
+/*
+ * Appends to set the SET list that anonymizes a row by its columns'
+ * strategies; returns the condition that holds while a row is not yet
+ * anonymized.
+ */
+static char *
+anonymize_set(const GdprTableMap *map, TupleDesc desc, const char *pk, StringInfo set)
+{
+	StringInfoData pending;
+
+	initStringInfo(&pending);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		ListCell   *lc;
+		const char *strategy = NULL;
+		const char *error;
+		char	   *expr;
+
+		if (att->attisdropped)
+			continue;
+		foreach(lc, map->columns)
+			if (strcmp(((GdprColumn *) lfirst(lc))->name, NameStr(att->attname)) == 0)
+				strategy = ((GdprColumn *) lfirst(lc))->erase;
+		if (strategy == NULL)
+			continue;
+		expr = gdpr_anonymize_expr(att, strategy,
+								   psprintf("%s || (ROW(%s))::pg_catalog.text",
+											quote_literal_cstr(psprintf("retention\x1f%s\x1f%s\x1f",
+																		map->qualified_name,
+																		NameStr(att->attname))),
+											pk),
+								   &error);
+		if (error != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+					 errmsg("cannot anonymize table %s: %s", map->qualified_name, error)));
+		if (expr == NULL)
+			continue;
+		appendStringInfo(set, "%s%s = %s", set->len ? ", " : "",
+						 quote_identifier(NameStr(att->attname)), expr);
+		appendStringInfo(&pending, "%st.%s IS DISTINCT FROM %s", pending.len ? " OR " : "",
+						 quote_identifier(NameStr(att->attname)), expr);
+	}
+	if (set->len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+				 errmsg("table %s has no classified column to anonymize", map->qualified_name),
+				 errhint("Classify its personal columns with gdpr.classify_column(), or retain with action => 'delete'.")));
+	return pending.data;
 }
