@@ -47,4 +47,4 @@ gdpr--$(EXTVERSION).sql: $(addprefix src/,$(addsuffix .sql,$(SQL_PARTS)))
 	for f in $^; do cat $$f; echo; done > $@
 
 # Every C file includes the shared header: a change to it rebuilds them all.
-$(OBJS): src/gdpr.h
+$(OBJS): src/gdpr.h src/compat.h

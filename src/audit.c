@@ -43,6 +43,7 @@
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -78,8 +79,8 @@ static const Oid context_types[CONTEXT_NPARAMS] = {
 #define ROW_NPARAMS (CONTEXT_NPARAMS + 7)
 #define P_EVENT		9			/* 0-based indexes into the parameter arrays */
 #define P_CHANGED	10
-#define P_OLD		11			/* jsonb images, computed as the caller */
-#define P_NEW		12
+#define P_OLD_IMAGE		11			/* jsonb images, computed as the caller */
+#define P_NEW_IMAGE		12
 #define P_ROWKEY	13
 #define P_SUBJECT	14			/* subject keys, computed as the caller */
 #define P_RELATED	15
@@ -309,11 +310,11 @@ insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple ne
 			dropped[i] = d->secret[i] ||
 				(changed != NULL && gdpr_audit_values == GDPR_VALUES_CHANGED && !changed[i]);
 		exclude = names_array(d, dropped);
-		nulls[P_OLD] = oldimage != NULL ? ' ' : 'n';
-		values[P_OLD] = oldimage != NULL
+		nulls[P_OLD_IMAGE] = oldimage != NULL ? ' ' : 'n';
+		values[P_OLD_IMAGE] = oldimage != NULL
 			? DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(oldimage), exclude) : (Datum) 0;
-		nulls[P_NEW] = newimage != NULL ? ' ' : 'n';
-		values[P_NEW] = newimage != NULL
+		nulls[P_NEW_IMAGE] = newimage != NULL ? ' ' : 'n';
+		values[P_NEW_IMAGE] = newimage != NULL
 			? DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(newimage), exclude) : (Datum) 0;
 		values[P_ROWKEY] = DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(keyimage),
 											   d->nonkey);
@@ -508,8 +509,7 @@ gdpr_audit_truncate(PG_FUNCTION_ARGS)
 
 	relid = RelationGetRelid(trigdata->tg_relation);
 	root = gdpr_root_relid(relid);
-	table_name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
-											get_rel_name(root));
+	table_name = gdpr_relation_name(root);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	/* events are undeletable: nobody records one for a table outside the map */
@@ -757,9 +757,7 @@ build_row_plan(Relation rel)
 	if (map == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table %s is not registered with gdpr",
-						quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
-												   get_rel_name(root))),
+				 errmsg("table %s is not registered with gdpr", gdpr_relation_name(root)),
 				 errdetail("gdpr.audit_row() audits registered tables only."),
 				 errhint("Register the table with gdpr.register_table(), which attaches the trigger.")));
 
@@ -773,8 +771,8 @@ build_row_plan(Relation rel)
 	memcpy(argtypes, context_types, sizeof(context_types));
 	argtypes[P_EVENT] = TEXTOID;
 	argtypes[P_CHANGED] = TEXTARRAYOID;
-	argtypes[P_OLD] = JSONBOID;
-	argtypes[P_NEW] = JSONBOID;
+	argtypes[P_OLD_IMAGE] = JSONBOID;
+	argtypes[P_NEW_IMAGE] = JSONBOID;
 	argtypes[P_ROWKEY] = JSONBOID;
 	argtypes[P_SUBJECT] = TEXTOID;
 	argtypes[P_RELATED] = TEXTARRAYOID;

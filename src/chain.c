@@ -1276,7 +1276,7 @@ current_writers(void)
 		return (Datum) 0;
 	elems = palloc(sizeof(Datum) * count);
 	for (int i = 0; i < count && VirtualTransactionIdIsValid(vxids[i]); i++)
-		elems[n++] = Int64GetDatum(((int64) vxids[i].backendId << 32) |
+		elems[n++] = Int64GetDatum(((int64) GDPR_VXID_BACKEND(vxids[i]) << 32) |
 								   (int64) vxids[i].localTransactionId);
 	if (n == 0)
 		return (Datum) 0;
@@ -1301,7 +1301,7 @@ writers_ended(Datum pending)
 		int64		v = DatumGetInt64(elems[i]);
 		VirtualTransactionId vxid;
 
-		vxid.backendId = (BackendId) (v >> 32);
+		GDPR_VXID_BACKEND(vxid) = (GdprVxidBackend) (v >> 32);
 		vxid.localTransactionId = (LocalTransactionId) (v & 0xFFFFFFFF);
 		if (!VirtualXactLock(vxid, false))
 			return false;

@@ -97,7 +97,7 @@ gdpr_has_consent(PG_FUNCTION_ARGS)
 	heap = table_open(lookup->heap, AccessShareLock);
 	index = index_open(lookup->index, AccessShareLock);
 	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, GetActiveSnapshot(), 3, 0);
+	scan = gdpr_index_beginscan(heap, index, GetActiveSnapshot(), 3, 0);
 	index_rescan(scan, keys, 3, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);

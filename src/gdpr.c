@@ -20,7 +20,6 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
-#include "utils/queryjumble.h"
 
 PG_MODULE_MAGIC;
 

@@ -16,6 +16,7 @@
 #define GDPR_H
 
 #include "catalog/pg_attribute.h"
+#include "compat.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"

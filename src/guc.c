@@ -8,7 +8,7 @@
  * SUSET, so that an audited role cannot switch its own auditing off.
  *
  * Lists and intervals are parsed once, in check hooks, into "extra" data
- * (malloc'd: the GUC machinery frees it); assign hooks only publish the
+ * (allocated as the GUC machinery wants it: it frees it, see compat.h); assign hooks only publish the
  * parsed result.  The hot path (the audit
  * trigger) never parses a setting.
  *
@@ -224,14 +224,14 @@ check_retention(char **newval, void **extra, GucSource source)
 		GUC_check_errhint("Use an interval such as '7 years' or '90 days'.");
 		return false;
 	}
-	result = (Interval *) malloc(sizeof(Interval));
+	result = (Interval *) gdpr_guc_malloc(sizeof(Interval));
 	if (result == NULL)
 		return false;
 	if (itmin2interval(&itm, result) != 0 ||
 		result->month < 0 || result->day < 0 || result->time < 0 ||
 		(result->month == 0 && result->day == 0 && result->time == 0))
 	{
-		free(result);
+		gdpr_guc_free(result);
 		GUC_check_errdetail("The audit retention must be a positive interval.");
 		return false;
 	}
@@ -280,7 +280,7 @@ check_events(char **newval, void **extra, GucSource source)
 			return false;
 		}
 	}
-	result = (int *) malloc(sizeof(int));
+	result = (int *) gdpr_guc_malloc(sizeof(int));
 	if (result == NULL)
 		return false;
 	*result = mask;
@@ -312,7 +312,7 @@ check_exclude_roles(char **newval, void **extra, GucSource source)
 	}
 	foreach(lc, items)
 		len += strlen(lfirst(lc)) + 1;
-	result = malloc(len);
+	result = gdpr_guc_malloc(len);
 	if (result == NULL)
 		return false;
 	p = result;

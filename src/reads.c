@@ -81,8 +81,7 @@ typedef struct PendingRead
 static List *pending_reads = NIL;
 
 static void gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags);
-static void gdpr_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-							 bool execute_once);
+static void gdpr_ExecutorRun(GDPR_EXECUTOR_RUN_ARGS);
 static void gdpr_ExecutorEnd(QueryDesc *queryDesc);
 static void gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 								ProcessUtilityContext context, ParamListInfo params,
@@ -159,16 +158,16 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 }
 
 static void
-gdpr_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+gdpr_ExecutorRun(GDPR_EXECUTOR_RUN_ARGS)
 {
 	PendingRead *pr = pending_reads != NIL ? find_pending(queryDesc) : NULL;
 
 	if (pr != NULL)
 		pr->ran = true;
 	if (prev_ExecutorRun)
-		prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		prev_ExecutorRun(GDPR_EXECUTOR_RUN_PASS);
 	else
-		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+		standard_ExecutorRun(GDPR_EXECUTOR_RUN_PASS);
 }
 
 static void

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_operator.h"
@@ -717,6 +718,9 @@ gdpr_relation_name(Oid relid)
 				 errmsg("table with OID %u does not exist", relid),
 				 errhint("The map still names a dropped table; remove it with gdpr.unregister_table(%u).",
 						 relid)));
+	/* a session's temporary schema has a number that means nothing to the reader */
+	if (isAnyTempNamespace(get_rel_namespace(relid)))
+		nspname = "pg_temp";
 	return quote_qualified_identifier(nspname, relname);
 }
 

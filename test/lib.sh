@@ -1,5 +1,8 @@
 # Shell helpers shared by test/run, test/asan, test/bench/*.sh and demo/run.
 # Source it from the repository root: it sets PGVER, PGBIN and PG_CONFIG when they are unset.
+#
+# PostgreSQL 15 is the host's (Debian 12).  17 and 18 run in Debian chroots made on first use
+# under $GDPR_CHROOTS (Debian 13 for 17, the next Debian for 18), from the host's own mirror.
 
 PGVER=${PGVER:-15}
 PGBIN=${PGBIN:-/usr/lib/postgresql/$PGVER/bin}
@@ -74,4 +77,72 @@ gdpr_bench_server() {
 
 psql_() {
 	as_postgres "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"
+}
+
+GDPR_CHROOTS=${GDPR_CHROOTS:-/var/cache/gdpr-pg}
+
+# The host's Debian mirror, as apt knows it.
+gdpr_mirror() {
+	local uri
+	uri=$(sed -n 's/^URIs: *\([^ ]*debian\)\/*$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+	[ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+	echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# gdpr_pg_chroot <version>: prints the directory of a chroot with that PostgreSQL, its server
+# headers, pgTAP and the TAP test modules; makes it when missing or broken (about a minute).
+gdpr_pg_chroot() {
+	local v=$1 dir=$GDPR_CHROOTS/$1 suite script
+	case $v in
+		17) suite=trixie ;;
+		18) suite=forky ;;
+		*) echo "PostgreSQL $v is not available here: choose 15, 17 or 18" >&2; return 1 ;;
+	esac
+	if [ ! -e "$dir/.gdpr-ready" ] || [ ! -x "$dir/usr/lib/postgresql/$v/bin/pg_config" ]; then
+		echo "making a Debian $suite chroot with PostgreSQL $v in $dir" >&2
+		gdpr_unmount_chroot "$dir"
+		rm -rf --one-file-system "$dir"
+		mkdir -p "$GDPR_CHROOTS"
+		dpkg -s debootstrap >/dev/null 2>&1 ||
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } || return 1
+		script=/usr/share/debootstrap/scripts/$suite
+		[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid		# a suite newer than debootstrap
+		debootstrap --variant=minbase "$suite" "$dir" "$(gdpr_mirror)" "$script" >"$GDPR_CHROOTS/$v.log" 2>&1 ||
+			{ echo "debootstrap failed: see $GDPR_CHROOTS/$v.log" >&2; return 1; }
+		cp /etc/resolv.conf "$dir/etc/resolv.conf"
+		gdpr_mount_chroot "$dir"
+		# a suite under development has a short-lived Release file, and mirrors may serve an old one
+		chroot "$dir" apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$GDPR_CHROOTS/$v.log" 2>&1 &&
+		chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			"postgresql-$v" "postgresql-server-dev-$v" "postgresql-$v-pgtap" \
+			libtap-parser-sourcehandler-pgtap-perl libipc-run-perl make gcc >>"$GDPR_CHROOTS/$v.log" 2>&1 ||
+			{ echo "installing PostgreSQL $v failed: see $GDPR_CHROOTS/$v.log" >&2; return 1; }
+		touch "$dir/.gdpr-ready"
+	fi
+	gdpr_mount_chroot "$dir"
+	echo "$dir"
+}
+
+gdpr_mount_chroot() {
+	mountpoint -q "$1/proc" || mount -t proc proc "$1/proc"
+	mountpoint -q "$1/dev/shm" || mount -t tmpfs shm "$1/dev/shm"
+}
+
+gdpr_unmount_chroot() {
+	mountpoint -q "$1/dev/shm" 2>/dev/null && umount "$1/dev/shm"
+	mountpoint -q "$1/proc" 2>/dev/null && umount "$1/proc"
+	return 0
+}
+
+# gdpr_in_chroot <version> <command> [args]: runs a command of this repository (such as
+# test/run) against PostgreSQL <version>, on a copy of the tree in that version's chroot.
+gdpr_in_chroot() {
+	local v=$1 dir
+	shift
+	dir=$(gdpr_pg_chroot "$v") || return 1
+	rm -rf "$dir/build"
+	mkdir -p "$dir/build"
+	tar -C "$ROOT" --exclude=.git -cf - . | tar -C "$dir/build" -xf -
+	chroot "$dir" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 PGVER="$v" \
+		bash -c 'cd /build && "$@"' bash "$@"
 }
