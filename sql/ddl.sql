@@ -39,8 +39,11 @@ SELECT table_name, subject_id, row_key FROM trail WHERE event = 'INSERT';
 SELECT * FROM gdpr.coverage_gaps WHERE table_name = 'order_item'::regclass;
 DROP TABLE order_item;
 SELECT count(*) FROM gdpr.registered_table WHERE relid::text IN ('order_item', 'orders');
--- Dropping an audit trigger by hand is recorded.
+-- Dropping an audit trigger by hand is refused; a superuser who allows it first is recorded.
 DROP TRIGGER gdpr_audit_row ON rental;
+SET gdpr.allow_capture_off = on;
+DROP TRIGGER gdpr_audit_row ON rental;
+RESET gdpr.allow_capture_off;
 SELECT event, table_name, detail FROM trail WHERE event NOT IN ('MAP_CLASSIFY', 'INSERT');
 -- Unregistering puts nothing back: re-register to audit again.
 SELECT gdpr.unregister_table('rental');

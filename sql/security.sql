@@ -232,7 +232,7 @@ SELECT gdpr_unrestrict(1, 'sec_member');
 -- 8. DDL is recorded as whoever ran it, superusers included, whatever gdpr.audit_superusers says.
 SET gdpr.audit_superusers = off;
 SET ROLE regress_owner;
-DROP TRIGGER gdpr_audit_row ON sec.diary;
+DROP TRIGGER gdpr_audit_row ON sec.diary;              -- capture cannot be switched off
 RESET ROLE;
 ALTER TABLE sec.diary ADD COLUMN note text;
 SELECT effective_role, detail->>'command' AS command, detail->>'object' AS object

@@ -59,6 +59,23 @@
 PG_FUNCTION_INFO_V1(gdpr_audit_row);
 PG_FUNCTION_INFO_V1(gdpr_audit_truncate);
 PG_FUNCTION_INFO_V1(gdpr_log_event);
+PG_FUNCTION_INFO_V1(gdpr_log_system_event);
+PG_FUNCTION_INFO_V1(gdpr_log_ddl_event);
+PG_FUNCTION_INFO_V1(gdpr_capture_off_allowed);
+
+/*
+ * The names of the events the extension writes itself, and the prefixes of
+ * its families of events (case does not matter): an application's event
+ * may not pose as one of them.  Every event the extension writes matches
+ * here; a new one is added here.
+ */
+static const char *const reserved_events[] = {
+	"INSERT", "UPDATE", "DELETE", "TRUNCATE", "DDL", "READ", "EXPORT", "RESTRICT",
+	"UNRESTRICT", "RETENTION", "OBJECTION", "AUDIT_OFF", NULL
+};
+static const char *const reserved_prefixes[] = {
+	"ERASE", "MAP_", "CONSENT_", "POLICY_", "REQUEST_", "BREACH_", "GDPR", NULL
+};
 
 /*
  * The columns every event carries about its context, and their parameters,
@@ -160,6 +177,8 @@ static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup);
+static Datum log_event(FunctionCallInfo fcinfo);
+static bool in_event_trigger(void);
 static void plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext mcxt);
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
@@ -199,6 +218,14 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("gdpr.audit_row() must be fired AFTER ... FOR EACH ROW"),
 				 errhint("Attach it with gdpr.register_table(), not by hand.")));
+
+	/*
+	 * The triggers fire ALWAYS, so that session_replication_role cannot
+	 * silence them; a subscriber whose trail the publisher keeps turns
+	 * gdpr.audit_replicated off for the changes it applies.
+	 */
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA && !gdpr_audit_replicated)
+		return PointerGetDatum(NULL);
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
@@ -504,7 +531,8 @@ gdpr_audit_truncate(PG_FUNCTION_ARGS)
 				 errmsg("gdpr.audit_truncate() must be fired by TRUNCATE"),
 				 errhint("Attach it with gdpr.register_table(), not by hand.")));
 
-	if (!gdpr_event_wanted(GDPR_EV_TRUNCATE))
+	if (!gdpr_event_wanted(GDPR_EV_TRUNCATE) ||
+		(SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA && !gdpr_audit_replicated))
 		return PointerGetDatum(NULL);
 
 	relid = RelationGetRelid(trigdata->tg_relation);
@@ -542,8 +570,124 @@ gdpr_audit_truncate(PG_FUNCTION_ARGS)
  * showed personal data).  Returns the event's id, or NULL when the filters
  * leave it out.
  */
+/* Whether an event name is one the extension writes itself */
+bool
+gdpr_reserved_event(const char *event)
+{
+	for (int i = 0; reserved_events[i] != NULL; i++)
+		if (pg_strcasecmp(event, reserved_events[i]) == 0)
+			return true;
+	for (int i = 0; reserved_prefixes[i] != NULL; i++)
+		if (pg_strncasecmp(event, reserved_prefixes[i], strlen(reserved_prefixes[i])) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * gdpr.log_event(event, subject, success, detail, kind, table_name): an
+ * application's event.  The extension's own names are refused.
+ */
 Datum
 gdpr_log_event(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0))
+	{
+		char	   *event = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+		if (gdpr_reserved_event(event))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event name \"%s\" is reserved for the events gdpr writes itself", event),
+					 errdetail("Application events may not pose as the extension's (INSERT, DDL, ERASE, MAP_..., see README)."),
+					 errhint("Name the application's event after what happened in it, such as 'USER_LOGIN' or 'APP_DELETE'.")));
+	}
+	return log_event(fcinfo);
+}
+
+/*
+ * gdpr._log_event(...): the same, for the extension's own SQL functions,
+ * which write its reserved names.  Not callable by PUBLIC (privileges.sql).
+ */
+Datum
+gdpr_log_system_event(PG_FUNCTION_ARGS)
+{
+	return log_event(fcinfo);
+}
+
+/*
+ * gdpr._log_ddl_event(event, detail, kind, table_name): DDL and AUDIT_OFF
+ * events, written by the extension's event triggers as the role whose
+ * command fired them (any role may run DDL).  Refused anywhere but in an
+ * event trigger, so no role can forge one by calling it.
+ */
+Datum
+gdpr_log_ddl_event(PG_FUNCTION_ARGS)
+{
+	char	   *event = PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *detail = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	char	   *kind = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *table_name = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	int64		id;
+
+	if ((strcmp(event, "DDL") != 0 && strcmp(event, "AUDIT_OFF") != 0) || !in_event_trigger())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("gdpr._log_ddl_event() records the extension's event triggers' findings only"),
+				 errhint("Record an application's event with gdpr.log_event().")));
+	if (!gdpr_event_wanted(GDPR_EV_DDL))
+		PG_RETURN_NULL();
+	check_event_text("table_name", table_name);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	id = gdpr_audit_event(event, true, kind, NULL, table_name, detail);
+	SPI_finish();
+	PG_RETURN_INT64(id);
+}
+
+/* gdpr._capture_off_allowed(): see audit.sql */
+Datum
+gdpr_capture_off_allowed(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(gdpr_allow_capture_off && superuser());
+}
+
+/*
+ * Whether an event trigger is running: pg_event_trigger_ddl_commands()
+ * answers only then.  Asked in a subtransaction that is rolled back.
+ */
+static bool
+in_event_trigger(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		(void) SPI_execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()", true, 0);
+		SPI_finish();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	/* a cancel, say, is the caller's error, not an answer */
+	if (edata != NULL && edata->sqlerrcode != ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED)
+		ReThrowError(edata);
+	return edata == NULL;
+}
+
+static Datum
+log_event(FunctionCallInfo fcinfo)
 {
 	char	   *event;
 	char	   *subject;

@@ -78,6 +78,21 @@ CREATE FUNCTION gdpr.log_event(event text, subject text DEFAULT NULL, success bo
                                table_name text DEFAULT NULL)
     RETURNS bigint LANGUAGE c CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'gdpr_log_event';
+-- The extension's own events, from its SQL functions (not callable by PUBLIC), and the findings
+-- of its event triggers (refused outside one).  gdpr.log_event refuses their names.
+CREATE FUNCTION gdpr._log_event(event text, subject text DEFAULT NULL, success boolean DEFAULT true,
+                                detail jsonb DEFAULT NULL, kind text DEFAULT NULL,
+                                table_name text DEFAULT NULL)
+    RETURNS bigint LANGUAGE c CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'gdpr_log_system_event';
+CREATE FUNCTION gdpr._log_ddl_event(event text, detail jsonb, kind text, table_name text)
+    RETURNS bigint LANGUAGE c CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'gdpr_log_ddl_event';
+-- Whether the current role may switch capture off: a superuser who set gdpr.allow_capture_off.
+-- In C, so the library is loaded and the setting is the real one, never a placeholder any role
+-- could have set before.
+CREATE FUNCTION gdpr._capture_off_allowed() RETURNS boolean
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'gdpr_capture_off_allowed';
 CREATE FUNCTION gdpr.log_event(event text, subject bigint, success boolean DEFAULT true,
                                detail jsonb DEFAULT NULL, kind text DEFAULT NULL,
                                table_name text DEFAULT NULL)

@@ -204,6 +204,7 @@ static const char *check_seal_row(Verify *v, const SealRow *r, const SealRow *ne
 static void count_seal_row(Verify *v, const SealRow *r);
 static Jsonb *check_chain_end(Verify *v, bool have_digest);
 static Jsonb *check_redactions(Verify *v);
+static Jsonb *check_capture(Verify *v);
 static Jsonb *verify_verdict(Verify *v, const SealRow *bad, const char *problem, const char *detail);
 
 static int	execute_maintenance(const char *sql, int nargs, Oid *argtypes, Datum *values,
@@ -584,6 +585,8 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	if (result == NULL)
 		result = check_redactions(&v);
 	if (result == NULL)
+		result = check_capture(&v);
+	if (result == NULL)
 		result = verify_verdict(&v, NULL, NULL, NULL);
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 	/* SPI calls leave SPI's context current: the result must outlive SPI_finish */
@@ -882,6 +885,28 @@ check_redactions(Verify *v)
 									   red->first_event_id, red->pseudonym, why));
 	}
 	return NULL;
+}
+
+/*
+ * A chain that verifies proves nothing about changes that were never
+ * captured: registered tables whose audit triggers are missing or do not
+ * fire fail the verification too.
+ */
+static Jsonb *
+check_capture(Verify *v)
+{
+	char	   *off;
+
+	if (SPI_execute("SELECT pg_catalog.string_agg(pg_catalog.format('%s: %s', "
+					"gdpr._qualified(g.table_name), g.problem), '; ' ORDER BY 1) FROM gdpr._capture_gaps() g",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed");
+	off = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (off == NULL)
+		return NULL;
+	return verify_verdict(v, NULL, "capture off",
+						  psprintf("registered tables whose changes are not captured (%s): repair with gdpr.repair_capture()",
+								   off));
 }
 
 /* The verdict as far as the chain was checked; ok when no problem is given */

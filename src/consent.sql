@@ -122,7 +122,7 @@ BEGIN
     INSERT INTO gdpr.purpose (name, description, legal_basis) VALUES (name, description, legal_basis)
     ON CONFLICT ON CONSTRAINT purpose_pkey
     DO UPDATE SET description = EXCLUDED.description, legal_basis = EXCLUDED.legal_basis;
-    PERFORM gdpr.log_event('MAP_PURPOSE', NULL::text, true,
+    PERFORM gdpr._log_event('MAP_PURPOSE', NULL::text, true,
         jsonb_build_object('purpose', name, 'legal_basis', legal_basis));
 END
 $$;
@@ -153,7 +153,7 @@ BEGIN
     VALUES (k.subject_kind, k.subject_key, p.name, version, gdpr._actor(),
             COALESCE(NULLIF(current_setting('gdpr.client_addr', true), '')::inet, inet_client_addr()), detail)
     RETURNING consent_id INTO id;
-    PERFORM gdpr.log_event('CONSENT_GRANTED', k.subject_key, true,
+    PERFORM gdpr._log_event('CONSENT_GRANTED', k.subject_key, true,
         jsonb_build_object('purpose', p.name, 'version', version, 'consent_id', id), k.subject_kind);
     RETURN id;
 END
@@ -175,7 +175,7 @@ BEGIN
                         k.subject_key, k.subject_kind, p.name
             USING ERRCODE = '42704', HINT = 'See the history with SELECT * FROM gdpr.consent.';
     END IF;
-    PERFORM gdpr.log_event('CONSENT_WITHDRAWN', k.subject_key, true,
+    PERFORM gdpr._log_event('CONSENT_WITHDRAWN', k.subject_key, true,
         jsonb_build_object('purpose', p.name), k.subject_kind);
 END
 $$;
@@ -210,7 +210,7 @@ BEGIN
     END IF;
     INSERT INTO gdpr.objection (kind, subject_id, purpose, detail)
     VALUES (k.subject_kind, k.subject_key, p.name, detail) RETURNING objection_id INTO id;
-    PERFORM gdpr.log_event('OBJECTION', k.subject_key, true,
+    PERFORM gdpr._log_event('OBJECTION', k.subject_key, true,
         jsonb_build_object('purpose', p.name, 'objection_id', id), k.subject_kind);
     RETURN id;
 END
@@ -276,7 +276,7 @@ BEGIN
               HINT = 'Versions are immutable once published: add a new version.';
     END IF;
     INSERT INTO gdpr.privacy_policy (version, effective_at, url, body) VALUES (version, effective_at, url, body);
-    PERFORM gdpr.log_event('POLICY_PUBLISHED', NULL::text, true,
+    PERFORM gdpr._log_event('POLICY_PUBLISHED', NULL::text, true,
         jsonb_build_object('version', version, 'effective_at', effective_at));
 END
 $$;
@@ -294,7 +294,7 @@ BEGIN
     END IF;
     INSERT INTO gdpr.policy_acceptance (kind, subject_id, version)
     VALUES (k.subject_kind, k.subject_key, version) ON CONFLICT DO NOTHING;
-    PERFORM gdpr.log_event('POLICY_ACCEPTED', k.subject_key, true, jsonb_build_object('version', version),
+    PERFORM gdpr._log_event('POLICY_ACCEPTED', k.subject_key, true, jsonb_build_object('version', version),
                            k.subject_kind);
 END
 $$;

@@ -33,6 +33,12 @@ SELECT r.relid AS table_name, NULL::name AS column_name,
   FROM gdpr.registered_table r
  WHERE NOT EXISTS (SELECT 1 FROM gdpr.subject_path p WHERE p.relid = r.relid AND p.relation = 'owner')
 UNION ALL
+-- A registered table whose changes are not captured: an audit trigger missing, disabled, or set to
+-- fire only in (or not in) replica mode, by a superuser who allowed it or in a restored dump.
+SELECT g.table_name, NULL::name,
+       g.problem || ': its changes are not captured until SELECT gdpr.repair_capture()'
+  FROM gdpr._capture_gaps() g
+UNION ALL
 -- An oid column (or a domain over oid, such as lo) references a large object, whose content
 -- pg_dump writes: exported and removed with a deleted row, it stays with a kept row unless classified.
 SELECT r.relid, a.attname,

@@ -25,6 +25,7 @@
 
 PG_FUNCTION_INFO_V1(gdpr_grant_targets);
 PG_FUNCTION_INFO_V1(gdpr_map_changed);
+PG_FUNCTION_INFO_V1(gdpr_enables_capture);
 
 /*
  * gdpr._grant_targets(pg_ddl_command): the tables a GRANT or REVOKE acted
@@ -50,6 +51,32 @@ gdpr_grant_targets(PG_FUNCTION_ARGS)
 	foreach(lc, istmt->objects)
 		elems[n++] = ObjectIdGetDatum(lfirst_oid(lc));
 	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+}
+
+/*
+ * gdpr._enables_capture(pg_ddl_command): whether the command is an ALTER
+ * TABLE that only makes the audit triggers fire ALWAYS, as the extension
+ * itself issues when a table or a partition gets them: nothing to record.
+ */
+Datum
+gdpr_enables_capture(PG_FUNCTION_ARGS)
+{
+	CollectedCommand *cmd = (CollectedCommand *) PG_GETARG_POINTER(0);
+	ListCell   *lc;
+
+	if (cmd == NULL || cmd->type != SCT_AlterTable || cmd->d.alterTable.subcmds == NIL)
+		PG_RETURN_BOOL(false);
+	foreach(lc, cmd->d.alterTable.subcmds)
+	{
+		CollectedATSubcmd *sub = lfirst(lc);
+		AlterTableCmd *at = (AlterTableCmd *) sub->parsetree;
+
+		if (at == NULL || !IsA(at, AlterTableCmd) || at->subtype != AT_EnableAlwaysTrig ||
+			at->name == NULL ||
+			(strcmp(at->name, "gdpr_audit_row") != 0 && strcmp(at->name, "gdpr_audit_truncate") != 0))
+			PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(true);
 }
 
 /*

@@ -7,6 +7,10 @@
 CREATE FUNCTION gdpr._map_changed(tbl pg_catalog.regclass) RETURNS void
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_map_changed';
 
+-- Whether a command only makes the audit triggers fire ALWAYS (the extension's own doing).
+CREATE FUNCTION gdpr._enables_capture(cmd pg_ddl_command) RETURNS boolean
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_enables_capture';
+
 -- The tables a GRANT or REVOKE names; pg_event_trigger_ddl_commands() gives no object for them.
 CREATE FUNCTION gdpr._grant_targets(cmd pg_ddl_command) RETURNS oid[]
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_grant_targets';
@@ -33,7 +37,7 @@ BEGIN
             FOR t IN SELECT pg_catalog.unnest(gdpr._grant_targets(r.command)) LOOP
                 reg := gdpr._registered_root(t);
                 IF reg IS NOT NULL THEN
-                    PERFORM gdpr.log_event('DDL', NULL::text, true,
+                    PERFORM gdpr._log_ddl_event('DDL',
                         pg_catalog.jsonb_build_object('command', r.command_tag, 'object_type', 'table',
                                                       'object', gdpr._qualified(t::regclass)),
                         NULL, gdpr._qualified(reg));
@@ -51,10 +55,10 @@ BEGIN
                  WHEN 'pg_catalog.pg_constraint'::regclass THEN
                      (SELECT c.conrelid FROM pg_catalog.pg_constraint c WHERE c.oid = r.objid)
              END;
-        CONTINUE WHEN t IS NULL;
+        CONTINUE WHEN t IS NULL OR gdpr._enables_capture(r.command);
         reg := gdpr._registered_root(t);
         IF reg IS NOT NULL THEN
-            PERFORM gdpr.log_event('DDL', NULL::text, true,
+            PERFORM gdpr._log_ddl_event('DDL',
                 pg_catalog.jsonb_build_object('command', r.command_tag, 'object_type', r.object_type,
                                               'object', r.object_identity),
                 NULL, gdpr._qualified(reg));
@@ -64,8 +68,40 @@ BEGIN
             IF r.command_tag = 'CREATE TABLE' AND r.objid <> reg::oid THEN
                 PERFORM gdpr._attach_truncate(reg);
             END IF;
+            PERFORM gdpr._guard_capture(reg, r.command_tag, r.object_identity);
         END IF;
     END LOOP;
+END
+$$;
+
+-- Capture cannot be switched off by DDL: an audit trigger disabled, set to fire only in replica
+-- mode, or renamed away is refused (42501), unless a superuser set gdpr.allow_capture_off, and
+-- then recorded as AUDIT_OFF.  A partition attached or created gets its triggers, firing ALWAYS.
+CREATE FUNCTION gdpr._guard_capture(reg pg_catalog.regclass, tag text, object text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    off text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s: %s', gdpr._qualified(g.table_name), g.problem), '; ')
+      INTO off
+      FROM gdpr._capture_gaps(reg) g
+     WHERE g.problem LIKE '%disabled' OR g.problem LIKE '%only in replica mode'
+        OR g.problem = 'trigger gdpr_audit_row is missing';
+    IF off IS NOT NULL THEN
+        IF NOT gdpr._capture_off_allowed() THEN
+            RAISE EXCEPTION 'capture of registered table % cannot be switched off', gdpr._qualified(reg)
+                USING ERRCODE = '42501', DETAIL = off || '.',
+                      HINT = 'Stop auditing a table with gdpr.unregister_table(); a superuser restoring data may set gdpr.allow_capture_off, and repair with gdpr.repair_capture() afterwards.';
+        END IF;
+        PERFORM gdpr._log_ddl_event('AUDIT_OFF',
+            pg_catalog.jsonb_build_object('command', tag, 'object', object, 'problems', off),
+            NULL, gdpr._qualified(reg));
+        RETURN;
+    END IF;
+    PERFORM gdpr._attach_truncate(reg);
+    PERFORM gdpr._capture_always(reg);
 END
 $$;
 
@@ -134,7 +170,7 @@ BEGIN
                 RAISE WARNING 'path "%" of table % used column "%" of %: it is dropped from the map',
                               p.path_name, gdpr._qualified(p.relid), col, qual
                     USING HINT = 'Register the table again or add a path with gdpr.add_path().';
-                PERFORM gdpr.log_event('MAP_PATH_DROPPED', NULL::text, true,
+                PERFORM gdpr._log_event('MAP_PATH_DROPPED', NULL::text, true,
                     pg_catalog.jsonb_build_object('path', p.path_name, 'reason', pg_catalog.format('column %s.%s dropped', qual, col)),
                     NULL, gdpr._qualified(p.relid));
                 PERFORM gdpr._map_changed(p.relid);
@@ -157,14 +193,21 @@ DECLARE
     r    record;
     qual text;
 BEGIN
-    -- Dropping an audit trigger by hand switches auditing off: say so in the trail.
+    -- Dropping an audit trigger of a table still registered switches auditing off: refused, or
+    -- (gdpr.allow_capture_off) recorded.  gdpr.unregister_table forgets the table first.
     FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
               WHERE object_type = 'trigger' AND NOT is_temporary LOOP
         CONTINUE WHEN r.address_names[3] NOT IN ('gdpr_audit_row', 'gdpr_audit_truncate');
         qual := pg_catalog.format('%s.%s', pg_catalog.quote_ident(r.address_names[1]),
                                   pg_catalog.quote_ident(r.address_names[2]));
         CONTINUE WHEN gdpr._registered_root(pg_catalog.to_regclass(qual)) IS NULL;
-        PERFORM gdpr.log_event('DDL', NULL::text, true,
+        IF NOT gdpr._capture_off_allowed() THEN
+            RAISE EXCEPTION 'trigger % of registered table % cannot be dropped', r.address_names[3], qual
+                USING ERRCODE = '42501',
+                      DETAIL = 'Without it, changes to the table would not be captured.',
+                      HINT = 'Stop auditing a table with gdpr.unregister_table(); a superuser restoring data may set gdpr.allow_capture_off, and repair with gdpr.repair_capture() afterwards.';
+        END IF;
+        PERFORM gdpr._log_ddl_event('AUDIT_OFF',
             pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'trigger',
                                           'object', r.object_identity),
             NULL, gdpr._qualified(gdpr._registered_root(pg_catalog.to_regclass(qual))));
@@ -177,12 +220,12 @@ BEGIN
         IF r.object_type = 'table'
            AND (EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
                 OR EXISTS (SELECT 1 FROM gdpr.path_step s WHERE s.to_rel::oid = r.objid)) THEN
-            PERFORM gdpr.log_event('DDL', NULL::text, true,
+            PERFORM gdpr._log_ddl_event('DDL',
                 pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table', 'object', qual),
                 NULL, qual);
         ELSIF r.object_type = 'table column'
               AND EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid) THEN
-            PERFORM gdpr.log_event('DDL', NULL::text, true,
+            PERFORM gdpr._log_ddl_event('DDL',
                 pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table column',
                                               'object', r.object_identity),
                 NULL, qual);

@@ -167,7 +167,7 @@ BEGIN
     VALUES (k.subject_kind, k.subject_key, 'manual', reason)
     ON CONFLICT ON CONSTRAINT restriction_pkey DO UPDATE SET reason = EXCLUDED.reason;
     PERFORM gdpr._map_changed('gdpr.restriction');
-    PERFORM gdpr.log_event('RESTRICT', k.subject_key, true, jsonb_build_object('reason', reason), k.subject_kind);
+    PERFORM gdpr._log_event('RESTRICT', k.subject_key, true, jsonb_build_object('reason', reason), k.subject_kind);
 END
 $$;
 
@@ -184,7 +184,7 @@ BEGIN
             USING ERRCODE = '42704';
     END IF;
     PERFORM gdpr._map_changed('gdpr.restriction');
-    PERFORM gdpr.log_event('UNRESTRICT', k.subject_key, true, NULL, k.subject_kind);
+    PERFORM gdpr._log_event('UNRESTRICT', k.subject_key, true, NULL, k.subject_kind);
 END
 $$;
 
@@ -211,7 +211,7 @@ BEGIN
     VALUES (k.subject_kind, k.subject_key, 'erasure_request', format('erasure requested (request %s)', id))
     ON CONFLICT DO NOTHING;
     PERFORM gdpr._map_changed('gdpr.restriction');
-    PERFORM gdpr.log_event('ERASURE_REQUESTED', k.subject_key, true,
+    PERFORM gdpr._log_event('ERASURE_REQUESTED', k.subject_key, true,
         jsonb_build_object('request_id', id, 'grace', grace::text), k.subject_kind);
     RETURN id;
 END
@@ -233,7 +233,7 @@ BEGIN
     DELETE FROM gdpr.restriction r
      WHERE r.kind = k.subject_kind AND r.subject_id = k.subject_key AND r.source = 'erasure_request';
     PERFORM gdpr._map_changed('gdpr.restriction');
-    PERFORM gdpr.log_event('ERASURE_CANCELLED', k.subject_key, true, NULL, k.subject_kind);
+    PERFORM gdpr._log_event('ERASURE_CANCELLED', k.subject_key, true, NULL, k.subject_kind);
 END
 $$;
 

@@ -56,6 +56,8 @@ typedef enum GdprAuditValues
 /* guc.c: set by the GUC machinery only */
 extern int	gdpr_audit_values;
 extern bool gdpr_audit_superusers;
+extern bool gdpr_allow_capture_off;
+extern bool gdpr_audit_replicated;
 extern bool gdpr_audit_reads;
 extern char *gdpr_actor;
 extern char *gdpr_client_addr;
@@ -167,6 +169,7 @@ extern int64 gdpr_audit_event_until(const char *event, bool success, const char 
 									 const char *subject, const char *table_name, Jsonb *detail,
 									 TimestampTz keep_until);	/* SPI */
 extern int	gdpr_become_audit_owner(Oid *save_userid, int *save_sec_context);
+extern bool gdpr_reserved_event(const char *event);
 extern int	gdpr_execute_as_owner(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
 								  Datum *values, const char *nulls, bool read_only, long count);	/* SPI */
 

@@ -28,6 +28,8 @@
 /* Exported settings; see gdpr.h */
 int			gdpr_audit_values = GDPR_VALUES_CHANGED;
 bool		gdpr_audit_superusers = true;
+bool		gdpr_allow_capture_off = false;
+bool		gdpr_audit_replicated = true;
 bool		gdpr_audit_reads = false;
 char	   *gdpr_actor = NULL;
 char	   *gdpr_client_addr = NULL;
@@ -125,6 +127,17 @@ gdpr_define_settings(void)
 							 "Whether actions of superusers are audited.",
 							 NULL,
 							 &gdpr_audit_superusers, true, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("gdpr.allow_capture_off",
+							 "Lets a superuser drop or disable the audit triggers of registered tables.",
+							 "Each such command is recorded as an AUDIT_OFF event; gdpr.coverage_gaps "
+							 "and gdpr_verify_audit() name the tables until capture is repaired.",
+							 &gdpr_allow_capture_off, false, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("gdpr.audit_replicated",
+							 "Whether changes applied under session_replication_role = replica are audited.",
+							 "Off on a logical replication subscriber whose trail the publisher keeps.",
+							 &gdpr_audit_replicated, true, PGC_SUSET, 0,
 							 NULL, NULL, NULL);
 }
 

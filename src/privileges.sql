@@ -134,14 +134,17 @@ GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), publi
     TO gdpr_admin;
 -- What every role needs:
 -- * log_event: applications of any role record what the database cannot see (logins, page
---   views), and the event triggers record DDL as the role that ran it.  Each event is bounded
+--   views), under names that cannot pose as the extension's own.  Each event is bounded
 --   (gdpr.max_event_detail, 1 kB names): a role can add events, not fill the disk with one.
+-- * _log_ddl_event: the event triggers record DDL, and capture switched off, as the role that
+--   ran it; refused outside an event trigger.
 -- * audit_row and audit_truncate: CREATE TABLE ... PARTITION OF clones the triggers of a
 --   registered table, which checks EXECUTE for whoever creates the partition.  Both refuse a
 --   table outside the map, and run nothing of the caller's with more rights than it has.
 -- * what the event triggers call as the role that ran the DDL: _map_changed (only for a table the
---   caller owns), _attach_truncate (creates triggers as the caller), _forget_dropped (works only
---   inside a sql_drop event trigger), and read-only helpers over the public map.
+--   caller owns), _attach_truncate and _capture_always (create and enable the audit triggers, as
+--   the caller), _guard_capture, _capture_gaps and _capture_off_allowed (read), _forget_dropped
+--   (works only inside a sql_drop event trigger), and read-only helpers over the public map.
 -- The event trigger functions themselves need no EXECUTE: PostgreSQL does not check it for them.
 GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text),
                           gdpr.log_event(text, bigint, boolean, jsonb, text, text),
@@ -150,13 +153,21 @@ GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text)
                           gdpr._qualified(pg_catalog.regclass),
                           gdpr._path_text(pg_catalog.regclass, jsonb),
                           gdpr._registered_root(oid), gdpr._grant_targets(pg_ddl_command),
+                          gdpr._enables_capture(pg_ddl_command),
                           gdpr._map_changed(pg_catalog.regclass),
-                          gdpr._attach_truncate(pg_catalog.regclass), gdpr._forget_dropped()
+                          gdpr._attach_truncate(pg_catalog.regclass), gdpr._forget_dropped(),
+                          gdpr._log_ddl_event(text, jsonb, text, text),
+                          gdpr._capture_always(pg_catalog.regclass),
+                          gdpr._capture_gaps(pg_catalog.regclass),
+                          gdpr._guard_capture(pg_catalog.regclass, text, text),
+                          gdpr._capture_off_allowed()
     TO PUBLIC;
 GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text, text),
                           gdpr.register_table(pg_catalog.regclass, name, text, text, text[], text),
                           gdpr.add_path(pg_catalog.regclass, text, text[], name, text, name[], text),
                           gdpr._check_path_condition(pg_catalog.regclass, text),
+                          gdpr._log_event(text, text, boolean, jsonb, text, text),
+                          gdpr.repair_capture(pg_catalog.regclass),
                           gdpr.drop_path(pg_catalog.regclass, text),
                           gdpr.classify_column(pg_catalog.regclass, name, text, text),
                           gdpr.register_derived(pg_catalog.regclass),

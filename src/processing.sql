@@ -30,7 +30,7 @@ BEGIN
        SET service = EXCLUDED.service, country = EXCLUDED.country,
            transfer_safeguard = EXCLUDED.transfer_safeguard, dpa_signed = EXCLUDED.dpa_signed,
            recipients_of = EXCLUDED.recipients_of;
-    PERFORM gdpr.log_event('MAP_PROCESSOR', NULL::text, true,
+    PERFORM gdpr._log_event('MAP_PROCESSOR', NULL::text, true,
         jsonb_build_object('processor', name, 'country', country, 'dpa_signed', dpa_signed));
 END
 $$;

@@ -66,7 +66,7 @@ BEGIN
     INSERT INTO gdpr.request (kind, subject_id, "right", received_at, due_at, detail)
     VALUES (k.subject_kind, k.subject_key, "right", received_at, received_at + interval '1 month', detail)
     RETURNING request_id INTO id;
-    PERFORM gdpr.log_event('REQUEST_RECEIVED', k.subject_key, true,
+    PERFORM gdpr._log_event('REQUEST_RECEIVED', k.subject_key, true,
         jsonb_build_object('request_id', id, 'right', "right"), k.subject_kind);
     RETURN id;
 END
@@ -104,7 +104,7 @@ BEGIN
     UPDATE gdpr.request q SET verified_at = now(), verification_method = method,
                               verified_by = COALESCE(verify_request.verified_by, gdpr._actor())
      WHERE q.request_id = r.request_id;
-    PERFORM gdpr.log_event('REQUEST_VERIFIED', r.subject_id, true,
+    PERFORM gdpr._log_event('REQUEST_VERIFIED', r.subject_id, true,
         jsonb_build_object('request_id', r.request_id, 'method', method), r.kind);
 END
 $$;
@@ -129,7 +129,7 @@ BEGIN
     END IF;
     UPDATE gdpr.request q SET due_at = q.due_at + by, extended_at = now(), extension_reason = reason
      WHERE q.request_id = r.request_id RETURNING due_at INTO r.due_at;
-    PERFORM gdpr.log_event('REQUEST_EXTENDED', r.subject_id, true,
+    PERFORM gdpr._log_event('REQUEST_EXTENDED', r.subject_id, true,
         jsonb_build_object('request_id', r.request_id, 'reason', reason, 'due_at', r.due_at), r.kind);
     RETURN r.due_at;
 END
@@ -151,7 +151,7 @@ BEGIN
     END IF;
     UPDATE gdpr.request q SET status = close_request.status, closed_at = now(), outcome = close_request.outcome
      WHERE q.request_id = r.request_id;
-    PERFORM gdpr.log_event('REQUEST_' || upper(status), r.subject_id, true,
+    PERFORM gdpr._log_event('REQUEST_' || upper(status), r.subject_id, true,
         jsonb_build_object('request_id', r.request_id, 'outcome', outcome), r.kind);
 END
 $$;
@@ -211,7 +211,7 @@ BEGIN
     VALUES (detected_at, occurred_from, occurred_to, nature, COALESCE(categories, '{}'), approx_subjects,
             consequences, measures)
     RETURNING breach_id INTO id;
-    PERFORM gdpr.log_event('BREACH_RECORDED', NULL::text, true, jsonb_build_object('breach_id', id));
+    PERFORM gdpr._log_event('BREACH_RECORDED', NULL::text, true, jsonb_build_object('breach_id', id));
     RETURN id;
 END
 $$;
@@ -232,7 +232,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'breach % does not exist', breach_id USING ERRCODE = '42704';
     END IF;
-    PERFORM gdpr.log_event('BREACH_NOTIFIED', NULL::text, true,
+    PERFORM gdpr._log_event('BREACH_NOTIFIED', NULL::text, true,
         jsonb_strip_nulls(jsonb_build_object('breach_id', breach_id, 'authority_at', authority_at, 'subjects_at', subjects_at)));
 END
 $$;

@@ -181,6 +181,70 @@ AS $$
 BEGIN
     EXECUTE pg_catalog.format('CREATE TRIGGER gdpr_audit_row AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.audit_row()', tbl);
     PERFORM gdpr._attach_truncate(tbl);
+    PERFORM gdpr._capture_always(tbl);
+END
+$$;
+
+-- The audit triggers fire ALWAYS: session_replication_role = replica does not silence them (see
+-- gdpr.audit_replicated).  Also for partitions, which clone the row trigger as it was created.
+CREATE FUNCTION gdpr._capture_always(tbl pg_catalog.regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT t.tgrelid::regclass AS rel, t.tgname
+               FROM pg_catalog.pg_trigger t
+              WHERE t.tgname IN ('gdpr_audit_row', 'gdpr_audit_truncate') AND t.tgenabled <> 'A'
+                AND (t.tgrelid = tbl OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(tbl))) LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', g.rel, g.tgname);
+    END LOOP;
+END
+$$;
+
+-- Registered tables (and their partitions) whose changes are not captured as they should be.
+CREATE FUNCTION gdpr._capture_gaps(tbl pg_catalog.regclass DEFAULT NULL)
+    RETURNS TABLE (table_name pg_catalog.regclass, registered pg_catalog.regclass, problem text)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.rel::pg_catalog.regclass, r.relid,
+           CASE WHEN g.tgname IS NULL THEN pg_catalog.format('trigger %s is missing', w.tgname)
+                WHEN g.tgenabled = 'D' THEN pg_catalog.format('trigger %s is disabled', w.tgname)
+                WHEN g.tgenabled = 'R' THEN pg_catalog.format('trigger %s fires only in replica mode', w.tgname)
+                ELSE pg_catalog.format('trigger %s does not fire in replica mode', w.tgname) END
+      FROM gdpr.registered_table r
+      CROSS JOIN LATERAL (SELECT t.relid::oid AS rel FROM pg_catalog.pg_partition_tree(r.relid) t
+                          UNION SELECT r.relid::oid) p
+      CROSS JOIN (VALUES ('gdpr_audit_row'), ('gdpr_audit_truncate')) w(tgname)
+      LEFT JOIN pg_catalog.pg_trigger g ON g.tgrelid = p.rel AND g.tgname = w.tgname
+     WHERE (tbl IS NULL OR r.relid = tbl)
+       AND (g.tgname IS NULL OR g.tgenabled <> 'A')
+$$;
+
+-- Puts back the audit triggers a registered table (or every one) lacks, firing ALWAYS: the fix
+-- gdpr.coverage_gaps and gdpr_verify_audit() name when capture was switched off.
+CREATE FUNCTION gdpr.repair_capture(tbl pg_catalog.regclass DEFAULT NULL) RETURNS int
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r   record;
+    n   int := 0;
+BEGIN
+    FOR r IN SELECT DISTINCT g.registered FROM gdpr._capture_gaps(tbl) g LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = r.registered
+                                                              AND t.tgname = 'gdpr_audit_row') THEN
+            EXECUTE pg_catalog.format('CREATE TRIGGER gdpr_audit_row AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.audit_row()',
+                                      r.registered);
+        END IF;
+        PERFORM gdpr._attach_truncate(r.registered);
+        PERFORM gdpr._capture_always(r.registered);
+        PERFORM gdpr._log_map('MAP_CAPTURE_REPAIRED', r.registered, NULL);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
 END
 $$;
 
@@ -262,7 +326,7 @@ CREATE FUNCTION gdpr._log_map(event text, tbl pg_catalog.regclass, detail jsonb)
     LANGUAGE sql
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT gdpr.log_event(event, NULL::text, true, detail, NULL, gdpr._qualified(tbl));
+    SELECT gdpr._log_event(event, NULL::text, true, detail, NULL, gdpr._qualified(tbl));
 $$;
 
 ------------------------------------------------------------------------------------------------
@@ -580,12 +644,12 @@ BEGIN
         RAISE WARNING 'path "%" of table % went through %: it is dropped from the map', r.path_name,
                       COALESCE(gdpr._qualified(r.relid), r.relid::oid::text), qualified
             USING HINT = 'Check that the table still reaches its subject with SELECT * FROM gdpr.coverage_gaps.';
-        PERFORM gdpr.log_event('MAP_PATH_DROPPED', NULL::text, true,
+        PERFORM gdpr._log_event('MAP_PATH_DROPPED', NULL::text, true,
             pg_catalog.jsonb_build_object('path', r.path_name, 'reason', why), NULL, gdpr._qualified(r.relid));
     END LOOP;
     DELETE FROM gdpr.subject_kind WHERE relid::oid = tbl;
     DELETE FROM gdpr.registered_table WHERE relid::oid = tbl;
-    PERFORM gdpr.log_event('MAP_UNREGISTER', NULL::text, true,
+    PERFORM gdpr._log_event('MAP_UNREGISTER', NULL::text, true,
         pg_catalog.jsonb_build_object('reason', why), NULL, qualified);
 END
 $$;
