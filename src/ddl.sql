@@ -65,9 +65,6 @@ BEGIN
             PERFORM gdpr._map_changed(reg);
             -- Only a table created as a partition of a registered one: a restore from pg_dump
             -- creates partitions standalone and brings the triggers itself.
-            IF r.command_tag = 'CREATE TABLE' AND r.objid <> reg::oid THEN
-                PERFORM gdpr._attach_truncate(reg);
-            END IF;
             PERFORM gdpr._guard_capture(reg, r.command_tag, r.object_identity);
         END IF;
     END LOOP;
@@ -76,7 +73,8 @@ $$;
 
 -- Capture cannot be switched off by DDL: an audit trigger disabled, set to fire only in replica
 -- mode, or renamed away is refused (42501), unless a superuser set gdpr.allow_capture_off, and
--- then recorded as AUDIT_OFF.  A partition attached or created gets its triggers, firing ALWAYS.
+-- then recorded as AUDIT_OFF.  A trigger missing otherwise is one a restore has yet to create.
+-- A partition attached or created gets its triggers, and every one fires ALWAYS.
 CREATE FUNCTION gdpr._guard_capture(reg pg_catalog.regclass, tag text, object text) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -88,7 +86,7 @@ BEGIN
       INTO off
       FROM gdpr._capture_gaps(reg) g
      WHERE g.problem LIKE '%disabled' OR g.problem LIKE '%only in replica mode'
-        OR g.problem = 'trigger gdpr_audit_row is missing';
+        OR (g.problem LIKE '%missing' AND tag = 'ALTER TRIGGER');
     IF off IS NOT NULL THEN
         IF NOT gdpr._capture_off_allowed() THEN
             RAISE EXCEPTION 'capture of registered table % cannot be switched off', gdpr._qualified(reg)
@@ -100,7 +98,12 @@ BEGIN
             NULL, gdpr._qualified(reg));
         RETURN;
     END IF;
-    PERFORM gdpr._attach_truncate(reg);
+    -- A partition attached or created gets the TRUNCATE trigger too.  Not while a dump is being
+    -- restored (the table has no row trigger yet): the dump brings its triggers itself.
+    IF tag IN ('ALTER TABLE', 'CREATE TABLE')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = reg AND g.tgname = 'gdpr_audit_row') THEN
+        PERFORM gdpr._attach_truncate(reg);
+    END IF;
     PERFORM gdpr._capture_always(reg);
 END
 $$;

@@ -106,6 +106,12 @@ $log = slurp_file($node->logfile, $offset);
 unlike($log, qr/gdpr_event/, 'writes to a registered table, their foreign-key checks, and EXPLAIN without ANALYZE, are not reads');
 
 # --- pg_dump and restore keep the map, the trail, its hash chain and the triggers.
+# A DBA who limits who may record application events keeps that limit across the restore.
+$node->safe_psql('postgres', q{
+    REVOKE EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text) FROM PUBLIC;
+    CREATE ROLE app_writer;
+    GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text) TO app_writer;
+});
 $node->safe_psql('postgres', 'SELECT gdpr.seal_audit()');
 my $digest = $node->safe_psql('postgres', 'SELECT gdpr_audit_digest()');
 my $dump = $node->basedir . '/dump.sql';
@@ -127,6 +133,28 @@ is($node->safe_psql('restored', qq{SELECT (v->>'ok') || ' ' || (v->>'digest') FR
 	'true matched', 'the restored chain verifies, through the digest taken before the dump');
 ok($node->safe_psql('restored', q{SELECT gdpr.seal_audit() > 0 AND (gdpr_verify_audit()->>'ok')::boolean}),
 	'and goes on from where it was');
+is($node->safe_psql('restored', q{
+    SELECT has_function_privilege('public', 'gdpr.log_event(text, text, boolean, jsonb, text, text)', 'EXECUTE')
+           || ' ' || has_function_privilege('app_writer', 'gdpr.log_event(text, text, boolean, jsonb, text, text)', 'EXECUTE')}),
+   'false true', 'who may record application events survives the dump and restore');
+
+# A data-only dump restored with --disable-triggers switches capture off: refused, unless a
+# superuser allows it, and then recorded; re-enabling the triggers puts capture back as it was.
+my $data = $node->basedir . '/orders.sql';
+$node->command_ok([ 'pg_dump', '-a', '--disable-triggers', '-t', 'orders', '-d', $node->connstr('restored'),
+	'-f', $data ], 'a data-only dump with --disable-triggers');
+$node->safe_psql('restored', 'DELETE FROM orders');
+$node->command_fails([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('restored'), '-f', $data ],
+	'restoring it with the triggers disabled is refused');
+{
+	local $ENV{PGOPTIONS} = '-c gdpr.allow_capture_off=on';
+	$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('restored'), '-f', $data ],
+		'a superuser who allows it restores it');
+}
+is($node->safe_psql('restored', q{SELECT count(*) > 0 FROM gdpr.audit_log WHERE event = 'AUDIT_OFF' AND table_name = 'public.orders'}),
+   't', 'switching capture off is recorded');
+is($node->safe_psql('restored', q{SELECT count(*) FROM gdpr._capture_gaps()}), '0',
+   'and capture is back, firing ALWAYS, once the triggers are enabled again');
 $node->stop;
 
 # --- Without preloading, the map and the audit trail work all the same.
