@@ -221,6 +221,9 @@ AS $$
       LEFT JOIN pg_catalog.pg_trigger g ON g.tgrelid = p.rel AND g.tgname = w.tgname
      WHERE (tbl IS NULL OR r.relid = tbl)
        AND (g.tgname IS NULL OR g.tgenabled <> 'A')
+       -- a table dropped while the event triggers were off leaves the map dangling: no capture to
+       -- repair (the retention worker reports the policy)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = p.rel)
 $$;
 
 -- Puts back the audit triggers a registered table (or every one) lacks, firing ALWAYS: the fix
