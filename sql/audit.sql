@@ -34,7 +34,11 @@ CALL reset_trail();
 -- Updates keep the changed columns only (gdpr.audit_values = changed), secret changes are named
 -- but their values are not kept.
 UPDATE customer SET full_name = 'Anne', password_hash = 'hash1b' WHERE id = 1;
+-- An UPDATE that changes nothing is not recorded, unless gdpr.audit_unchanged_updates says so.
 UPDATE customer SET full_name = full_name WHERE id = 2;
+SET gdpr.audit_unchanged_updates = on;
+UPDATE customer SET full_name = full_name WHERE id = 2;
+RESET gdpr.audit_unchanged_updates;
 SELECT event, subject_id, changed_columns, old_values, new_values FROM trail;
 
 CALL reset_trail();

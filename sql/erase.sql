@@ -73,7 +73,18 @@ SELECT event, count(*), bool_and(subject_id ~ '^[0-9a-f]{32}$') AS pseudonymized
 
 -- Twice: a clear answer, nothing done.
 SELECT gdpr_erase(40)->>'status' AS status;
-SELECT gdpr_can_erase(40);
+SELECT c - 'erasure' AS can_erase, c->'erasure'->'kept_anonymized' AS kept FROM gdpr_can_erase(40) c;
+-- An access request about an erased subject says so, under the pseudonym only.
+SELECT e - 'erasure' AS export, e->'erasure'->'kept_anonymized' AS kept FROM gdpr_export(40) e;
+SELECT table_name, r->'subject' AS subject FROM gdpr_export_rows(40) r(table_name, r) ;
+SELECT subject_id ~ '^[0-9a-f]{32}$' AS pseudonym_only, detail FROM gdpr.audit_log WHERE event = 'EXPORT' ORDER BY event_id DESC LIMIT 2;
+-- So does every register row written about them from then on.
+BEGIN;
+SELECT gdpr.open_request('40', 'access') > 0 AS opened;
+SELECT subject_id ~ '^[0-9a-f]{32}$' AS pseudonym_only FROM gdpr.request ORDER BY request_id DESC LIMIT 1;
+SELECT subject_id ~ '^[0-9a-f]{32}$' AS pseudonym_only FROM gdpr.audit_log WHERE event = 'REQUEST_RECEIVED' ORDER BY event_id DESC LIMIT 1;
+ROLLBACK;
+SELECT setval('gdpr.request_request_id_seq', 1, false) IS NOT NULL AS requests_numbered_from_one;
 -- Nothing new may be written about an erased subject whose row is kept.
 INSERT INTO orders VALUES (41, 40, 1);
 

@@ -177,6 +177,8 @@ static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup);
+static bool row_unchanged(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup);
+static bool column_changed(TupleDesc desc, int i, HeapTuple oldtup, HeapTuple newtup);
 static Datum log_event(FunctionCallInfo fcinfo);
 static bool in_event_trigger(void);
 static void plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext mcxt);
@@ -272,6 +274,11 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	 * batch records one RETENTION event instead (retention.c).
 	 */
 	if (exempt || !gdpr_event_wanted(event_class))
+		return PointerGetDatum(NULL);
+
+	/* an UPDATE that wrote every value back as it was changed nothing to keep for years */
+	if (oldtup != NULL && newtup != NULL && !gdpr_audit_unchanged_updates &&
+		row_unchanged(desc, oldtup, newtup))
 		return PointerGetDatum(NULL);
 
 	/*
@@ -437,6 +444,33 @@ plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext
 		if (d->key_plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\"", sql.data);
 	}
+}
+
+/* Whether attribute i (0-based) of the row differs between the two versions, byte for byte */
+static bool
+column_changed(TupleDesc desc, int i, HeapTuple oldtup, HeapTuple newtup)
+{
+	Form_pg_attribute att = TupleDescAttr(desc, i);
+	bool		oldnull,
+				newnull;
+	Datum		oldval,
+				newval;
+
+	if (att->attisdropped)
+		return false;
+	oldval = heap_getattr(oldtup, i + 1, desc, &oldnull);
+	newval = heap_getattr(newtup, i + 1, desc, &newnull);
+	return oldnull != newnull || (!oldnull && !datumIsEqual(oldval, newval, att->attbyval, att->attlen));
+}
+
+/* Whether an UPDATE wrote every value back as it was */
+static bool
+row_unchanged(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
+{
+	for (int i = 0; i < desc->natts; i++)
+		if (column_changed(desc, i, oldtup, newtup))
+			return false;
+	return true;
 }
 
 /* An erasure changes its subject's rows only (erase.c) */
@@ -988,22 +1022,7 @@ changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup, HeapTu
 	bool	   *changed = palloc0(sizeof(bool) * d->natts);
 
 	for (int i = 0; i < d->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		bool		oldnull,
-					newnull;
-		Datum		oldval,
-					newval;
-
-		if (att->attisdropped)
-			continue;
-		oldval = heap_getattr(oldtup, i + 1, desc, &oldnull);
-		newval = heap_getattr(newtup, i + 1, desc, &newnull);
-		if (oldnull != newnull)
-			changed[i] = true;
-		else if (!oldnull)
-			changed[i] = !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
-	}
+		changed[i] = column_changed(desc, i, oldtup, newtup);
 	return changed;
 }
 

@@ -50,6 +50,7 @@
 
 PG_FUNCTION_INFO_V1(gdpr_erase);
 PG_FUNCTION_INFO_V1(gdpr_can_erase);
+PG_FUNCTION_INFO_V1(gdpr_erased_pseudonym);
 
 /*
  * The registered tables of the erasure running now (NIL: none).  Writes to
@@ -385,6 +386,11 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = erased});
 	gdpr_push_key(&state, "holds");
 	gdpr_push_jsonb(&state, holds_jsonb(erased ? NIL : held));
+	if (erased)
+	{
+		gdpr_push_key(&state, "erasure");
+		gdpr_push_jsonb(&state, record);
+	}
 	if (refusal != NULL)
 	{
 		gdpr_push_key(&state, "refusal");
@@ -601,6 +607,46 @@ lock_subject(const GdprSubject *subject)
 	return SPI_processed > 0;
 }
 
+/*
+ * The record of the subject's erasure (when, by pseudonym, which tables kept
+ * anonymized rows), or NULL when the subject was not erased.  For requests
+ * about an erased subject, which answer with it and name the pseudonym only.
+ */
+Jsonb *
+gdpr_erasure_record(const GdprSubject *subject)
+{
+	Jsonb	   *record;
+
+	return subject_erased(subject, &record) ? record : NULL;
+}
+
+/*
+ * gdpr._erased_pseudonym(kind, key): the pseudonym of an erased subject, or
+ * NULL when that key was not erased.  What the register functions write for
+ * an erased subject, so that a later request does not name them again.
+ * gdpr_admin only: it maps a key to its pseudonym.
+ */
+Datum
+gdpr_erased_pseudonym(PG_FUNCTION_ARGS)
+{
+	GdprSubject subject = {0};
+	Jsonb	   *record;
+	char	   *pseudonym;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	subject.kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	subject.key_text = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pseudonym = subject_erased(&subject, &record)
+		? gdpr_subject_pseudonym(subject.kind, subject.key_text) : NULL;
+	SPI_finish();
+	if (pseudonym == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(pseudonym));
+}
+
 /* Whether a write to relid (or a partition of it) is the running erasure's own */
 bool
 gdpr_erasure_exempt(Oid relid)
@@ -733,8 +779,11 @@ subject_erased(const GdprSubject *subject, Jsonb **record)
 	int			ret;
 
 	ret = gdpr_execute_as_owner(NULL,
-								"SELECT pg_catalog.jsonb_build_object('erased_at', erased_at, 'pseudonym', pseudonym) "
-								"  FROM gdpr.erasure WHERE kind = $1 AND pseudonym = $2",
+								"SELECT pg_catalog.jsonb_build_object('erased_at', e.erased_at, 'pseudonym', e.pseudonym, "
+								"       'kept_anonymized', COALESCE((SELECT pg_catalog.jsonb_object_agg(t.k, t.v->'anonymized') "
+								"           FROM pg_catalog.jsonb_each(e.report->'tables') t(k, v) "
+								"          WHERE (t.v->>'anonymized')::pg_catalog.int8 OPERATOR(pg_catalog.>) 0), '{}')) "
+								"  FROM gdpr.erasure e WHERE e.kind = $1 AND e.pseudonym = $2",
 								2, argtypes, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);

@@ -145,6 +145,8 @@ CREATE FUNCTION public.gdpr_erase(subject bigint, dry_run boolean DEFAULT false,
 CREATE FUNCTION public.gdpr_erase(subject uuid, dry_run boolean DEFAULT false, kind text DEFAULT NULL,
                                   request_id bigint DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_erase';
+CREATE FUNCTION gdpr._erased_pseudonym(kind text, key text) RETURNS text
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'gdpr_erased_pseudonym';
 CREATE FUNCTION public.gdpr_can_erase(subject text, kind text DEFAULT NULL)
     RETURNS jsonb LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_can_erase';
 CREATE FUNCTION public.gdpr_can_erase(subject bigint, kind text DEFAULT NULL)

@@ -111,7 +111,9 @@ static Jsonb *subject_key_jsonb(const GdprSubject *subject);
 static void record_export(const GdprSubject *subject, bool portable, bool streamed,
 						  List *tables, int64 *counts, int64 total);
 static void log_failure(const char *kind, const char *key);
-static GdprSubject *export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt);
+static GdprSubject *export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt,
+								   Jsonb **erasure);
+static Jsonb *erased_document(const GdprSubject *subject, Jsonb *erasure);
 
 /*
  * gdpr_export(subject, kind text DEFAULT NULL, portable boolean DEFAULT false,
@@ -131,12 +133,21 @@ gdpr_export(PG_FUNCTION_ARGS)
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
 	Jsonb	   *doc;
+	Jsonb	   *erasure;
 	List	   *filtered;
 	ListCell   *lc;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	subject = export_subject(fcinfo, kind, callercxt);
+	subject = export_subject(fcinfo, kind, callercxt, &erasure);
+	if (erasure != NULL)
+	{
+		doc = erased_document(subject, erasure);
+		MemoryContextSwitchTo(callercxt);
+		doc = DatumGetJsonbPCopy(JsonbPGetDatum(doc));
+		SPI_finish();
+		PG_RETURN_JSONB_P(doc);
+	}
 	tables = export_tables(subject, portable);
 	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
 	rowsets = palloc0(sizeof(Jsonb *) * Max(list_length(tables), 1));
@@ -268,12 +279,24 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	List	   *tables;
 	int64	   *counts;
 	int64		total = 0;
+	Jsonb	   *erasure;
 	ListCell   *lc;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	subject = export_subject(fcinfo, kind, callercxt);
+	subject = export_subject(fcinfo, kind, callercxt, &erasure);
+	if (erasure != NULL)
+	{
+		/* one row: the erasure's record, in place of the data it removed */
+		Datum		values[2] = {CStringGetTextDatum("gdpr.erasure"),
+		JsonbPGetDatum(erased_document(subject, erasure))};
+		bool		nulls[2] = {false, false};
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		SPI_finish();
+		return (Datum) 0;
+	}
 	tables = export_tables(subject, portable);
 	counts = palloc0(sizeof(int64) * Max(list_length(tables), 1));
 
@@ -1000,11 +1023,12 @@ gdpr_complete_request(int64 request_id, const GdprSubject *subject, const char *
  * nobody is an error, not an empty export.  SPI must be connected.
  */
 static GdprSubject *
-export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt)
+export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt, Jsonb **erasure)
 {
 	GdprSubject *subject = gdpr_resolve_subject(fcinfo, 0, kind, mcxt);
 
-	if (!gdpr_subject_exists(subject))
+	*erasure = gdpr_erasure_record(subject);
+	if (*erasure == NULL && !gdpr_subject_exists(subject))
 	{
 		log_failure(subject->kind, subject->key_text);
 		ereport(ERROR,
@@ -1015,6 +1039,38 @@ export_subject(FunctionCallInfo fcinfo, const char *kind, MemoryContext mcxt)
 				 errhint("Check the key; an access request about nobody has nothing to export.")));
 	}
 	return subject;
+}
+
+/*
+ * The answer to an access request about an erased subject: that it was
+ * erased, when, and which tables kept rows anonymized, under the pseudonym
+ * only; recorded so, since the erasure took the key out of the trail.
+ */
+static Jsonb *
+erased_document(const GdprSubject *subject, Jsonb *erasure)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *v;
+	Jsonb	   *doc;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	gdpr_push_key(&state, "format");
+	gdpr_push_string(&state, GDPR_EXPORT_FORMAT);
+	gdpr_push_key(&state, "subject");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	gdpr_push_key(&state, "kind");
+	gdpr_push_string(&state, subject->kind);
+	gdpr_push_key(&state, "erased");
+	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = true});
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	gdpr_push_key(&state, "erasure");
+	gdpr_push_jsonb(&state, erasure);
+	v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	doc = JsonbValueToJsonb(v);
+	gdpr_audit_event("EXPORT", true, subject->kind,
+					 gdpr_subject_pseudonym(subject->kind, subject->key_text), NULL,
+					 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{\"erased\": true}"))));
+	return doc;
 }
 
 /* The transaction of a failed export rolls back its event: leave a line in the server log */

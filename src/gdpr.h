@@ -58,6 +58,7 @@ extern int	gdpr_audit_values;
 extern bool gdpr_audit_superusers;
 extern bool gdpr_allow_capture_off;
 extern bool gdpr_audit_replicated;
+extern bool gdpr_audit_unchanged_updates;
 extern bool gdpr_audit_reads;
 extern char *gdpr_actor;
 extern char *gdpr_client_addr;
@@ -190,6 +191,7 @@ extern void gdpr_anonymize_invalidate(Oid relid);
 
 /* erase.c */
 extern bool gdpr_erasure_exempt(Oid relid);
+extern Jsonb *gdpr_erasure_record(const GdprSubject *subject);	/* SPI */
 extern bool gdpr_erasure_running(void);
 extern const char *gdpr_erasing_key(const char *kind);
 extern void gdpr_erasure_check_row(Relation rel, const char *kind, char **oldkeys,

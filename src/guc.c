@@ -30,6 +30,7 @@ int			gdpr_audit_values = GDPR_VALUES_CHANGED;
 bool		gdpr_audit_superusers = true;
 bool		gdpr_allow_capture_off = false;
 bool		gdpr_audit_replicated = true;
+bool		gdpr_audit_unchanged_updates = false;
 bool		gdpr_audit_reads = false;
 char	   *gdpr_actor = NULL;
 char	   *gdpr_client_addr = NULL;
@@ -133,6 +134,11 @@ gdpr_define_settings(void)
 							 "Each such command is recorded as an AUDIT_OFF event; gdpr.coverage_gaps "
 							 "and gdpr_verify_audit() name the tables until capture is repaired.",
 							 &gdpr_allow_capture_off, false, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("gdpr.audit_unchanged_updates",
+							 "Whether an UPDATE that changes no column of a row is recorded.",
+							 NULL,
+							 &gdpr_audit_unchanged_updates, false, PGC_SUSET, 0,
 							 NULL, NULL, NULL);
 	DefineCustomBoolVariable("gdpr.audit_replicated",
 							 "Whether changes applied under session_replication_role = replica are audited.",

@@ -720,6 +720,14 @@ BEGIN
            INTO stored;
         subject_key := COALESCE(stored, subject_key);
     END IF;
+    -- an erased subject is named by pseudonym only from then on (for those who may know it)
+    IF pg_catalog.has_function_privilege('gdpr._erased_pseudonym(text, text)', 'EXECUTE') THEN
+        stored := gdpr._erased_pseudonym(k.kind, subject_key);
+        IF stored IS NOT NULL THEN
+            subject_key := stored;
+            RETURN;
+        END IF;
+    END IF;
     IF must_exist THEN
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = %L::%s)', k.relid, k.key_column,
                        subject_key, k.key_type) INTO present;
