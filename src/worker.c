@@ -184,6 +184,18 @@ gdpr_launcher_main(Datum main_arg)
 				BackgroundWorkerHandle *handle;
 				pid_t		pid;
 
+				/*
+				 * The list was read when the cycle began: a database dropped,
+				 * or taken out of gdpr.worker_databases by a reload, since
+				 * then is not served.
+				 */
+				if (ConfigReloadPending)
+				{
+					ConfigReloadPending = false;
+					ProcessConfigFile(PGC_SIGHUP);
+				}
+				if (!list_member_oid(databases_to_serve(), lfirst_oid(lc)))
+					continue;
 				memset(&worker, 0, sizeof(worker));
 				worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 				worker.bgw_start_time = BgWorkerStart_RecoveryFinished;

@@ -63,7 +63,8 @@ $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 ok($node->poll_query_until('postgres', qq{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'gdpr retention launcher' AND pid <> $pid}),
 	'the launcher comes back after it is killed');
 
-# DROP DATABASE is never blocked by the worker.
+# DROP DATABASE is never blocked by the worker, and no worker is started for it afterwards.
+my $before_drops = -s $node->logfile;
 for my $i (1 .. 5)
 {
 	$node->safe_psql('postgres', 'CREATE DATABASE dropme');
@@ -79,6 +80,28 @@ for my $i (1 .. 5)
 	my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE dropme');
 	is($ret, 0, "DROP DATABASE goes through ($i)") or diag($err);
 }
+# A database dropped while the launcher serves another, slow, one is not served afterwards: the
+# launcher checks each database again before it starts its worker.
+$node->safe_psql('postgres', 'CREATE DATABASE slow');
+$node->safe_psql('slow', q{
+    CREATE EXTENSION gdpr;
+    CREATE TABLE p (id int PRIMARY KEY, at timestamptz);
+    SELECT gdpr.register_subject('p', 'id');
+    SELECT gdpr.set_retention('p', 'at', '1 day');
+    CREATE FUNCTION linger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN OLD; END $$;
+    CREATE TRIGGER linger BEFORE DELETE ON p FOR EACH ROW EXECUTE FUNCTION linger();
+});
+$node->safe_psql('postgres', 'CREATE DATABASE dropped_later');
+sleep(2);			# a cycle that lists both begins
+$node->safe_psql('slow', q{SET gdpr.audit_events = 'none'; INSERT INTO p VALUES (1, now() - interval '2 days')});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+                                          WHERE backend_type = 'gdpr retention worker' AND datname = 'slow'}),
+   'the launcher serves the slow database');
+$node->safe_psql('postgres', 'DROP DATABASE dropped_later');
+ok($node->poll_query_until('slow', q{SELECT count(*) = 0 FROM p}), 'the slow pass ends');
+sleep(2);
+unlike(slurp_file($node->logfile, $before_drops), qr/FATAL: +database \d+ does not exist/,
+	'no worker is started for a dropped database');
 
 # A due erasure request is carried out, with the rights of the role that asked for it.
 $node->safe_psql('shop', q{
