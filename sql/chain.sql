@@ -198,3 +198,12 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT gdpr.seal_audit();
 ROLLBACK;
 SELECT gdpr_verify_audit('{"seq": 99999999, "hash": "0000000000000000000000000000000000000000000000000000000000000000"}')->'first_bad'->>'problem' AS beyond_the_end;
+-- How far sealing is behind, and sealing a large backlog one event at a time.
+SELECT gdpr.seal_audit(100000) >= 0 AS caught_up;
+INSERT INTO orders SELECT 10000 + g, 71, 1 FROM generate_series(1, 2000) g;
+SELECT events_behind, seconds_behind >= 0 AS has_age FROM gdpr.seal_lag;
+SELECT gdpr.seal_audit(1) AS sealed;
+SELECT events_behind FROM gdpr.seal_lag;
+DELETE FROM orders WHERE id > 10000;
+SELECT gdpr.seal_audit(100000) AS sealed;
+SELECT events_behind, seconds_behind FROM gdpr.seal_lag;

@@ -358,8 +358,8 @@ static int64
 seal_events(SealState *st, int32 max_events, int64 *first_left)
 {
 	Oid			argtypes[7] = {INT8OID, INT8OID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID, BYTEAOID, BYTEAOID};
-	Oid			fargtypes[1] = {INT8OID};
-	Datum		fargs[1] = {Int64GetDatum(st->frontier)};
+	Oid			fargtypes[2] = {INT8OID, INT8OID};
+	Datum		fargs[2] = {Int64GetDatum(st->frontier), Int64GetDatum((int64) max_events + 1)};
 	Digester	d;
 	SPIPlanPtr	insert;
 	SPIPlanPtr	scan;
@@ -383,11 +383,16 @@ seal_events(SealState *st, int32 max_events, int64 *first_left)
 	 * dumped): the expired events whose seal rows a checkpoint folded in must
 	 * not be sealed a second time.
 	 */
+	/*
+	 * With the LIMIT, the events are walked from the frontier along each
+	 * partition's key, and each is looked up in the seal's: the cost of a
+	 * call follows what it seals, not the backlog behind it.
+	 */
 	scan = SPI_prepare("SELECT " EVENT_COLUMNS " FROM gdpr.audit_log a "
 					   " WHERE a.event_id >= $1 AND a.retention_until >= pg_catalog.now() "
 					   "   AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id) "
-					   " ORDER BY a.event_id",
-					   1, fargtypes);
+					   " ORDER BY a.event_id LIMIT $2",
+					   2, fargtypes);
 	if (scan == NULL)
 		elog(ERROR, "SPI_prepare failed");
 	/* not read-only: a fresh snapshot, taken after the writers were noted */

@@ -73,3 +73,16 @@ CREATE FUNCTION gdpr._purge_audit_rows(batch_size int) RETURNS bigint
 -- The chain is data too.
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_seal', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.audit_checkpoint', '');
+
+-- How far sealing is behind: the events past the frontier not sealed yet, and the age of the
+-- oldest of them.  Found along the trail's key from the frontier, as the sealer finds them.
+CREATE VIEW gdpr.seal_lag AS
+SELECT (SELECT pg_catalog.count(*) FROM gdpr.audit_log a
+         WHERE a.event_id >= st.frontier AND a.retention_until >= pg_catalog.now()
+           AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)) AS events_behind,
+       COALESCE(EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-)
+                (SELECT a.event_time FROM gdpr.audit_log a
+                  WHERE a.event_id >= st.frontier AND a.retention_until >= pg_catalog.now()
+                    AND NOT EXISTS (SELECT FROM gdpr.audit_seal s WHERE s.event_id = a.event_id)
+                  ORDER BY a.event_id LIMIT 1)), 0)::numeric(12, 3) AS seconds_behind
+  FROM gdpr.audit_seal_state st;

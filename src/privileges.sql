@@ -11,7 +11,8 @@ GRANT INSERT, UPDATE, DELETE ON gdpr.subject_kind, gdpr.registered_table, gdpr.s
 
 -- The audit trail is written only by the extension's C code, which switches to the owner of the
 -- table for the insert; applications read it only through gdpr_auditor.
-GRANT SELECT ON gdpr.audit_log, gdpr.audit_seal, gdpr.audit_checkpoint, gdpr.audit_seal_state TO gdpr_auditor;
+GRANT SELECT ON gdpr.audit_log, gdpr.audit_seal, gdpr.audit_checkpoint, gdpr.audit_seal_state,
+                gdpr.seal_lag TO gdpr_auditor;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA gdpr FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),
