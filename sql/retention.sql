@@ -139,3 +139,15 @@ SELECT gdpr.set_retention('not_personal', 'id', '1 day');
 SELECT gdpr.drop_retention('ticket');
 SELECT gdpr.drop_retention('ticket');
 SELECT * FROM gdpr_enforce_retention(batch_size => 0);
+-- Events written before their month had a partition move into it when the partition is made;
+-- the map's registrations make the months they write into first, so that no event of the usual
+-- retention is in the default partition.
+SELECT count(*) AS usual_in_default FROM gdpr.audit_log_default WHERE retention_until > now() + interval '1 year';
+SET gdpr.audit_retention = '30 years';
+SELECT gdpr.log_event('APP_LATE_MONTH') > 0 AS logged;
+SELECT count(*) AS in_default FROM gdpr.audit_log_default WHERE event = 'APP_LATE_MONTH';
+SELECT gdpr.create_audit_partitions(0) AS made;
+SELECT count(*) AS in_default FROM gdpr.audit_log_default WHERE event = 'APP_LATE_MONTH';
+SELECT tableoid::regclass = to_regclass('gdpr.audit_log_' || to_char(date_trunc('month', now() + interval '30 years'), '"y"YYYY"m"MM')) AS moved
+  FROM gdpr.audit_log WHERE event = 'APP_LATE_MONTH';
+RESET gdpr.audit_retention;

@@ -80,6 +80,7 @@ PG_FUNCTION_INFO_V1(gdpr_verify_audit);
 PG_FUNCTION_INFO_V1(gdpr_audit_digest);
 PG_FUNCTION_INFO_V1(gdpr_audit_guard);
 PG_FUNCTION_INFO_V1(gdpr_purge_audit_rows);
+PG_FUNCTION_INFO_V1(gdpr_move_default_events);
 
 /* Set while our own code changes the trail; see gdpr_audit_guard() */
 bool		gdpr_audit_maintenance = false;
@@ -979,6 +980,35 @@ gdpr_audit_guard(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple
 						   : trigdata->tg_trigtuple);
+}
+
+/*
+ * gdpr._move_default_events(part regclass, lo timestamptz, hi timestamptz):
+ * moves the events of the default partition whose retention_until falls in
+ * [lo, hi) into part, a table made like the trail and not yet attached, so
+ * that part can then be attached for that month.  Values, event ids and so
+ * their seal rows are unchanged.  Run by gdpr.create_audit_partitions,
+ * which holds the default partition's lock meanwhile.
+ */
+Datum
+gdpr_move_default_events(PG_FUNCTION_ARGS)
+{
+	Oid			part = PG_GETARG_OID(0);
+	Oid			argtypes[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		args[2] = {PG_GETARG_DATUM(1), PG_GETARG_DATUM(2)};
+	int64		moved;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (execute_maintenance(psprintf("WITH m AS (DELETE FROM gdpr.audit_log_default d "
+									 " WHERE d.retention_until OPERATOR(pg_catalog.>=) $1 "
+									 "   AND d.retention_until OPERATOR(pg_catalog.<) $2 RETURNING d.*) "
+									 "INSERT INTO %s SELECT * FROM m", gdpr_relation_name(part)),
+							2, argtypes, args, NULL) != SPI_OK_INSERT)
+		elog(ERROR, "moving events out of the default partition failed");
+	moved = (int64) SPI_processed;
+	SPI_finish();
+	PG_RETURN_INT64(moved);
 }
 
 /*

@@ -92,17 +92,20 @@ END
 $$;
 
 -- Monthly partitions of the trail by retention_until, from the month events written now expire
--- in to `ahead` months past it.  A month the default partition already holds events of is left
--- to the default partition: creating its partition would have to move them.  When the locks of a
--- month are not granted within lock_timeout (1s when the caller has none), it and the months
--- after it are left for the next call: while a month is created, readers of the trail queue
--- behind it.
+-- in to `ahead` months past it.  Events of a month the default partition already holds (those
+-- written before the month had its partition) move into it, under the default partition's lock.
+-- When the locks of a month are not granted within lock_timeout (1s when the caller has none), it
+-- and the months after it are left for the next call: while a month is created, readers of the
+-- trail queue behind it.
+CREATE FUNCTION gdpr._move_default_events(part pg_catalog.regclass, lo timestamptz, hi timestamptz)
+    RETURNS bigint LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_move_default_events';
+
 CREATE FUNCTION gdpr.create_audit_partitions(ahead int DEFAULT 3) RETURNS int
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    first timestamptz := date_trunc('month', now() + current_setting('gdpr.audit_retention')::interval);
+    first timestamptz := date_trunc('month', now() + COALESCE(current_setting('gdpr.audit_retention', true), '7 years')::interval);
     m     timestamptz;
     name  text;
     n     int := 0;
@@ -116,9 +119,17 @@ BEGIN
         name := 'audit_log_' || to_char(m, '"y"YYYY"m"MM');
         BEGIN
             CONTINUE WHEN to_regclass('gdpr.' || name) IS NOT NULL;
-            CONTINUE WHEN EXISTS (SELECT 1 FROM gdpr.audit_log_default d
-                                   WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month');
-            IF i = 0 THEN
+            IF EXISTS (SELECT 1 FROM gdpr.audit_log_default d
+                        WHERE d.retention_until >= m AND d.retention_until < m + interval '1 month') THEN
+                -- Writers wait while the month's events move (once, for the events written before
+                -- its partition): none may route one to the default partition meanwhile.
+                LOCK TABLE gdpr.audit_log IN ACCESS EXCLUSIVE MODE;
+                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
+                PERFORM gdpr._move_default_events(('gdpr.' || quote_ident(name))::regclass, m, m + interval '1 month');
+                PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
+                EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
+                               name, m, m + interval '1 month');
+            ELSIF i = 0 THEN
                 -- Events are being written into this month now.  Only the ACCESS EXCLUSIVE lock
                 -- of PARTITION OF keeps them out while it is created: a writer that routed an
                 -- event to the default partition before a concurrent ATTACH would fail.

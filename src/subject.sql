@@ -345,6 +345,8 @@ AS $$
 DECLARE
     keytype regtype;
 BEGIN
+    -- the trail's months have their partitions before the map's first events need them
+    PERFORM gdpr.create_audit_partitions();
     PERFORM gdpr._check_table(tbl);
     keytype := gdpr._check_column(tbl, key_column);
     PERFORM gdpr._check_on_erase(on_erase);
@@ -392,6 +394,8 @@ AS $$
 DECLARE
     steps jsonb;
 BEGIN
+    -- the trail's months have their partitions before the map's first events need them
+    PERFORM gdpr.create_audit_partitions();
     PERFORM gdpr._check_table(tbl);
     PERFORM gdpr._check_on_erase(on_erase);
     IF NOT EXISTS (SELECT 1 FROM gdpr.subject_kind s WHERE s.kind = register_table.kind) THEN

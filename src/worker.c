@@ -414,6 +414,19 @@ run_pass(void)
 					 true, deadline, &total);
 	if (error != NULL)
 		record(started, "gdpr.audit_seal", 0, 0, error);
+	else
+	{
+		/* a pass that could not catch up says how far behind the chain is */
+		List	   *lag = list_of_rows("SELECT events_behind::pg_catalog.text, seconds_behind::pg_catalog.text "
+									   "  FROM gdpr.seal_lag WHERE events_behind OPERATOR(pg_catalog.>) 0", 2);
+
+		if (lag != NIL)
+			ereport(LOG,
+					(errmsg("gdpr: sealing is %s events (%s s) behind in the database with OID %u",
+							(char *) linitial(linitial(lag)), (char *) lsecond(linitial(lag)),
+							MyDatabaseId),
+					 errhint("See gdpr.seal_lag; gdpr.worker_batch_size and gdpr.worker_max_pass_time set how much a pass seals.")));
+	}
 
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: gdpr.audit_log");
 	error = run_step(psprintf("SELECT gdpr.purge_audit_log(%d)", worker_batch_size), InvalidOid,
