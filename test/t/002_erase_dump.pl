@@ -40,6 +40,7 @@ $node->safe_psql('postgres', q{
                                 (2, 'other@example.org', 'Other Person', NULL, 'other', 2);
     INSERT INTO note VALUES (1, 987654, 'my very private note');
     INSERT INTO invoice VALUES (1, 987654, 'Zebulon Quux', 'ZQ-IBAN-BE7700', 42.50);
+    SET gdpr.audit_unchanged_updates = on;             -- an event with the name in both images
     UPDATE customer SET full_name = 'Zebulon Quux' || '' WHERE id = 987654;
     SELECT gdpr.log_event('USER_LOGIN', 987654, detail => '{"login": "Zeb-the-login"}');
     SELECT gdpr_export(987654);
