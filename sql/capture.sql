@@ -34,6 +34,10 @@ ALTER TABLE cap.visit_2026 DISABLE TRIGGER USER;
 DROP TRIGGER gdpr_audit_row ON cap.orders;
 DROP TRIGGER gdpr_audit_truncate ON cap.visit_2026;
 ALTER TRIGGER gdpr_audit_row ON cap.orders RENAME TO quiet;
+CREATE OR REPLACE TRIGGER gdpr_audit_row AFTER INSERT ON cap.orders
+    FOR EACH ROW WHEN (false) EXECUTE FUNCTION gdpr.audit_row();
+CREATE OR REPLACE TRIGGER gdpr_audit_truncate AFTER TRUNCATE ON cap.orders
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_row();
 -- Renaming or moving the table keeps its triggers and their guard.
 ALTER TABLE cap.orders RENAME TO purchase;
 ALTER TABLE cap.purchase DISABLE TRIGGER USER;
@@ -96,6 +100,8 @@ SELECT gdpr.log_event('USER_LOGIN', '1', kind => 'cap') > 0 AS logged;
 -- The extension's own writers are out of reach.
 SELECT gdpr._log_event('ERASE', '1', kind => 'cap');
 SELECT gdpr._log_ddl_event('DDL', '{}', NULL, 'cap.orders');
+-- Not even from inside a DDL command of one's own, whose event trigger state SQL can see.
+CREATE TEMP TABLE forged AS SELECT gdpr._log_ddl_event('AUDIT_OFF', '{"command": "ALTER TABLE"}', NULL, 'cap.orders');
 RESET ROLE;
 SELECT gdpr._log_ddl_event('AUDIT_OFF', '{}', NULL, 'cap.orders');
 SELECT event FROM gdpr.audit_log WHERE subject_kind = 'cap' AND event NOT IN ('INSERT') ORDER BY event_id;

@@ -284,17 +284,20 @@ SELECT gdpr.register_derived('sec.badge_labels');
 --        only objects the table's owner owns, and leaves the other role's one alone.
 SET ROLE regress_owner;
 SELECT lo_from_bytea(0, 'owner''s picture') AS own_lo \gset
+SELECT lo_from_bytea(0, 'a picture two rows share') AS shared_lo \gset
 RESET ROLE;
 SELECT lo_from_bytea(0, 'a superuser''s object') AS other_lo \gset
 INSERT INTO sec.member VALUES (90, 'victim'), (91, 'bystander');
-INSERT INTO sec.badge VALUES (1, 90, 'gold', :own_lo), (2, 90, 'silver', :other_lo), (3, 91, 'bronze', NULL);
+INSERT INTO sec.badge VALUES (1, 90, 'gold', :own_lo), (2, 90, 'silver', :other_lo), (3, 91, 'bronze', NULL),
+                             (4, 90, 'copper', :shared_lo), (5, 91, 'tin', :shared_lo);
 TRUNCATE sec.who_refreshed;
 SELECT r->'refreshed_views' AS refreshed, r->'tables'->'sec.badge'->'large_objects_removed' AS removed,
        r->'tables'->'sec.badge'->'large_objects_left' AS left_alone
   FROM gdpr_erase(90, kind => 'sec_member') r;
 SELECT DISTINCT who, super FROM sec.who_refreshed;
 SELECT (SELECT count(*) FROM pg_largeobject_metadata WHERE oid = :own_lo) AS owners_left,
-       (SELECT count(*) FROM pg_largeobject_metadata WHERE oid = :other_lo) AS others_left;
+       (SELECT count(*) FROM pg_largeobject_metadata WHERE oid = :other_lo) AS others_left,
+       (SELECT count(*) FROM pg_largeobject_metadata WHERE oid = :shared_lo) AS shared_left;
 SELECT lo_unlink(:other_lo) AS unlinked_by_its_owner;
 
 SELECT supers();

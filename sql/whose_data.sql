@@ -85,6 +85,14 @@ SELECT gdpr.add_path('attachment', 'fn', subject_column => 'owner_id', relation 
                      condition => 'public.wd_is_member(owner_type)');
 SELECT gdpr.add_path('attachment', 'inj', subject_column => 'owner_id', relation => 'owner',
                      condition => 'true) OR (true');
+-- Built-in is not enough: a stable or volatile function (query_to_xml runs any query) is refused,
+-- and so are constants a session reads its own way (an OID alias, a date).
+SELECT gdpr.add_path('attachment', 'xml', subject_column => 'owner_id', relation => 'owner',
+                     condition => 'pg_catalog.query_to_xml(''SELECT 1'', true, false, '''') IS NOT NULL');
+SELECT gdpr.add_path('attachment', 'reg', subject_column => 'owner_id', relation => 'owner',
+                     condition => 'owner_type::regclass IS NOT NULL');
+SELECT gdpr.add_path('attachment', 'day', subject_column => 'owner_id', relation => 'owner',
+                     condition => 'filename <> ''2026-01-01''::date::text');
 SELECT gdpr.add_path('attachment', 'list', subject_column => 'owner_id', relation => 'concerned',
                      condition => 'lower(owner_type) IN (''member'', ''staff'') AND filename LIKE ''%.pdf''');
 SELECT condition FROM gdpr.subject_path WHERE relid = 'attachment'::regclass AND path_name = 'list';

@@ -30,6 +30,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -62,6 +63,10 @@ PG_FUNCTION_INFO_V1(gdpr_log_event);
 PG_FUNCTION_INFO_V1(gdpr_log_system_event);
 PG_FUNCTION_INFO_V1(gdpr_log_ddl_event);
 PG_FUNCTION_INFO_V1(gdpr_capture_off_allowed);
+PG_FUNCTION_INFO_V1(gdpr_event_trigger);
+
+/* How deep this backend is in the extension's own event triggers (gdpr_event_trigger) */
+static int	in_gdpr_event_trigger = 0;
 
 /*
  * The names of the events the extension writes itself, and the prefixes of
@@ -180,7 +185,6 @@ static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup
 static bool row_unchanged(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup);
 static bool column_changed(TupleDesc desc, int i, HeapTuple oldtup, HeapTuple newtup);
 static Datum log_event(FunctionCallInfo fcinfo);
-static bool in_event_trigger(void);
 static void plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext mcxt);
 static void check_restriction(AuditPlanData *d, const char *subject, bool erased_only);
 static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
@@ -663,7 +667,7 @@ gdpr_log_ddl_event(PG_FUNCTION_ARGS)
 	char	   *table_name = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
 	int64		id;
 
-	if ((strcmp(event, "DDL") != 0 && strcmp(event, "AUDIT_OFF") != 0) || !in_event_trigger())
+	if ((strcmp(event, "DDL") != 0 && strcmp(event, "AUDIT_OFF") != 0) || in_gdpr_event_trigger == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("gdpr._log_ddl_event() records the extension's event triggers' findings only"),
@@ -686,38 +690,42 @@ gdpr_capture_off_allowed(PG_FUNCTION_ARGS)
 }
 
 /*
- * Whether an event trigger is running: pg_event_trigger_ddl_commands()
- * answers only then.  Asked in a subtransaction that is rolled back.
+ * gdpr._event_trigger(): the extension's ddl_command_end and sql_drop
+ * event triggers.  Runs their PL/pgSQL as the role whose command fired
+ * them, and marks that time, so that gdpr._log_ddl_event accepts events
+ * from them alone: PostgreSQL lets any SQL run inside a DDL command (CREATE
+ * TABLE AS, a USING expression) see the command's event trigger state.
  */
-static bool
-in_event_trigger(void)
+Datum
+gdpr_event_trigger(PG_FUNCTION_ARGS)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	ErrorData  *volatile edata = NULL;
+	EventTriggerData *trigdata = (EventTriggerData *) fcinfo->context;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	const char *sql;
 
-	BeginInternalSubTransaction(NULL);
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("gdpr._event_trigger() must be fired as an event trigger")));
+	sql = strcmp(trigdata->event, "sql_drop") == 0
+		? "SELECT gdpr._on_sql_drop($1)" : "SELECT gdpr._on_ddl_command_end($1)";
+	args[0] = CStringGetTextDatum(GetCommandTagName(trigdata->tag));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	in_gdpr_event_trigger++;
 	PG_TRY();
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		(void) SPI_execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()", true, 0);
-		SPI_finish();
+		if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed");
 	}
-	PG_CATCH();
+	PG_FINALLY();
 	{
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
+		in_gdpr_event_trigger--;
 	}
 	PG_END_TRY();
-	RollbackAndReleaseCurrentSubTransaction();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	/* a cancel, say, is the caller's error, not an answer */
-	if (edata != NULL && edata->sqlerrcode != ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED)
-		ReThrowError(edata);
-	return edata == NULL;
+	SPI_finish();
+	PG_RETURN_NULL();
 }
 
 static Datum

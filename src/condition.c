@@ -26,6 +26,8 @@
 #include "access/transam.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_operator.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "gdpr.h"
@@ -44,6 +46,7 @@
 PG_FUNCTION_INFO_V1(gdpr_check_condition);
 
 static List *parse_condition(const char *condition, Oid owner, const char *sql, const char *what);
+static void condition_error(MemoryContext cxt, const char *condition, const char *what) pg_attribute_noreturn();
 
 /*
  * gdpr._check_condition(tbl regclass, condition text): refuses anything but
@@ -105,6 +108,26 @@ gdpr_check_expression(const char *condition, const char *what)
  * Parses the condition alone (sql NULL), or runs sql, which contains it, as
  * owner; either way a failure becomes an error about the condition.
  */
+/*
+ * In a PG_CATCH block: the error that parsing or planning a condition
+ * raised, said as what is wrong with the condition.
+ */
+static void
+condition_error(MemoryContext cxt, const char *condition, const char *what)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	ereport(ERROR,
+			(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
+					 : ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid %s: %s", what, edata->message),
+			 errdetail("Condition: %s", condition),
+			 errhint("Write one boolean expression over the table's columns, such as status = 'unpaid'.")));
+}
+
 static List *
 parse_condition(const char *condition, Oid owner, const char *sql, const char *what)
 {
@@ -120,17 +143,7 @@ parse_condition(const char *condition, Oid owner, const char *sql, const char *w
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		ereport(ERROR,
-				(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
-						 : ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid %s: %s", what, edata->message),
-				 errdetail("Condition: %s", condition),
-				 errhint("Write one boolean expression over the table's columns, such as status = 'unpaid'.")));
+		condition_error(cxt, condition, what);
 	}
 	PG_END_TRY();
 	return raw;
@@ -178,17 +191,7 @@ gdpr_check_path_condition(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		ereport(ERROR,
-				(errcode(edata->sqlerrcode == ERRCODE_SYNTAX_ERROR ? ERRCODE_SYNTAX_ERROR
-						 : ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid path condition: %s", edata->message),
-				 errdetail("Condition: %s", condition),
-				 errhint("Write one boolean expression over the table's columns, such as owner_type = 'User'.")));
+		condition_error(cxt, condition, "path condition");
 	}
 	PG_END_TRY();
 	if (plan == NULL || list_length(SPI_plan_get_plan_sources(plan)) != 1)
@@ -208,16 +211,41 @@ gdpr_check_path_condition(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
 }
 
+/*
+ * Only immutable built-in functions: a stable or volatile one can read or
+ * change the database (query_to_xml runs any query, set_config changes
+ * settings, lo_export writes files) in every session that follows the path.
+ */
 static bool
 is_user_function(Oid funcid, void *context)
 {
-	return funcid >= FirstNormalObjectId;
+	return funcid >= FirstNormalObjectId || func_volatile(funcid) != PROVOLATILE_IMMUTABLE;
 }
 
-/* A type by schema-qualified name; built-in types only */
+/*
+ * A type by schema-qualified name; built-in types only, and none whose
+ * constants a session's settings read differently (an OID alias type
+ * through search_path, a date through DateStyle).
+ */
 static char *
 qualified_type(Oid typid, int32 typmod, const char *condition)
 {
+	char		category;
+	bool		preferred;
+
+	get_type_category_preferred(typid, &category, &preferred);
+	if (typid < FirstNormalObjectId &&
+		(category == TYPCATEGORY_DATETIME || category == TYPCATEGORY_TIMESPAN ||
+		 typid == REGPROCOID || typid == REGPROCEDUREOID || typid == REGOPEROID ||
+		 typid == REGOPERATOROID || typid == REGCLASSOID || typid == REGTYPEOID ||
+		 typid == REGCONFIGOID || typid == REGDICTIONARYOID || typid == REGNAMESPACEOID ||
+		 typid == REGROLEOID || typid == REGCOLLATIONOID))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("path condition uses type %s, whose values each session reads its own way",
+						format_type_be(typid)),
+				 errdetail("Condition: %s", condition),
+				 errhint("Compare with text or numbers, such as owner_type = 'User'.")));
 	if (typid >= FirstNormalObjectId)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -266,9 +294,9 @@ deparse_condition(StringInfo buf, Node *node, Relation rel, const char *conditio
 	if (check_functions_in_node(node, is_user_function, NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("path condition calls a function or operator that is not built in"),
+				 errmsg("path condition calls a function or operator that is not built in and immutable"),
 				 errdetail("Condition: %s", condition),
-				 errhint("A path condition runs in every session that follows the path: use built-in functions and operators only.")));
+				 errhint("A path condition runs in every session that follows the path: use immutable built-in functions and operators only.")));
 	switch (nodeTag(node))
 	{
 		case T_Var:

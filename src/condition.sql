@@ -20,7 +20,7 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER canonical_condition BEFORE INSERT OR UPDATE OF condition ON gdpr.subject_path
+CREATE TRIGGER canonical_condition BEFORE INSERT OR UPDATE OF relid, condition ON gdpr.subject_path
     FOR EACH ROW WHEN (NEW.condition IS NOT NULL) EXECUTE FUNCTION gdpr._canonical_path_condition();
 
 CREATE FUNCTION gdpr._check_condition(tbl pg_catalog.regclass, condition text) RETURNS void

@@ -23,7 +23,7 @@ AS $$
      WHERE r.relid::oid = COALESCE(pg_catalog.pg_partition_root(rel), rel)
 $$;
 
-CREATE FUNCTION gdpr._on_ddl_command_end() RETURNS event_trigger
+CREATE FUNCTION gdpr._on_ddl_command_end(tag text) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -86,6 +86,7 @@ BEGIN
       INTO off
       FROM gdpr._capture_gaps(reg) g
      WHERE g.problem LIKE '%disabled' OR g.problem LIKE '%only in replica mode'
+        OR g.problem LIKE '%replaced by another'
         OR (g.problem LIKE '%missing' AND tag = 'ALTER TRIGGER');
     IF off IS NOT NULL THEN
         IF NOT gdpr._capture_off_allowed() THEN
@@ -188,7 +189,7 @@ $$;
 
 -- The DDL is recorded as the role that ran it (the trail's effective_role), whatever
 -- gdpr.audit_superusers says; the map follows in gdpr._forget_dropped().
-CREATE FUNCTION gdpr._on_sql_drop() RETURNS event_trigger
+CREATE FUNCTION gdpr._on_sql_drop(tag text) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -211,7 +212,7 @@ BEGIN
                       HINT = 'Stop auditing a table with gdpr.unregister_table(); a superuser restoring data may set gdpr.allow_capture_off, and repair with gdpr.repair_capture() afterwards.';
         END IF;
         PERFORM gdpr._log_ddl_event('AUDIT_OFF',
-            pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'trigger',
+            pg_catalog.jsonb_build_object('command', tag, 'object_type', 'trigger',
                                           'object', r.object_identity),
             NULL, gdpr._qualified(gdpr._registered_root(pg_catalog.to_regclass(qual))));
     END LOOP;
@@ -224,12 +225,12 @@ BEGIN
            AND (EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid)
                 OR EXISTS (SELECT 1 FROM gdpr.path_step s WHERE s.to_rel::oid = r.objid)) THEN
             PERFORM gdpr._log_ddl_event('DDL',
-                pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table', 'object', qual),
+                pg_catalog.jsonb_build_object('command', tag, 'object_type', 'table', 'object', qual),
                 NULL, qual);
         ELSIF r.object_type = 'table column'
               AND EXISTS (SELECT 1 FROM gdpr.registered_table t WHERE t.relid::oid = r.objid) THEN
             PERFORM gdpr._log_ddl_event('DDL',
-                pg_catalog.jsonb_build_object('command', TG_TAG, 'object_type', 'table column',
+                pg_catalog.jsonb_build_object('command', tag, 'object_type', 'table column',
                                               'object', r.object_identity),
                 NULL, qual);
         END IF;
@@ -238,7 +239,11 @@ BEGIN
 END
 $$;
 
+-- The event triggers run through C, which marks the time they run: only then do the DDL and
+-- AUDIT_OFF events they write go through (gdpr._log_ddl_event), whatever else runs in a DDL command.
+CREATE FUNCTION gdpr._event_trigger() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'gdpr_event_trigger';
 CREATE EVENT TRIGGER gdpr_ddl_command_end ON ddl_command_end
-    EXECUTE FUNCTION gdpr._on_ddl_command_end();
+    EXECUTE FUNCTION gdpr._event_trigger();
 CREATE EVENT TRIGGER gdpr_sql_drop ON sql_drop
-    EXECUTE FUNCTION gdpr._on_sql_drop();
+    EXECUTE FUNCTION gdpr._event_trigger();

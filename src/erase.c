@@ -1624,9 +1624,10 @@ plan_large_objects(EraseTable *t, const GdprSubject *subject)
 
 /*
  * Unlinks the planned rows' large objects once the rows are gone or
- * rewritten, as the table's owner, and only the objects that role owns: a
- * writer can put any number in a row, and the erasure of its own subject
- * must not destroy somebody else's object.  The others are counted as left.
+ * rewritten, as the table's owner, and only the objects that role owns and
+ * no row of the table still references: a writer can put any number in a
+ * row, and the erasure of its own subject must not destroy somebody else's
+ * object.  The others are counted as left.
  */
 static void
 remove_large_objects(List *tables)
@@ -1645,12 +1646,20 @@ remove_large_objects(List *tables)
 			continue;
 		args[0] = CStringGetTextDatum(t->lo_oids);
 		args[1] = ObjectIdGetDatum(owner);
+		/*
+		 * An object another row of the table still references (a number a
+		 * writer copied into the subject's row) is not the subject's alone:
+		 * it stays, and is counted as left.
+		 */
 		if (gdpr_execute_as_role(owner, NULL,
-								 "SELECT pg_catalog.count(CASE WHEN m.lomowner OPERATOR(pg_catalog.=) $2 "
-								 "                             THEN pg_catalog.lo_unlink(m.oid) END), "
-								 "       pg_catalog.count(*) FILTER (WHERE m.lomowner OPERATOR(pg_catalog.<>) $2) "
-								 "  FROM pg_catalog.pg_largeobject_metadata m "
-								 " WHERE m.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])",
+								 psprintf("SELECT pg_catalog.count(CASE WHEN m.lomowner OPERATOR(pg_catalog.=) $2 "
+										  "     AND NOT EXISTS (SELECT FROM %s t WHERE m.oid OPERATOR(pg_catalog.=) ANY (ARRAY[%s])) "
+										  "    THEN pg_catalog.lo_unlink(m.oid) END), "
+										  "       pg_catalog.count(*) FILTER (WHERE m.lomowner OPERATOR(pg_catalog.<>) $2 "
+										  "     OR EXISTS (SELECT FROM %s t WHERE m.oid OPERATOR(pg_catalog.=) ANY (ARRAY[%s]))) "
+										  "  FROM pg_catalog.pg_largeobject_metadata m "
+										  " WHERE m.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])",
+										  t->from, t->lo_columns, t->from, t->lo_columns),
 								 2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed");
 		t->lo_removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,

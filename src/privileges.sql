@@ -146,7 +146,8 @@ GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), publi
 --   caller owns), _attach_truncate and _capture_always (create and enable the audit triggers, as
 --   the caller), _guard_capture, _capture_gaps and _capture_off_allowed (read), _forget_dropped
 --   (works only inside a sql_drop event trigger), and read-only helpers over the public map.
--- The event trigger functions themselves need no EXECUTE: PostgreSQL does not check it for them.
+-- The event trigger function itself needs no EXECUTE (PostgreSQL does not check it); what it runs
+-- does, as the role whose DDL fired it.
 GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text),
                           gdpr.log_event(text, bigint, boolean, jsonb, text, text),
                           gdpr.log_event(text, uuid, boolean, jsonb, text, text),
@@ -161,7 +162,8 @@ GRANT EXECUTE ON FUNCTION gdpr.log_event(text, text, boolean, jsonb, text, text)
                           gdpr._capture_always(pg_catalog.regclass),
                           gdpr._capture_gaps(pg_catalog.regclass),
                           gdpr._guard_capture(pg_catalog.regclass, text, text),
-                          gdpr._capture_off_allowed()
+                          gdpr._capture_off_allowed(),
+                          gdpr._on_ddl_command_end(text), gdpr._on_sql_drop(text)
     TO PUBLIC;
 GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text, text),
                           gdpr.register_table(pg_catalog.regclass, name, text, text, text[], text),

@@ -103,6 +103,8 @@ CREATE FUNCTION gdpr._move_default_events(part pg_catalog.regclass, lo timestamp
 CREATE FUNCTION gdpr.create_audit_partitions(ahead int DEFAULT 3) RETURNS int
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    -- months begin at the same instant whoever asks: bounds that overlap would stop the worker
+    SET TimeZone = 'UTC'
 AS $$
 DECLARE
     first timestamptz := date_trunc('month', now() + COALESCE(current_setting('gdpr.audit_retention', true), '7 years')::interval);
@@ -148,6 +150,8 @@ BEGIN
             n := n + 1;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             EXIT;
+        WHEN duplicate_table OR unique_violation THEN
+            CONTINUE;			-- another session (the worker, a registration) made it just now
         END;
     END LOOP;
     PERFORM set_config('lock_timeout', saved, true);

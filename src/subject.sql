@@ -211,16 +211,25 @@ CREATE FUNCTION gdpr._capture_gaps(tbl pg_catalog.regclass DEFAULT NULL)
 AS $$
     SELECT p.rel::pg_catalog.regclass, r.relid,
            CASE WHEN g.tgname IS NULL THEN pg_catalog.format('trigger %s is missing', w.tgname)
+                WHEN g.tgfoid <> w.fn OR g.tgtype <> w.tgtype OR g.tgqual IS NOT NULL
+                     OR pg_catalog.cardinality(g.tgattr::pg_catalog.int2[]) > 0
+                     OR g.tgargs <> ''::pg_catalog.bytea
+                THEN pg_catalog.format('trigger %s was replaced by another', w.tgname)
                 WHEN g.tgenabled = 'D' THEN pg_catalog.format('trigger %s is disabled', w.tgname)
                 WHEN g.tgenabled = 'R' THEN pg_catalog.format('trigger %s fires only in replica mode', w.tgname)
                 ELSE pg_catalog.format('trigger %s does not fire in replica mode', w.tgname) END
       FROM gdpr.registered_table r
       CROSS JOIN LATERAL (SELECT t.relid::oid AS rel FROM pg_catalog.pg_partition_tree(r.relid) t
                           UNION SELECT r.relid::oid) p
-      CROSS JOIN (VALUES ('gdpr_audit_row'), ('gdpr_audit_truncate')) w(tgname)
+      -- AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW (29), AFTER TRUNCATE (32): as _attach makes them
+      CROSS JOIN (VALUES ('gdpr_audit_row', 'gdpr.audit_row()'::pg_catalog.regprocedure, 29::int2),
+                         ('gdpr_audit_truncate', 'gdpr.audit_truncate()'::pg_catalog.regprocedure, 32::int2))
+                 w(tgname, fn, tgtype)
       LEFT JOIN pg_catalog.pg_trigger g ON g.tgrelid = p.rel AND g.tgname = w.tgname
      WHERE (tbl IS NULL OR r.relid = tbl)
-       AND (g.tgname IS NULL OR g.tgenabled <> 'A')
+       AND (g.tgname IS NULL OR g.tgenabled <> 'A' OR g.tgfoid <> w.fn OR g.tgtype <> w.tgtype
+            OR g.tgqual IS NOT NULL OR pg_catalog.cardinality(g.tgattr::pg_catalog.int2[]) > 0
+            OR g.tgargs <> ''::pg_catalog.bytea)
        -- a table dropped while the event triggers were off leaves the map dangling: no capture to
        -- repair (the retention worker reports the policy)
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = p.rel)
@@ -233,16 +242,21 @@ CREATE FUNCTION gdpr.repair_capture(tbl pg_catalog.regclass DEFAULT NULL) RETURN
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r   record;
-    n   int := 0;
+    r    record;
+    part pg_catalog.regclass;
+    n    int := 0;
 BEGIN
     FOR r IN SELECT DISTINCT g.registered FROM gdpr._capture_gaps(tbl) g LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = r.registered
-                                                              AND t.tgname = 'gdpr_audit_row') THEN
-            EXECUTE pg_catalog.format('CREATE TRIGGER gdpr_audit_row AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.audit_row()',
-                                      r.registered);
-        END IF;
-        PERFORM gdpr._attach_truncate(r.registered);
+        -- enabled first: each statement below must leave no trigger disabled, or it is refused
+        PERFORM gdpr._capture_always(r.registered);
+        -- OR REPLACE: a trigger of that name that is not the audit trigger any more is put back too
+        EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER gdpr_audit_row AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.audit_row()',
+                                  r.registered);
+        FOR part IN SELECT t.relid FROM pg_catalog.pg_partition_tree(r.registered) t
+                    UNION SELECT r.registered LOOP
+            EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER gdpr_audit_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION gdpr.audit_truncate()',
+                                      part);
+        END LOOP;
         PERFORM gdpr._capture_always(r.registered);
         PERFORM gdpr._log_map('MAP_CAPTURE_REPAIRED', r.registered, NULL);
         n := n + 1;
