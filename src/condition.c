@@ -46,7 +46,7 @@
 PG_FUNCTION_INFO_V1(gdpr_check_condition);
 
 static List *parse_condition(const char *condition, Oid owner, const char *sql, const char *what);
-static void condition_error(MemoryContext cxt, const char *condition, const char *what) pg_attribute_noreturn();
+static void condition_error(MemoryContext cxt, const char *condition, const char *what);
 
 /*
  * gdpr._check_condition(tbl regclass, condition text): refuses anything but
