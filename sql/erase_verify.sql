@@ -276,7 +276,7 @@ SELECT count(*) AS visits_left FROM ev.visit WHERE person_id = 1;
 SELECT gdpr_erase(1, kind => 'ev')->>'status' AS status;
 SELECT count(*) AS erasures_recorded FROM gdpr.erasure WHERE kind = 'ev';
 
--- ON DELETE SET DEFAULT hands the subject's kept row to a placeholder subject during the erasure:
+-- ON DELETE SET DEFAULT hands the subject's kept row to a stand-in subject during the erasure:
 -- the trail's record of that move names the subject too, and is scrubbed with the rest.
 CREATE TABLE ev.tenant (id int PRIMARY KEY, name text);
 CREATE TABLE ev.ticket (id int PRIMARY KEY, tenant_id int NOT NULL DEFAULT 0 REFERENCES ev.tenant ON DELETE SET DEFAULT,

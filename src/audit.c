@@ -1227,7 +1227,7 @@ related_array(AuditPlanData *d, char **keys, char **oldkeys, const char *erasing
 	/*
 	 * A row an erasure changes is about the erased subject, whoever it names
 	 * by the time the statement reaches it (a foreign key's SET DEFAULT
-	 * handed it to a placeholder subject): the event is scrubbed with the
+	 * handed it to a stand-in subject): the event is scrubbed with the
 	 * subject's others.
 	 */
 	if (erasing != NULL)

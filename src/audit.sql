@@ -89,7 +89,7 @@ CREATE FUNCTION gdpr._log_ddl_event(event text, detail jsonb, kind text, table_n
     RETURNS bigint LANGUAGE c CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'gdpr_log_ddl_event';
 -- Whether the current role may switch capture off: a superuser who set gdpr.allow_capture_off.
--- In C, so the library is loaded and the setting is the real one, never a placeholder any role
+-- In C, so the library is loaded and the setting is the real one, never a stand-in value any role
 -- could have set before.
 CREATE FUNCTION gdpr._capture_off_allowed() RETURNS boolean
     LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'gdpr_capture_off_allowed';

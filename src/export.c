@@ -95,6 +95,7 @@ static SPIPlanPtr prepare_kept(const char *sql, Oid key_type);
 static Jsonb *table_rows(const ExportTable *t, const GdprSubject *subject);
 static int64 shared_rows(const ExportTable *t, const GdprSubject *subject);
 static Datum run_export_plan(SPIPlanPtr plan, const GdprSubject *subject);
+static void end_export_plan(void);
 static List *export_tables(const GdprSubject *subject, bool portable);
 static List *filtered_tables(List *tables);
 static void push_string_elem(JsonbParseState **state, const char *value);
@@ -475,6 +476,20 @@ shared_rows(const ExportTable *t, const GdprSubject *subject)
 	return plan != NULL ? DatumGetInt64(run_export_plan(plan, subject)) : 0;
 }
 
+/* One export plan less running: plans retired meanwhile are freed once none runs */
+static void
+end_export_plan(void)
+{
+	ListCell   *lc;
+
+	if (--export_plans_running > 0 || retired_plans == NIL)
+		return;
+	foreach(lc, retired_plans)
+		SPI_freeplan(lfirst(lc));
+	list_free(retired_plans);
+	retired_plans = NIL;
+}
+
 /*
  * Runs one of a table's kept plans for the subject; its single value.  A
  * plan retired meanwhile (the map changed under a nested call) is freed
@@ -492,19 +507,13 @@ run_export_plan(SPIPlanPtr plan, const GdprSubject *subject)
 	{
 		ret = SPI_execute_plan(plan, args, NULL, true, 1);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
-		if (--export_plans_running == 0 && retired_plans != NIL)
-		{
-			ListCell   *lc;
-
-			foreach(lc, retired_plans)
-				SPI_freeplan(lfirst(lc));
-			list_free(retired_plans);
-			retired_plans = NIL;
-		}
+		end_export_plan();
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	end_export_plan();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -34,6 +34,7 @@
 #include "utils/syscache.h"
 
 static List *text_array_to_list(Datum array);
+static void canonical_key(GdprSubject *subject, MemoryContext mcxt);
 static List *oid_array_to_list(Datum array);
 static char *spi_text(HeapTuple tuple, TupleDesc desc, int col);
 static GdprPath *find_path(List *paths, const char *name);
@@ -298,40 +299,47 @@ gdpr_resolve_subject(FunctionCallInfo fcinfo, int argno, const char *kind, Memor
 	subject->key_text = OidOutputFunctionCall(typfunc, subject->key);
 	MemoryContextSwitchTo(oldcxt);
 
-	/*
-	 * Under a nondeterministic collation (case-insensitive e-mail keys) the
-	 * key the caller typed is one of several spellings of the stored one:
-	 * everything after (the trail, restrictions, pseudonyms) uses the
-	 * stored spelling, as the audit trigger records it.
-	 */
-	if (gdpr_key_nondeterministic(subject->relid, subject->key_column))
-	{
-		Oid			keytypes[1] = {subject->key_type};
-		Datum		keyargs[1] = {subject->key};
-
-		ret = SPI_execute_with_args(psprintf("SELECT %s FROM %s WHERE %s OPERATOR(pg_catalog.=) $1",
-											 quote_identifier(subject->key_column),
-											 gdpr_relation_name(subject->relid),
-											 quote_identifier(subject->key_column)),
-									1, keytypes, keyargs, NULL, true, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %d", ret);
-		if (SPI_processed == 1)
-		{
-			oldcxt = MemoryContextSwitchTo(mcxt);
-			subject->key = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			{
-				int16		typlen;
-				bool		typbyval;
-
-				get_typlenbyval(subject->key_type, &typlen, &typbyval);
-				subject->key = datumCopy(subject->key, typbyval, typlen);
-			}
-			subject->key_text = OidOutputFunctionCall(typfunc, subject->key);
-			MemoryContextSwitchTo(oldcxt);
-		}
-	}
+	canonical_key(subject, mcxt);
 	return subject;
+}
+
+/*
+ * Under a nondeterministic collation (case-insensitive e-mail keys) the key
+ * the caller typed is one of several spellings of the stored one:
+ * everything after (the trail, restrictions, pseudonyms) uses the stored
+ * spelling, as the audit trigger records it.
+ */
+static void
+canonical_key(GdprSubject *subject, MemoryContext mcxt)
+{
+	Oid			keytypes[1] = {subject->key_type};
+	Datum		keyargs[1] = {subject->key};
+	MemoryContext oldcxt;
+	Oid			typfunc;
+	bool		isvarlena;
+	bool		isnull;
+	int16		typlen;
+	bool		typbyval;
+	int			ret;
+
+	if (!gdpr_key_nondeterministic(subject->relid, subject->key_column))
+		return;
+	ret = SPI_execute_with_args(psprintf("SELECT %s FROM %s WHERE %s OPERATOR(pg_catalog.=) $1",
+										 quote_identifier(subject->key_column),
+										 gdpr_relation_name(subject->relid),
+										 quote_identifier(subject->key_column)),
+								1, keytypes, keyargs, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
+	if (SPI_processed != 1)
+		return;
+	getTypeOutputInfo(subject->key_type, &typfunc, &isvarlena);
+	get_typlenbyval(subject->key_type, &typlen, &typbyval);
+	oldcxt = MemoryContextSwitchTo(mcxt);
+	subject->key = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+							 typbyval, typlen);
+	subject->key_text = OidOutputFunctionCall(typfunc, subject->key);
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /* Whether a key column compares under a nondeterministic collation */
