@@ -33,7 +33,7 @@ SQL_PARTS = gdpr audit chain paths subject coverage ddl export anonymize conditi
 DATA_built = gdpr--$(EXTVERSION).sql
 PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 
-REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile security erase_verify whose_data capture cleanup
+REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile security erase_verify whose_data capture bulk cleanup
 REGRESS_OPTS = --inputdir=. --load-extension=gdpr
 
 ISOLATION = audit_concurrent erase_concurrent seal_concurrent retention_concurrent

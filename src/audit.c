@@ -32,13 +32,17 @@
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "gdpr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/bitmapset.h"
 #include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -56,6 +60,7 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(gdpr_audit_row);
 PG_FUNCTION_INFO_V1(gdpr_audit_truncate);
@@ -120,6 +125,18 @@ typedef struct KeySource
 } KeySource;
 
 /*
+ * The columns of one row image, as a record type of their own (see
+ * columns_image).
+ */
+typedef struct ImageShape
+{
+	bool	   *which;			/* by attribute number - 1 */
+	int			ncols;
+	AttrNumber *attnums;		/* the row's attributes, in order */
+	TupleDesc	desc;			/* blessed: to_jsonb() finds it by its typmod */
+} ImageShape;
+
+/*
  * One build of a relation's audit plans.  A nested write (user code run by
  * the caller's own statement) can invalidate the relation while an outer
  * call still executes this build: the outer call holds a use, and the build
@@ -133,6 +150,9 @@ typedef struct AuditPlanData
 	SPIPlanPtr	plan;			/* the INSERT: reads gdpr.* and its parameters only */
 	SPIPlanPtr	key_plan;		/* keys reached through other tables, or NULL */
 	const char *key_sql;		/* its text, as the executor sees it (reads.c) */
+	SPIPlanPtr	batch_key_plan; /* the same for an array of rows, or NULL */
+	const char *batch_key_sql;
+	Oid			rowarraytype;	/* the type of that array */
 	SPIPlanPtr	restrict_plan;	/* the subject's restrictions, or NULL: no subject */
 	int			npaths;
 	KeySource  *keys;			/* by path, in the map's order: owner paths first */
@@ -142,7 +162,11 @@ typedef struct AuditPlanData
 	bool	   *key_input;		/* by attribute number - 1: a path reads it to find a key */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
 	Datum		nonkey;			/* text[] of the columns outside the primary key */
+	bool	   *key_column;		/* by attribute number - 1: in the primary key */
+	List	   *shapes;			/* ImageShape *: the record types images were made of */
 	char	   *kind;			/* the subject kind of the table's paths */
+	Datum		kind_text;		/* the same, as text */
+	Datum		table_name;		/* the registered table's qualified name, as text */
 } AuditPlanData;
 
 /* The cache entry of one relation */
@@ -152,6 +176,81 @@ typedef struct AuditPlan
 	bool		valid;			/* false once invalidated; rebuilt on next use */
 	AuditPlanData *data;		/* NULL until built */
 } AuditPlan;
+
+/*
+ * Who, when and from where, as the event's first parameters: the same for
+ * most events of a statement, so made once and shared while it holds.
+ */
+typedef struct EventContext
+{
+	Datum		values[CONTEXT_NPARAMS];
+	char		nulls[CONTEXT_NPARAMS];
+	/* what it was made from */
+	TimestampTz statement_start;
+	FullTransactionId xid;
+	Oid			session_user;
+	Oid			user;
+	char	   *settings[4];	/* actor, client address, user agent, application */
+} EventContext;
+
+/*
+ * One row event, made as the caller when the row changed.  Keys that other
+ * tables give may be left to the write (row and oldrow are then set), so
+ * that a statement's rows are looked up with one query.
+ */
+typedef struct RowEvent
+{
+	AuditPlanData *d;			/* one use of it is held while the event is kept */
+	const char *event;			/* "INSERT", "UPDATE" or "DELETE" */
+	EventContext *ctx;
+	Datum		changed;		/* text[], or 0 for NULL */
+	Datum		old_values;		/* jsonb, or 0 */
+	Datum		new_values;		/* jsonb, or 0 */
+	Datum		row_key;		/* jsonb */
+	char	  **keys;			/* by path */
+	char	  **oldkeys;		/* the old row's, when an UPDATE changed them; else NULL */
+	Datum		row;			/* the row, while the key query's keys are missing; else 0 */
+	Datum		oldrow;			/* the old row, the same for oldkeys */
+	const char *erasing;		/* the subject an erasure in progress erases, or NULL */
+} RowEvent;
+
+/*
+ * The row events of one statement that have not been written yet.  Kept in
+ * TopMemoryContext, reused by the statements that use the same depth.
+ */
+typedef struct StatementBatch
+{
+	MemoryContext cxt;			/* holds what the events point to; NULL until first use */
+	RowEvent   *events;
+	int			nevents;
+	int			maxevents;
+	EventContext *ctx;			/* the last event's context */
+} StatementBatch;
+
+/*
+ * The statements that are ending, innermost last: a statement's row
+ * triggers fire while it ends (ExecutorFinish, or the end of a COPY), and
+ * a trigger's own statements end inside it.  Set by the hooks below.
+ */
+static StatementBatch *batches = NULL;
+static int	nbatches = 0;
+static int	maxbatches = 0;
+
+/* Rows a statement gathers before it writes them, and starts again (COPY of millions) */
+#define CAPTURE_BATCH_ROWS 1000
+
+/*
+ * The INSERT of a batch of row events, and the row type of its array;
+ * NULL until first use.  Stale once gdpr.audit_log may have changed: then
+ * made again at the next use, never during one (busy).
+ */
+static SPIPlanPtr batch_plan = NULL;
+static Oid	batch_rowtype = InvalidOid;
+static bool batch_plan_stale = false;
+static int	batch_plan_busy = 0;
+
+static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Row plans by relation; created on first use, lives for the backend */
 static HTAB *audit_plans = NULL;
@@ -182,7 +281,6 @@ static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
 static void check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup);
 static void check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup);
-static bool row_unchanged(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup);
 static bool column_changed(TupleDesc desc, int i, HeapTuple oldtup, HeapTuple newtup);
 static Datum log_event(FunctionCallInfo fcinfo);
 static void plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext mcxt);
@@ -191,13 +289,34 @@ static char **subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
 static Datum related_array(AuditPlanData *d, char **keys, char **oldkeys, const char *erasing);
 static bool keys_changed(const AuditPlanData *d, const bool *changed);
 static AttrNumber attnum_of(TupleDesc desc, const char *name);
-static bool *changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup,
-							 HeapTuple newtup);
+static bool *changed_columns(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup);
 static Datum names_array(const AuditPlanData *d, const bool *which);
 static void check_event_text(const char *what, const char *value);
-static void insert_row_event(Relation rel, const char *event, HeapTuple oldtup,
-							 HeapTuple newtup, Jsonb *oldimage, Jsonb *newimage,
-							 Jsonb *keyimage);
+static void capture_row_event(Relation rel, const char *event, HeapTuple oldtup,
+							  HeapTuple newtup, bool *changed);
+static void make_row_event(RowEvent *e, AuditPlanData *d, TupleDesc desc, const char *event,
+						   HeapTuple oldtup, HeapTuple newtup, bool *changed, bool defer);
+static Datum columns_image(AuditPlanData *d, TupleDesc desc, HeapTuple tup, const bool *which);
+static ImageShape *image_shape(AuditPlanData *d, TupleDesc desc, const bool *which);
+static void query_keys_now(RowEvent *e);
+static void write_row_event(RowEvent *e);
+static char **column_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
+static int	run_key_query(SPIPlanPtr plan, const char *sql, Datum *args);
+static void query_keys(AuditPlanData *d, Datum row, char **keys);
+static EventContext *event_context(StatementBatch *b);
+static void keep_row_event(StatementBatch *b, RowEvent *e);
+static void capture_ExecutorFinish(QueryDesc *queryDesc);
+static void capture_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+								   bool readOnlyTree, ProcessUtilityContext context,
+								   ParamListInfo params, QueryEnvironment *queryEnv,
+								   DestReceiver *dest, QueryCompletion *qc);
+static StatementBatch *push_batch(void);
+static void pop_batch(bool written);
+static void flush_batch(StatementBatch *b);
+static void drop_batch(StatementBatch *b);
+static void batch_query_keys(StatementBatch *b);
+static void write_batch(StatementBatch *b);
+static SPIPlanPtr get_batch_plan(void);
 
 /*
  * AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW on registered tables.
@@ -213,9 +332,7 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	const char *event;
 	int			event_class;
 	bool		exempt;
-	Jsonb	   *oldimage = NULL;
-	Jsonb	   *newimage = NULL;
-	Jsonb	   *keyimage;
+	bool	   *changed = NULL;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -280,102 +397,168 @@ gdpr_audit_row(PG_FUNCTION_ARGS)
 	if (exempt || !gdpr_event_wanted(event_class))
 		return PointerGetDatum(NULL);
 
-	/* an UPDATE that wrote every value back as it was changed nothing to keep for years */
-	if (oldtup != NULL && newtup != NULL && !gdpr_audit_unchanged_updates &&
-		row_unchanged(desc, oldtup, newtup))
-		return PointerGetDatum(NULL);
-
-	/*
-	 * The row images are made here, as the caller, before any plan is held:
-	 * to_jsonb() runs casts to json that any role can define for its own
-	 * types, and those must never run with the audit owner's rights.
-	 */
-	keyimage = row_image(heap_copy_tuple_as_datum(newtup != NULL ? newtup : oldtup, desc),
-						 desc->tdtypeid);
-	if (gdpr_audit_values != GDPR_VALUES_NONE)
+	if (oldtup != NULL && newtup != NULL)
 	{
-		if (oldtup != NULL)
-			oldimage = newtup != NULL
-				? row_image(heap_copy_tuple_as_datum(oldtup, desc), desc->tdtypeid) : keyimage;
-		if (newtup != NULL)
-			newimage = keyimage;
+		bool		any = false;
+
+		changed = changed_columns(desc, oldtup, newtup);
+		for (int i = 0; i < desc->natts && !any; i++)
+			any = changed[i];
+		/* an UPDATE that wrote every value back as it was changed nothing to keep for years */
+		if (!any && !gdpr_audit_unchanged_updates)
+			return PointerGetDatum(NULL);
 	}
-	insert_row_event(rel, event, oldtup, newtup, oldimage, newimage, keyimage);
+	capture_row_event(rel, event, oldtup, newtup, changed);
 	return PointerGetDatum(NULL);
 }
 
 /*
- * Writes one row event.  The subject keys are looked up as the caller, like
- * the images; only the INSERT runs as the audit owner, and it reads nothing
- * but its parameters: planning a query over a user's table runs the table
- * owner's code (index predicates, a view's body).
+ * Captures one row event: made now, as the caller, and written with the
+ * rest of its statement's (see "Statement batches" below), or at once when
+ * no statement the extension saw begin is ending (a logical replication
+ * apply fires row triggers outside the executor).
  */
 static void
-insert_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple newtup,
-				 Jsonb *oldimage, Jsonb *newimage, Jsonb *keyimage)
+capture_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple newtup,
+				  bool *changed)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	Datum		values[ROW_NPARAMS];
-	char		nulls[ROW_NPARAMS];
+	StatementBatch *b = nbatches > 0 ? &batches[nbatches - 1] : NULL;
+	RowEvent	e;
 	AuditPlanData *d;
+	bool		kept = false;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
+	/* kept in the batch, the event needs SPI for nothing */
+	if (b == NULL && SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	d = acquire_row_plan(rel);
 	PG_TRY();
 	{
-		bool	   *changed = NULL;
-		bool	   *dropped;
-		Datum		exclude;
-		char	  **keys;
-		int			ret;
-
-		fill_context(values, nulls);
-		values[P_EVENT] = CStringGetTextDatum(event);
-		nulls[P_EVENT] = ' ';
-		nulls[P_CHANGED] = 'n';
-		values[P_CHANGED] = (Datum) 0;
-		if (oldtup != NULL && newtup != NULL)
+		make_row_event(&e, d, RelationGetDescr(rel), event, oldtup, newtup, changed, b != NULL);
+		if (b == NULL)
+			write_row_event(&e);	/* now, in this context */
+		else
 		{
-			changed = changed_columns(d, desc, oldtup, newtup);
-			values[P_CHANGED] = names_array(d, changed);
-			nulls[P_CHANGED] = ' ';
+			keep_row_event(b, &e);
+			kept = true;
 		}
-
-		/* what the row images leave out: secret columns, and unchanged ones under "changed" */
-		dropped = palloc(sizeof(bool) * d->natts);
-		for (int i = 0; i < d->natts; i++)
-			dropped[i] = d->secret[i] ||
-				(changed != NULL && gdpr_audit_values == GDPR_VALUES_CHANGED && !changed[i]);
-		exclude = names_array(d, dropped);
-		nulls[P_OLD_IMAGE] = oldimage != NULL ? ' ' : 'n';
-		values[P_OLD_IMAGE] = oldimage != NULL
-			? DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(oldimage), exclude) : (Datum) 0;
-		nulls[P_NEW_IMAGE] = newimage != NULL ? ' ' : 'n';
-		values[P_NEW_IMAGE] = newimage != NULL
-			? DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(newimage), exclude) : (Datum) 0;
-		values[P_ROWKEY] = DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(keyimage),
-											   d->nonkey);
-		nulls[P_ROWKEY] = ' ';
-		keys = subject_keys(d, newtup != NULL ? newtup : oldtup, desc);
-		nulls[P_SUBJECT] = d->owned && keys[0] != NULL ? ' ' : 'n';
-		values[P_SUBJECT] = d->owned && keys[0] != NULL ? CStringGetTextDatum(keys[0]) : (Datum) 0;
-		/* an UPDATE that moves the row to another subject is about the old one too */
-		values[P_RELATED] = related_array(d, keys, keys_changed(d, changed)
-										  ? subject_keys(d, oldtup, desc) : NULL,
-										  gdpr_erasing_key(d->kind));
-		nulls[P_RELATED] = values[P_RELATED] != (Datum) 0 ? ' ' : 'n';
-
-		ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	}
 	PG_FINALLY();
 	{
-		release_row_plan(d);
+		/* a kept event holds its use of the build until it is written */
+		if (!kept)
+			release_row_plan(d);
 	}
 	PG_END_TRY();
-	SPI_finish();
+	if (b == NULL)
+		SPI_finish();
+	if (b != NULL && b->nevents >= CAPTURE_BATCH_ROWS)
+		flush_batch(b);
+}
+
+/*
+ * Everything one row event needs, in the caller's security context: the
+ * changed columns, the images without what they must leave out, the row's
+ * key and the subject keys its own columns give.  Keys that other tables
+ * give are looked up now, or (defer) left to the write, with the rows they
+ * come from.
+ */
+static void
+make_row_event(RowEvent *e, AuditPlanData *d, TupleDesc desc, const char *event,
+			   HeapTuple oldtup, HeapTuple newtup, bool *changed, bool defer)
+{
+	HeapTuple	tup = newtup != NULL ? newtup : oldtup;
+
+	memset(e, 0, sizeof(RowEvent));
+	e->d = d;
+	e->event = event;
+	if (changed != NULL)
+		e->changed = names_array(d, changed);
+
+	/*
+	 * The images, as the caller: to_jsonb() runs casts to json that any role
+	 * can define for its own types, and those must never run with the audit
+	 * owner's rights.  They leave out secret columns, and under "changed"
+	 * the columns an UPDATE left alone.
+	 */
+	e->row_key = columns_image(d, desc, tup, d->key_column);
+	if (gdpr_audit_values != GDPR_VALUES_NONE)
+	{
+		bool	   *which = palloc(sizeof(bool) * d->natts);
+
+		for (int i = 0; i < d->natts; i++)
+			which[i] = !d->secret[i] &&
+				(changed == NULL || gdpr_audit_values != GDPR_VALUES_CHANGED || changed[i]);
+		if (oldtup != NULL)
+			e->old_values = columns_image(d, desc, oldtup, which);
+		if (newtup != NULL)
+			e->new_values = columns_image(d, desc, newtup, which);
+	}
+
+	e->keys = column_keys(d, tup, desc);
+	if (d->key_plan != NULL)
+		e->row = heap_copy_tuple_as_datum(tup, desc);
+	/* an UPDATE that moves the row to another subject is about the old one too */
+	if (keys_changed(d, changed))
+	{
+		e->oldkeys = column_keys(d, oldtup, desc);
+		if (d->key_plan != NULL)
+			e->oldrow = heap_copy_tuple_as_datum(oldtup, desc);
+	}
+	if (!defer)
+		query_keys_now(e);
+	e->erasing = gdpr_erasing_key(d->kind);
+}
+
+/* The keys the key query gives one event's rows, looked up now */
+static void
+query_keys_now(RowEvent *e)
+{
+	if (e->row != (Datum) 0)
+		query_keys(e->d, e->row, e->keys);
+	if (e->oldrow != (Datum) 0)
+		query_keys(e->d, e->oldrow, e->oldkeys);
+	e->row = e->oldrow = (Datum) 0;
+}
+
+/*
+ * Writes one row event with its relation's own INSERT, as the audit owner.
+ * The INSERT reads nothing but its parameters: planning a query over a
+ * user's table runs the table owner's code (index predicates, a view's
+ * body).  SPI must be connected.
+ */
+static void
+write_row_event(RowEvent *e)
+{
+	AuditPlanData *d = e->d;
+	Datum		values[ROW_NPARAMS];
+	char		nulls[ROW_NPARAMS];
+	Datum		related;
+	int			ret;
+
+	query_keys_now(e);
+	if (e->ctx == NULL)
+		e->ctx = event_context(NULL);
+	memcpy(values, e->ctx->values, sizeof(e->ctx->values));
+	memcpy(nulls, e->ctx->nulls, sizeof(e->ctx->nulls));
+	values[P_EVENT] = CStringGetTextDatum(e->event);
+	nulls[P_EVENT] = ' ';
+	values[P_CHANGED] = e->changed;
+	nulls[P_CHANGED] = e->changed != (Datum) 0 ? ' ' : 'n';
+	values[P_OLD_IMAGE] = e->old_values;
+	nulls[P_OLD_IMAGE] = e->old_values != (Datum) 0 ? ' ' : 'n';
+	values[P_NEW_IMAGE] = e->new_values;
+	nulls[P_NEW_IMAGE] = e->new_values != (Datum) 0 ? ' ' : 'n';
+	values[P_ROWKEY] = e->row_key;
+	nulls[P_ROWKEY] = ' ';
+	nulls[P_SUBJECT] = d->owned && e->keys[0] != NULL ? ' ' : 'n';
+	values[P_SUBJECT] = d->owned && e->keys[0] != NULL ? CStringGetTextDatum(e->keys[0]) : (Datum) 0;
+	related = related_array(d, e->keys, e->oldkeys, e->erasing);
+	values[P_RELATED] = related;
+	nulls[P_RELATED] = related != (Datum) 0 ? ' ' : 'n';
+
+	ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 }
 
 /*
@@ -388,10 +571,12 @@ plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	StringInfoData sql;
+	StringInfoData batch;
 	int			nkeyed = 0;
 	ListCell   *lc;
 
 	initStringInfo(&sql);
+	initStringInfo(&batch);
 	d->npaths = list_length(map->paths);
 	d->keys = MemoryContextAllocZero(mcxt, sizeof(KeySource) * Max(d->npaths, 1));
 	d->key_input = MemoryContextAllocZero(mcxt, sizeof(bool) * Max(desc->natts, 1));
@@ -420,6 +605,8 @@ plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext
 
 			appendStringInfo(&sql, "%s%s", sql.len == 0 ? "SELECT " : ", ",
 							 gdpr_subject_sql(map, path, "$1"));
+			appendStringInfo(&batch, "%s%s", batch.len == 0 ? "SELECT " : ", ",
+							 gdpr_subject_sql(map, path, "gdpr_row"));
 			k->column = ++nkeyed;
 			if (path->condition != NULL)	/* any column can decide it */
 				memset(d->key_input, true, sizeof(bool) * desc->natts);
@@ -447,6 +634,16 @@ plan_keys(AuditPlanData *d, const GdprTableMap *map, Relation rel, MemoryContext
 		d->key_plan = SPI_prepare(sql.data, 1, &rowtype);
 		if (d->key_plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\"", sql.data);
+
+		/* a statement's rows in one query: the output keeps the array's order */
+		d->rowarraytype = get_array_type(rowtype);
+		if (OidIsValid(d->rowarraytype))
+		{
+			appendStringInfoString(&batch, " FROM pg_catalog.unnest($1) AS gdpr_row");
+			d->batch_key_plan = SPI_prepare(batch.data, 1, &d->rowarraytype);
+			if (d->batch_key_plan == NULL)
+				elog(ERROR, "SPI_prepare failed for \"%s\"", batch.data);
+		}
 	}
 }
 
@@ -465,16 +662,6 @@ column_changed(TupleDesc desc, int i, HeapTuple oldtup, HeapTuple newtup)
 	oldval = heap_getattr(oldtup, i + 1, desc, &oldnull);
 	newval = heap_getattr(newtup, i + 1, desc, &newnull);
 	return oldnull != newnull || (!oldnull && !datumIsEqual(oldval, newval, att->attbyval, att->attlen));
-}
-
-/* Whether an UPDATE wrote every value back as it was */
-static bool
-row_unchanged(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
-{
-	for (int i = 0; i < desc->natts; i++)
-		if (column_changed(desc, i, oldtup, newtup))
-			return false;
-	return true;
 }
 
 /* An erasure changes its subject's rows only (erase.c) */
@@ -545,6 +732,83 @@ row_image(Datum row, Oid rowtype)
 										   list_make1(makeNullConst(rowtype, -1, InvalidOid)),
 										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 	return DatumGetJsonbP(FunctionCall1(&flinfo, row));
+}
+
+/*
+ * The image of some of a row's columns (which, by attribute number - 1):
+ * to_jsonb() of a record of those columns alone, which is to_jsonb() of the
+ * row less the others, for the cost of the columns kept.  As the caller.
+ */
+static Datum
+columns_image(AuditPlanData *d, TupleDesc desc, HeapTuple tup, const bool *which)
+{
+	static FmgrInfo *record_to_jsonb = NULL;
+	ImageShape *shape = image_shape(d, desc, which);
+	Datum	   *values = palloc(sizeof(Datum) * Max(shape->ncols, 1));
+	bool	   *isnull = palloc(sizeof(bool) * Max(shape->ncols, 1));
+
+	if (record_to_jsonb == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		FmgrInfo   *f = palloc(sizeof(FmgrInfo));
+
+		fmgr_info(F_TO_JSONB, f);
+		f->fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+										   list_make1(makeNullConst(RECORDOID, -1, InvalidOid)),
+										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+		MemoryContextSwitchTo(old);
+		record_to_jsonb = f;
+	}
+	for (int i = 0; i < shape->ncols; i++)
+		values[i] = heap_getattr(tup, shape->attnums[i], desc, &isnull[i]);
+	return FunctionCall1(record_to_jsonb,
+						 HeapTupleGetDatum(heap_form_tuple(shape->desc, values, isnull)));
+}
+
+/*
+ * The record type of the columns which names, made on first use and kept
+ * with the plan (a statement's rows mostly share one or two).
+ */
+static ImageShape *
+image_shape(AuditPlanData *d, TupleDesc desc, const bool *which)
+{
+	ImageShape *shape;
+	MemoryContext old;
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, d->shapes)
+	{
+		shape = lfirst(lc);
+		if (memcmp(shape->which, which, sizeof(bool) * d->natts) == 0)
+			return shape;
+	}
+	old = MemoryContextSwitchTo(d->mcxt);
+	shape = palloc0(sizeof(ImageShape));
+	shape->which = palloc(sizeof(bool) * d->natts);
+	memcpy(shape->which, which, sizeof(bool) * d->natts);
+	for (int i = 0; i < d->natts; i++)
+		n += which[i] ? 1 : 0;
+	shape->ncols = n;
+	shape->attnums = palloc(sizeof(AttrNumber) * Max(n, 1));
+	shape->desc = CreateTemplateTupleDesc(n);
+	n = 0;
+	for (int i = 0; i < d->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!which[i])
+			continue;
+		shape->attnums[n] = i + 1;
+		TupleDescInitEntry(shape->desc, n + 1, NameStr(att->attname), att->atttypid,
+						   att->atttypmod, att->attndims);
+		TupleDescInitEntryCollation(shape->desc, n + 1, att->attcollation);
+		n++;
+	}
+	BlessTupleDesc(shape->desc);
+	d->shapes = lappend(d->shapes, shape);
+	MemoryContextSwitchTo(old);
+	return shape;
 }
 
 /*
@@ -818,7 +1082,10 @@ gdpr_audit_invalidate(Oid relid)
 	AuditPlan  *ap;
 
 	if (!OidIsValid(relid) || relid == audit_log_relid)
+	{
 		audit_log_owner = InvalidOid;
+		batch_plan_stale = true;
+	}
 	if (!OidIsValid(relid) || relid == restriction_relid)
 		restrictions_known = false;
 	if (audit_plans == NULL)
@@ -839,7 +1106,7 @@ gdpr_audit_invalidate(Oid relid)
  * The current build of rel's plans, held until release_row_plan().  The map
  * is read with the latest snapshot, not the statement's: the invalidation
  * that brought us here may come from a map change committed after the
- * statement began.  SPI must be connected.
+ * statement began.
  */
 static AuditPlanData *
 acquire_row_plan(Relation rel)
@@ -873,6 +1140,8 @@ acquire_row_plan(Relation rel)
 			retire_row_plan(ap->data);
 		ap->data = NULL;
 		ap->valid = true;
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetLatestSnapshot());
 		PG_TRY();
 		{
@@ -885,6 +1154,7 @@ acquire_row_plan(Relation rel)
 		}
 		PG_END_TRY();
 		PopActiveSnapshot();
+		SPI_finish();
 		ap->data = d;
 	}
 	ap->data->uses++;
@@ -909,6 +1179,8 @@ retire_row_plan(AuditPlanData *d)
 	SPI_freeplan(d->plan);
 	if (d->key_plan != NULL)
 		SPI_freeplan(d->key_plan);
+	if (d->batch_key_plan != NULL)
+		SPI_freeplan(d->batch_key_plan);
 	if (d->restrict_plan != NULL)
 		SPI_freeplan(d->restrict_plan);
 	MemoryContextDelete(d->mcxt);
@@ -992,11 +1264,14 @@ build_row_plan(Relation rel)
 	d->kind = MemoryContextStrdup(mcxt, map->kind);
 
 	MemoryContextSwitchTo(mcxt);
+	d->kind_text = CStringGetTextDatum(map->kind);
+	d->table_name = CStringGetTextDatum(map->qualified_name);
 	d->natts = desc->natts;
 	d->secret = palloc0(sizeof(bool) * desc->natts);
 	d->attnames = palloc0(sizeof(Datum) * desc->natts);
 	nonkey = palloc0(sizeof(bool) * desc->natts);
 	pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	d->key_column = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -1004,16 +1279,20 @@ build_row_plan(Relation rel)
 		d->attnames[i] = CStringGetTextDatum(NameStr(att->attname));
 		d->secret[i] = att->attisdropped || gdpr_column_is_secret(map, NameStr(att->attname));
 		nonkey[i] = !bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, pkattrs);
+		d->key_column[i] = !nonkey[i] && !att->attisdropped;
 	}
 	d->nonkey = names_array(d, nonkey);
 
 	/* complete: now it may outlive the statement */
 	if (SPI_keepplan(d->plan) != 0 ||
 		(d->key_plan != NULL && SPI_keepplan(d->key_plan) != 0) ||
+		(d->batch_key_plan != NULL && SPI_keepplan(d->batch_key_plan) != 0) ||
 		(d->restrict_plan != NULL && SPI_keepplan(d->restrict_plan) != 0))
 		elog(ERROR, "SPI_keepplan failed");
 	if (d->key_plan != NULL)
 		d->key_sql = ((CachedPlanSource *) linitial(SPI_plan_get_plan_sources(d->key_plan)))->query_string;
+	if (d->batch_key_plan != NULL)
+		d->batch_key_sql = ((CachedPlanSource *) linitial(SPI_plan_get_plan_sources(d->batch_key_plan)))->query_string;
 	MemoryContextSetParent(mcxt, CacheMemoryContext);
 	MemoryContextSwitchTo(oldcxt);
 	return d;
@@ -1025,11 +1304,11 @@ build_row_plan(Relation rel)
  * keeps its toast pointer and compares equal.
  */
 static bool *
-changed_columns(const AuditPlanData *d, TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
+changed_columns(TupleDesc desc, HeapTuple oldtup, HeapTuple newtup)
 {
-	bool	   *changed = palloc0(sizeof(bool) * d->natts);
+	bool	   *changed = palloc0(sizeof(bool) * desc->natts);
 
-	for (int i = 0; i < d->natts; i++)
+	for (int i = 0; i < desc->natts; i++)
 		changed[i] = column_changed(desc, i, oldtup, newtup);
 	return changed;
 }
@@ -1150,52 +1429,71 @@ check_restriction(AuditPlanData *d, const char *subject, bool erased_only)
 static char **
 subject_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
 {
-	char	  **keys = palloc0(sizeof(char *) * Max(d->npaths, 1));
-	HeapTuple	joined = NULL;
-	TupleDesc	joined_desc = NULL;
+	char	  **keys = column_keys(d, tup, desc);
 
 	if (d->key_plan != NULL)
-	{
-		Datum		row[1] = {heap_copy_tuple_as_datum(tup, desc)};
-		const char *outer = gdpr_internal_sql;
-		int			ret;
+		query_keys(d, heap_copy_tuple_as_datum(tup, desc), keys);
+	return keys;
+}
 
-		/*
-		 * Not a read (it shows the writer only the key), and run as a
-		 * statement that may write, so that its snapshot sees rows the
-		 * writer's own statement made (a CTE that inserted the parent).
-		 */
-		gdpr_internal_sql = d->key_sql;
-		PG_TRY();
-		{
-			ret = SPI_execute_plan(d->key_plan, row, NULL, false, 1);
-		}
-		PG_FINALLY();
-		{
-			gdpr_internal_sql = outer;
-		}
-		PG_END_TRY();
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "SPI_execute_plan failed: %d", ret);
-		joined = SPI_tuptable->vals[0];
-		joined_desc = SPI_tuptable->tupdesc;
-	}
+/* The keys a row's own columns give; the key query's left NULL */
+static char **
+column_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc)
+{
+	char	  **keys = palloc0(sizeof(char *) * Max(d->npaths, 1));
+
 	for (int i = 0; i < d->npaths; i++)
 	{
 		KeySource  *k = &d->keys[i];
-		bool		isnull = true;
-		Datum		value = (Datum) 0;
+		bool		isnull;
+		Datum		value;
 
-		if (k->attnum != InvalidAttrNumber)
-		{
-			value = heap_getattr(tup, k->attnum, desc, &isnull);
-			if (!isnull)
-				keys[i] = OidOutputFunctionCall(k->typoutput, value);
-		}
-		else if (k->column > 0)
-			keys[i] = SPI_getvalue(joined, joined_desc, k->column);
+		if (k->attnum == InvalidAttrNumber)
+			continue;
+		value = heap_getattr(tup, k->attnum, desc, &isnull);
+		if (!isnull)
+			keys[i] = OidOutputFunctionCall(k->typoutput, value);
 	}
 	return keys;
+}
+
+/*
+ * Runs one of the extension's lookups of subject keys, as the caller.  Not
+ * a read (it shows the writer only keys), and run as a statement that may
+ * write, so that its snapshot sees rows the writer's own statement made (a
+ * CTE that inserted the parent).
+ */
+static int
+run_key_query(SPIPlanPtr plan, const char *sql, Datum *args)
+{
+	const char *outer = gdpr_internal_sql;
+	int			ret;
+
+	gdpr_internal_sql = sql;
+	PG_TRY();
+	{
+		ret = SPI_execute_plan(plan, args, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		gdpr_internal_sql = outer;
+	}
+	PG_END_TRY();
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+	return ret;
+}
+
+/* Fills in the keys the key query gives one row (a datum of the relation's row type) */
+static void
+query_keys(AuditPlanData *d, Datum row, char **keys)
+{
+	run_key_query(d->key_plan, d->key_sql, &row);
+	if (SPI_processed != 1)
+		elog(ERROR, "subject key query returned " UINT64_FORMAT " rows", SPI_processed);
+	for (int i = 0; i < d->npaths; i++)
+		if (d->keys[i].column > 0)
+			keys[i] = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, d->keys[i].column);
 }
 
 /*
@@ -1402,4 +1700,495 @@ check_event_text(const char *what, const char *value)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("event %s has %zu bytes, more than %d", what, strlen(value), GDPR_MAX_NAME_LEN),
 				 errhint("Pass an identifier; put short facts in the detail argument.")));
+}
+
+/*
+ * Statement batches.
+ *
+ * A statement's row triggers fire while it ends: in ExecutorFinish, or at
+ * the end of a COPY.  The hooks below give each ending statement a batch;
+ * its row events are kept there and written together when its triggers
+ * have all fired (or every CAPTURE_BATCH_ROWS rows), with one INSERT as
+ * the audit owner, and the keys other tables give are looked up for the
+ * whole batch with one query, as the caller.  A trigger's own statements
+ * end inside their caller's end and have batches of their own, written in
+ * the (sub)transaction they ran in.  A statement that fails drops its
+ * batch with its rows.  Row triggers that fire outside any ending
+ * statement the hooks saw (a logical replication apply) write at once.
+ * A batch of one event is written with the relation's own INSERT, the
+ * fastest for single-row statements.
+ */
+
+/* Installs the hooks that give ending statements their batches; see above */
+void
+gdpr_install_capture_hooks(void)
+{
+	prev_ExecutorFinish = ExecutorFinish_hook;
+	ExecutorFinish_hook = capture_ExecutorFinish;
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = capture_ProcessUtility;
+}
+
+static void
+capture_ExecutorFinish(QueryDesc *queryDesc)
+{
+	/* a plain SELECT fires no row triggers of its own */
+	if (queryDesc->operation == CMD_SELECT && !queryDesc->plannedstmt->hasModifyingCTE)
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+		return;
+	}
+	push_batch();
+	PG_TRY();
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+		flush_batch(&batches[nbatches - 1]);
+	}
+	PG_CATCH();
+	{
+		pop_batch(false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	pop_batch(true);
+}
+
+/* COPY FROM fires its row triggers at its own end, outside the executor */
+static void
+capture_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					   ProcessUtilityContext context, ParamListInfo params,
+					   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+	bool		copy_from = IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from;
+
+	if (copy_from)
+		push_batch();
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+		if (copy_from)
+			flush_batch(&batches[nbatches - 1]);
+	}
+	PG_CATCH();
+	{
+		if (copy_from)
+			pop_batch(false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (copy_from)
+		pop_batch(true);
+}
+
+static StatementBatch *
+push_batch(void)
+{
+	StatementBatch *b;
+
+	if (nbatches == maxbatches)
+	{
+		int			n = Max(8, maxbatches * 2);
+
+		batches = batches == NULL
+			? MemoryContextAllocZero(TopMemoryContext, sizeof(StatementBatch) * n)
+			: repalloc(batches, sizeof(StatementBatch) * n);
+		memset(batches + maxbatches, 0, sizeof(StatementBatch) * (n - maxbatches));
+		maxbatches = n;
+	}
+	b = &batches[nbatches++];
+	b->nevents = 0;
+	b->ctx = NULL;
+	return b;
+}
+
+/* Ends the innermost batch; one that was not written (its statement failed) is dropped */
+static void
+pop_batch(bool written)
+{
+	StatementBatch *b;
+
+	if (nbatches == 0)
+		return;
+	b = &batches[nbatches - 1];
+	if (!written || b->nevents > 0)
+		drop_batch(b);
+	nbatches--;
+}
+
+/* Forgets a batch's events: their uses of the plans, and their memory */
+static void
+drop_batch(StatementBatch *b)
+{
+	for (int i = 0; i < b->nevents; i++)
+		release_row_plan(b->events[i].d);
+	b->nevents = 0;
+	b->ctx = NULL;
+	if (b->cxt != NULL)
+		MemoryContextReset(b->cxt);
+}
+
+/*
+ * Keeps a made event in the batch, with copies of what it points to; the
+ * event's use of its plan passes to the batch.
+ */
+static void
+keep_row_event(StatementBatch *b, RowEvent *e)
+{
+	AuditPlanData *d = e->d;
+	MemoryContext old;
+	RowEvent   *k;
+
+	if (b->cxt == NULL)
+		b->cxt = AllocSetContextCreate(TopMemoryContext, "gdpr statement events",
+									   ALLOCSET_DEFAULT_SIZES);
+	if (b->nevents == b->maxevents)
+	{
+		int			n = Max(16, b->maxevents * 2);
+
+		b->events = b->events == NULL
+			? MemoryContextAlloc(TopMemoryContext, sizeof(RowEvent) * n)
+			: repalloc(b->events, sizeof(RowEvent) * n);
+		b->maxevents = n;
+	}
+	old = MemoryContextSwitchTo(b->cxt);
+	k = &b->events[b->nevents];
+	*k = *e;
+	k->ctx = event_context(b);
+	if (e->changed != (Datum) 0)
+		k->changed = datumCopy(e->changed, false, -1);
+	if (e->old_values != (Datum) 0)
+		k->old_values = datumCopy(e->old_values, false, -1);
+	if (e->new_values != (Datum) 0)
+		k->new_values = datumCopy(e->new_values, false, -1);
+	k->row_key = datumCopy(e->row_key, false, -1);
+	if (e->row != (Datum) 0)
+		k->row = datumCopy(e->row, false, -1);
+	if (e->oldrow != (Datum) 0)
+		k->oldrow = datumCopy(e->oldrow, false, -1);
+	k->keys = palloc0(sizeof(char *) * Max(d->npaths, 1));
+	for (int i = 0; i < d->npaths; i++)
+		if (e->keys[i] != NULL)
+			k->keys[i] = pstrdup(e->keys[i]);
+	if (e->oldkeys != NULL)
+	{
+		k->oldkeys = palloc0(sizeof(char *) * Max(d->npaths, 1));
+		for (int i = 0; i < d->npaths; i++)
+			if (e->oldkeys[i] != NULL)
+				k->oldkeys[i] = pstrdup(e->oldkeys[i]);
+	}
+	if (e->erasing != NULL)
+		k->erasing = pstrdup(e->erasing);
+	MemoryContextSwitchTo(old);
+	b->nevents++;
+}
+
+/*
+ * Writes a batch's events and empties it.  Runs in the statement's own
+ * (sub)transaction, as the statement's user: the keys are looked up as
+ * that user, the INSERT runs as the audit owner.
+ */
+static void
+flush_batch(StatementBatch *b)
+{
+	if (b->nevents == 0)
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PG_TRY();
+	{
+		if (b->nevents == 1)
+			write_row_event(&b->events[0]);
+		else
+		{
+			batch_query_keys(b);
+			write_batch(b);
+		}
+	}
+	PG_FINALLY();
+	{
+		drop_batch(b);
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+/*
+ * The keys the key queries give, for every event of the batch that lacks
+ * them: one query per relation, over the array of its rows.
+ */
+static void
+batch_query_keys(StatementBatch *b)
+{
+	for (int i = 0; i < b->nevents; i++)
+	{
+		AuditPlanData *d = b->events[i].d;
+		Datum	   *rows;
+		int			nrows = 0;
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		Datum		arg;
+		uint64		row = 0;
+
+		if (b->events[i].row == (Datum) 0 && b->events[i].oldrow == (Datum) 0)
+			continue;
+		if (d->batch_key_plan == NULL)
+		{
+			for (int j = i; j < b->nevents; j++)
+				if (b->events[j].d == d)
+					query_keys_now(&b->events[j]);
+			continue;
+		}
+
+		/* this relation's rows, in the batch's order: new (or deleted) row, then old */
+		rows = palloc(sizeof(Datum) * 2 * (b->nevents - i));
+		for (int j = i; j < b->nevents; j++)
+		{
+			RowEvent   *e = &b->events[j];
+
+			if (e->d != d)
+				continue;
+			if (e->row != (Datum) 0)
+				rows[nrows++] = e->row;
+			if (e->oldrow != (Datum) 0)
+				rows[nrows++] = e->oldrow;
+		}
+		get_typlenbyvalalign(get_element_type(d->rowarraytype), &typlen, &typbyval, &typalign);
+		arg = PointerGetDatum(construct_array(rows, nrows, get_element_type(d->rowarraytype),
+											  typlen, typbyval, typalign));
+		run_key_query(d->batch_key_plan, d->batch_key_sql, &arg);
+		if (SPI_processed != (uint64) nrows)
+			elog(ERROR, "subject key query returned " UINT64_FORMAT " rows for %d",
+				 SPI_processed, nrows);
+		for (int j = i; j < b->nevents; j++)
+		{
+			RowEvent   *e = &b->events[j];
+
+			if (e->d != d)
+				continue;
+			for (int pass = 0; pass < 2; pass++)
+			{
+				char	  **keys = pass == 0 ? e->keys : e->oldkeys;
+
+				if ((pass == 0 ? e->row : e->oldrow) == (Datum) 0)
+					continue;
+				for (int p = 0; p < d->npaths; p++)
+					if (d->keys[p].column > 0)
+						keys[p] = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc,
+											   d->keys[p].column);
+				row++;
+			}
+			e->row = e->oldrow = (Datum) 0;
+		}
+	}
+}
+
+/*
+ * Writes a batch with one INSERT ... SELECT over an array of gdpr.audit_log
+ * rows, in the batch's order.  The INSERT reads nothing but that array.
+ */
+static void
+write_batch(StatementBatch *b)
+{
+	static const char *const columns[] = {
+		"event_time", "txid", "session_role", "effective_role", "actor", "client_addr",
+		"user_agent", "application_name", "retention_until", "event", "changed_columns",
+		"old_values", "new_values", "row_key", "subject_id", "related_subject_ids",
+		"table_name", "subject_kind"
+	};
+	SPIPlanPtr	plan = get_batch_plan();
+	Oid			rowtype = batch_rowtype;
+	TupleDesc	desc = lookup_rowtype_tupdesc(rowtype, -1);
+	int			attnums[lengthof(columns)];
+	Datum	   *rows = palloc(sizeof(Datum) * b->nevents);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *isnull = palloc(sizeof(bool) * desc->natts);
+	Datum		arg;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			ret;
+
+	for (int c = 0; c < lengthof(columns); c++)
+	{
+		attnums[c] = -1;
+		for (int a = 0; a < desc->natts; a++)
+			if (!TupleDescAttr(desc, a)->attisdropped &&
+				strcmp(NameStr(TupleDescAttr(desc, a)->attname), columns[c]) == 0)
+				attnums[c] = a;
+		if (attnums[c] < 0)
+			elog(ERROR, "gdpr.audit_log has no column \"%s\"", columns[c]);
+	}
+	for (int i = 0; i < b->nevents; i++)
+	{
+		RowEvent   *e = &b->events[i];
+		AuditPlanData *d = e->d;
+		Datum		related = related_array(d, e->keys, e->oldkeys, e->erasing);
+		Datum		v[lengthof(columns)];
+		bool		n[lengthof(columns)];
+		HeapTuple	tup;
+
+		for (int c = 0; c < CONTEXT_NPARAMS; c++)
+		{
+			v[c] = e->ctx->values[c];
+			n[c] = e->ctx->nulls[c] == 'n';
+		}
+		v[P_EVENT] = CStringGetTextDatum(e->event);
+		n[P_EVENT] = false;
+		v[P_CHANGED] = e->changed;
+		n[P_CHANGED] = e->changed == (Datum) 0;
+		v[P_OLD_IMAGE] = e->old_values;
+		n[P_OLD_IMAGE] = e->old_values == (Datum) 0;
+		v[P_NEW_IMAGE] = e->new_values;
+		n[P_NEW_IMAGE] = e->new_values == (Datum) 0;
+		v[P_ROWKEY] = e->row_key;
+		n[P_ROWKEY] = false;
+		n[P_SUBJECT] = !(d->owned && e->keys[0] != NULL);
+		v[P_SUBJECT] = n[P_SUBJECT] ? (Datum) 0 : CStringGetTextDatum(e->keys[0]);
+		v[P_RELATED] = related;
+		n[P_RELATED] = related == (Datum) 0;
+		v[P_RELATED + 1] = d->table_name;
+		n[P_RELATED + 1] = false;
+		v[P_RELATED + 2] = d->kind_text;
+		n[P_RELATED + 2] = false;
+
+		memset(isnull, true, sizeof(bool) * desc->natts);
+		for (int c = 0; c < lengthof(columns); c++)
+		{
+			values[attnums[c]] = v[c];
+			isnull[attnums[c]] = n[c];
+		}
+		tup = heap_form_tuple(desc, values, isnull);
+		rows[i] = HeapTupleGetDatum(tup);
+	}
+	ReleaseTupleDesc(desc);
+	get_typlenbyvalalign(rowtype, &typlen, &typbyval, &typalign);
+	arg = PointerGetDatum(construct_array(rows, b->nevents, rowtype, typlen, typbyval, typalign));
+	batch_plan_busy++;
+	PG_TRY();
+	{
+		ret = gdpr_execute_as_owner(plan, NULL, 0, NULL, &arg, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		batch_plan_busy--;
+	}
+	PG_END_TRY();
+	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) b->nevents)
+		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+}
+
+/*
+ * The batch INSERT, prepared once.  Its parameter's type is the trail's
+ * row type, which a new installation of the extension replaces: then it is
+ * prepared again.
+ */
+static SPIPlanPtr
+get_batch_plan(void)
+{
+	Oid			rowtype;
+	Oid			arraytype;
+	SPIPlanPtr	plan;
+
+	if (batch_plan != NULL && (!batch_plan_stale || batch_plan_busy > 0))
+		return batch_plan;
+	if (batch_plan != NULL)
+		SPI_freeplan(batch_plan);
+	batch_plan = NULL;
+	batch_plan_stale = false;
+	(void) audit_table_owner();
+	rowtype = get_rel_type_id(audit_log_relid);
+	if (!OidIsValid(rowtype))
+		elog(ERROR, "gdpr.audit_log has no row type");
+	arraytype = get_array_type(rowtype);
+	if (!OidIsValid(arraytype))
+		elog(ERROR, "type of gdpr.audit_log has no array type");
+	plan = SPI_prepare("INSERT INTO gdpr.audit_log (event_time, txid, session_role, effective_role, "
+					   "actor, client_addr, user_agent, application_name, retention_until, event, "
+					   "changed_columns, old_values, new_values, row_key, subject_id, "
+					   "related_subject_ids, table_name, subject_kind) "
+					   "SELECT e.event_time, e.txid, e.session_role, e.effective_role, e.actor, "
+					   "COALESCE(e.client_addr, pg_catalog.inet_client_addr()), e.user_agent, "
+					   "e.application_name, e.retention_until, e.event, e.changed_columns, "
+					   "e.old_values, e.new_values, e.row_key, e.subject_id, "
+					   "e.related_subject_ids, e.table_name, e.subject_kind "
+					   "FROM pg_catalog.unnest($1) AS e",
+					   1, &arraytype);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	batch_plan = plan;
+	batch_rowtype = rowtype;
+	return plan;
+}
+
+/*
+ * The context of an event made now: the batch's last one while nothing it
+ * was made from has changed, else a new one (in the batch's memory, or the
+ * current context without a batch).
+ */
+static EventContext *
+event_context(StatementBatch *b)
+{
+	const char *settings[4] = {gdpr_actor, gdpr_client_addr, gdpr_user_agent, application_name};
+	TimestampTz now = GetCurrentStatementStartTimestamp();
+	FullTransactionId xid = GetTopFullTransactionId();
+	EventContext *c = b != NULL ? b->ctx : NULL;
+	MemoryContext old;
+
+	if (c != NULL && c->statement_start == now &&
+		FullTransactionIdEquals(c->xid, xid) &&
+		c->session_user == GetSessionUserId() && c->user == GetUserId())
+	{
+		bool		same = true;
+
+		for (int i = 0; i < 4 && same; i++)
+			same = strcmp(c->settings[i], settings[i] != NULL ? settings[i] : "") == 0;
+		if (same)
+			return c;
+	}
+	old = MemoryContextSwitchTo(b != NULL ? b->cxt : CurrentMemoryContext);
+	c = palloc(sizeof(EventContext));
+	fill_context(c->values, c->nulls);
+	c->statement_start = now;
+	c->xid = xid;
+	c->session_user = GetSessionUserId();
+	c->user = GetUserId();
+	for (int i = 0; i < 4; i++)
+		c->settings[i] = pstrdup(settings[i] != NULL ? settings[i] : "");
+	MemoryContextSwitchTo(old);
+	if (b != NULL)
+		b->ctx = c;
+	return c;
+}
+
+/*
+ * At the end of a transaction every batch has been written: a statement
+ * writes its batch before it ends, and one that fails drops it.  Anything
+ * left would be events lost, so commit refuses rather than lose them.
+ */
+void
+gdpr_capture_xact_end(bool commit)
+{
+	bool		pending = false;
+
+	for (int i = 0; i < nbatches; i++)
+		pending |= batches[i].nevents > 0;
+	if (commit && pending)
+		elog(ERROR, "row events of this transaction were not written to the audit trail");
+	while (nbatches > 0)
+		pop_batch(false);
 }

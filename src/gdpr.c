@@ -37,6 +37,7 @@ _PG_init(void)
 	CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
 	RegisterXactCallback(xact_callback, NULL);
 	RegisterSubXactCallback(subxact_callback, NULL);
+	gdpr_install_capture_hooks();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -67,8 +68,13 @@ relcache_callback(Datum arg, Oid relid)
 static void
 xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE)
+		gdpr_capture_xact_end(true);
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
 		gdpr_anonymize_invalidate(InvalidOid);
+		gdpr_capture_xact_end(false);
+	}
 }
 
 static void

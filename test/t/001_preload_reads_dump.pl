@@ -167,6 +167,17 @@ is($plain->safe_psql('postgres', q{SELECT count(*) FROM gdpr.audit_log WHERE eve
 $plain->safe_psql('postgres', q{SET gdpr.actor = 'dave@app'; UPDATE orders SET total = 6 WHERE id = 10});
 is($plain->safe_psql('postgres', q{SELECT actor FROM gdpr.audit_log WHERE event = 'UPDATE'}), 'dave@app',
 	'settings work without shared_preload_libraries');
+# A session's first statement loads the library while its row triggers fire, too late to gather
+# them: its events are written one by one; the next statement's are gathered.  Both complete.
+$plain->safe_psql('postgres', q{
+    INSERT INTO orders SELECT g, 2, g FROM generate_series(100, 149) g;
+    INSERT INTO orders SELECT g, 1, g FROM generate_series(150, 199) g;
+});
+is($plain->safe_psql('postgres', q{
+    SELECT count(*), array_agg((row_key->>'id')::int ORDER BY event_id) = array(SELECT generate_series(100, 199)),
+           count(*) FILTER (WHERE subject_id = CASE WHEN (row_key->>'id')::int < 150 THEN '2' ELSE '1' END)
+      FROM gdpr.audit_log WHERE event = 'INSERT' AND table_name = 'public.orders' AND (row_key->>'id')::int >= 100}),
+	'100|t|100', 'a bulk statement that loads the library and one after it: every row, in order');
 $plain->stop;
 
 done_testing();
