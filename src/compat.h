@@ -66,4 +66,11 @@ typedef BackendId GdprVxidBackend;
 	index_beginscan(heap, index, snapshot, nkeys, norderbys)
 #endif
 
+/* 16 renamed the lookup of a backend's status by its index in the local snapshot */
+#if PG_VERSION_NUM >= 160000
+#define gdpr_local_beentry(index)	pgstat_get_local_beentry_by_index(index)
+#else
+#define gdpr_local_beentry(index)	pgstat_fetch_stat_local_beentry(index)
+#endif
+
 #endif							/* GDPR_COMPAT_H */

@@ -6,14 +6,26 @@
  *		for each pass.
  *
  * The launcher connects to no database (it reads only the shared catalog
- * pg_database), so it never holds a database open.  A database worker
+ * pg_database), so it never holds a database open.  It never waits for a
+ * worker either: every second (and at once on a reload or a worker's start
+ * or end) it looks at its workers and at the databases to serve, and starts
+ * a pass in each database whose last pass ended gdpr.worker_naptime ago,
+ * the longest waiting first, up to gdpr.worker_max_workers at a time.  A
+ * long pass in one database therefore holds up no other.  A database
+ * worker
  * connects, runs one pass -- the retention policies in batches of
  * gdpr.worker_batch_size rows, one transaction each; sealing new audit
  * events into the hash chain (chain.c); the audit trail's expired
  * partitions and events; due erasure requests -- and exits.  Between
  * batches it checks whether someone is dropping its database (DROP DATABASE
  * holds the database's object lock while it waits for sessions to leave) and
- * leaves at once, so it never blocks DROP DATABASE for more than a batch.
+ * leaves at once, so it never blocks DROP DATABASE for more than a batch;
+ * and, after a reload, whether its database is still to be served.
+ *
+ * While other sessions are running statements, the worker rests after each
+ * batch in proportion to the time the batch took, so that it uses at most
+ * gdpr.worker_duty_cycle percent of one core; with no one else active it
+ * goes on at once.
  *
  * An error in one table (or any other step) is recorded in
  * gdpr.retention_history and the pass goes on with the next.  Policies run
@@ -34,6 +46,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "gdpr.h"
@@ -49,6 +62,7 @@
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -69,12 +83,41 @@ static int	worker_max_pass_time = 600;
 static int	worker_batch_delay = 0;
 static int	worker_failure_backoff = 3600;
 static bool worker_erase_as_superuser = false;
+static int	worker_max_workers = 3;
+static int	worker_duty_cycle = 50;
+
+/*
+ * A database the launcher serves: its running pass, if any, and when its
+ * last pass ended.  In TopMemoryContext, for the launcher's life.
+ */
+typedef struct ServedDatabase
+{
+	Oid			dboid;
+	BackgroundWorkerHandle *handle; /* the running pass, or NULL */
+	TimestampTz started;		/* when it was started */
+	TimestampTz last_end;		/* when the last pass ended; 0: never ran */
+	bool		terminated;		/* the launcher ended the running pass */
+} ServedDatabase;
+
+static ServedDatabase *served = NULL;
+static int	nserved = 0;
+static int	maxserved = 0;
+static bool no_free_slot = false;	/* the last start found no worker slot */
+
+/* The database worker's own database name, for the check after a reload */
+static char *my_database_name = NULL;
 
 /* A table whose last FAILURE_STREAK worker runs all failed waits gdpr.worker_failure_backoff */
 #define FAILURE_STREAK 3
 
 static List *databases_to_serve(void);
-static void wait_for_worker(BackgroundWorkerHandle *handle);
+static void look_after_workers(List *databases);
+static void start_due_passes(void);
+static long next_due_ms(void);
+static bool start_worker(ServedDatabase *db);
+static bool database_listed(const char *name);
+static bool others_active(void);
+static void rest_after_batch(TimestampTz batch_start);
 static bool in_window(void);
 static void run_pass(void);
 static bool drop_pending(void);
@@ -125,6 +168,17 @@ gdpr_define_worker_settings(void)
 							"Seconds the worker leaves alone a table whose last three retention runs failed.",
 							NULL, &worker_failure_backoff, 3600, 0, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_max_workers",
+							"Databases the retention worker serves at the same time.",
+							"Each pass takes one background worker slot (max_worker_processes).",
+							&worker_max_workers, 3, 1, 64, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.worker_duty_cycle",
+							"Percent of one core the retention worker uses while other sessions are running statements.",
+							"After each batch the worker rests in proportion to the time the batch took; "
+							"with no other session active it does not rest.  100: never rest.",
+							&worker_duty_cycle, 50, 1, 100, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	DefineCustomBoolVariable("gdpr.worker_erase_as_superuser",
 							 "Whether the worker carries out due erasures requested by a superuser, with superuser rights.",
 							 "Off: such requests fail, and their error says to request the erasure again as a role without superuser rights.",
@@ -163,9 +217,7 @@ gdpr_launcher_main(Datum main_arg)
 
 	for (;;)
 	{
-		ListCell   *lc;
-
-		/* the launcher lives for ever: what one cycle allocates goes with it */
+		/* the launcher lives for ever: what one look allocates goes with it */
 		MemoryContextReset(cycle_cxt);
 		MemoryContextSwitchTo(cycle_cxt);
 		CHECK_FOR_INTERRUPTS();
@@ -174,91 +226,180 @@ gdpr_launcher_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		look_after_workers(databases_to_serve());
 		if (in_window())
-		{
-			List	   *databases = databases_to_serve();
+			start_due_passes();
 
-			foreach(lc, databases)
-			{
-				BackgroundWorker worker;
-				BackgroundWorkerHandle *handle;
-				pid_t		pid;
-
-				/*
-				 * The list was read when the cycle began: a database dropped,
-				 * or taken out of gdpr.worker_databases by a reload, since
-				 * then is not served.
-				 */
-				if (ConfigReloadPending)
-				{
-					ConfigReloadPending = false;
-					ProcessConfigFile(PGC_SIGHUP);
-				}
-				if (!list_member_oid(databases_to_serve(), lfirst_oid(lc)))
-					continue;
-				memset(&worker, 0, sizeof(worker));
-				worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-				worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-				worker.bgw_restart_time = BGW_NEVER_RESTART;
-				worker.bgw_main_arg = ObjectIdGetDatum(lfirst_oid(lc));
-				worker.bgw_notify_pid = MyProcPid;
-				snprintf(worker.bgw_library_name, BGW_MAXLEN, "gdpr");
-				snprintf(worker.bgw_function_name, BGW_MAXLEN, "gdpr_database_worker_main");
-				snprintf(worker.bgw_name, BGW_MAXLEN, "gdpr retention worker");
-				snprintf(worker.bgw_type, BGW_MAXLEN, "gdpr retention worker");
-				if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-				{
-					ereport(LOG,
-							(errmsg("gdpr: could not start a retention worker"),
-							 errhint("Raise max_worker_processes.")));
-					break;
-				}
-				/* one database at a time: a pass is light, and the next waits its turn */
-				if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-					wait_for_worker(handle);
-				CHECK_FOR_INTERRUPTS();
-			}
-		}
+		/*
+		 * Until the next pass is due, a second at most; a reload, and a
+		 * worker starting or ending (bgw_notify_pid), set the latch.
+		 */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 worker_naptime * 1000L, PG_WAIT_EXTENSION);
+						 next_due_ms(), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
 
 /*
- * Waits for a database worker to end, at most a little longer than a pass
- * may take: its statements run under a statement_timeout, but user code
- * (a table owner's trigger) can catch the cancel and go on.  Then the
- * worker is terminated, so that one database never holds up the others.
+ * Notes which passes ended, terminates one that overran gdpr.worker_max_pass_time
+ * by more than a little (its statements run under a statement_timeout, but
+ * user code such as a table owner's trigger can catch the cancel and go on),
+ * and brings the list of served databases in line with databases: those no
+ * longer there are forgotten once their pass is over (the worker itself
+ * stops at its next batch, see run_batch), new ones are served at once.
  */
 static void
-wait_for_worker(BackgroundWorkerHandle *handle)
+look_after_workers(List *databases)
 {
-	TimestampTz limit = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													worker_max_pass_time * 1000L + 5000L);
-	bool		terminated = false;
-	pid_t		pid;
+	TimestampTz now = GetCurrentTimestamp();
+	ListCell   *lc;
+	int			kept = 0;
 
-	while (GetBackgroundWorkerPid(handle, &pid) == BGWH_STARTED)
+	for (int i = 0; i < nserved; i++)
 	{
-		if (!terminated && GetCurrentTimestamp() >= limit)
+		ServedDatabase *db = &served[i];
+		pid_t		pid;
+
+		if (db->handle != NULL)
+		{
+			if (GetBackgroundWorkerPid(db->handle, &pid) == BGWH_STOPPED)
+			{
+				pfree(db->handle);
+				db->handle = NULL;
+				db->last_end = now;
+			}
+			else if (!db->terminated &&
+					 now >= TimestampTzPlusMilliseconds(db->started,
+														worker_max_pass_time * 1000L + 5000L))
+			{
+				ereport(LOG,
+						(errmsg("gdpr: terminating the retention worker of the database with OID %u: its pass overran gdpr.worker_max_pass_time",
+								db->dboid)));
+				TerminateBackgroundWorker(db->handle);
+				db->terminated = true;
+			}
+		}
+		if (db->handle == NULL && !list_member_oid(databases, db->dboid))
+			continue;
+		served[kept++] = *db;
+	}
+	nserved = kept;
+
+	foreach(lc, databases)
+	{
+		bool		known = false;
+
+		for (int i = 0; i < nserved && !known; i++)
+			known = served[i].dboid == lfirst_oid(lc);
+		if (known)
+			continue;
+		if (nserved == maxserved)
+		{
+			maxserved = Max(8, maxserved * 2);
+			served = served == NULL
+				? MemoryContextAlloc(TopMemoryContext, sizeof(ServedDatabase) * maxserved)
+				: repalloc(served, sizeof(ServedDatabase) * maxserved);
+		}
+		memset(&served[nserved], 0, sizeof(ServedDatabase));
+		served[nserved++].dboid = lfirst_oid(lc);
+	}
+}
+
+/*
+ * Starts a pass in every database due for one (its last pass ended
+ * gdpr.worker_naptime ago, or it never had one), the longest waiting
+ * first, while fewer than gdpr.worker_max_workers passes run.
+ */
+static void
+start_due_passes(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			running = 0;
+
+	for (int i = 0; i < nserved; i++)
+		running += served[i].handle != NULL ? 1 : 0;
+	while (running < worker_max_workers)
+	{
+		ServedDatabase *next = NULL;
+
+		for (int i = 0; i < nserved; i++)
+		{
+			ServedDatabase *db = &served[i];
+
+			if (db->handle != NULL ||
+				(db->last_end != 0 &&
+				 now < TimestampTzPlusMilliseconds(db->last_end, worker_naptime * 1000L)))
+				continue;
+			if (next == NULL || db->last_end < next->last_end)
+				next = db;
+		}
+		no_free_slot = next != NULL && !start_worker(next);
+		if (next == NULL || no_free_slot)
+			return;
+		running++;
+	}
+}
+
+/* Milliseconds until the next database without a running pass is due: 10 to 1000 */
+static long
+next_due_ms(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		wait = 1000;
+	int			running = 0;
+
+	/* with every slot taken, the end of a pass sets the latch */
+	for (int i = 0; i < nserved; i++)
+		running += served[i].handle != NULL ? 1 : 0;
+	if (running >= worker_max_workers || no_free_slot)
+		return wait;
+	for (int i = 0; i < nserved; i++)
+		if (served[i].handle == NULL && served[i].last_end != 0)
+			wait = Min(wait, TimestampDifferenceMilliseconds(now,
+															 TimestampTzPlusMilliseconds(served[i].last_end,
+																						 worker_naptime * 1000L)));
+	return Max(wait, 10);
+}
+
+/* Starts the pass of one database; false when no worker slot is free */
+static bool
+start_worker(ServedDatabase *db)
+{
+	static TimestampTz last_complaint = 0;
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	MemoryContext old;
+	bool		started;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_main_arg = ObjectIdGetDatum(db->dboid);
+	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "gdpr");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "gdpr_database_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "gdpr retention worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "gdpr retention worker");
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	started = RegisterDynamicBackgroundWorker(&worker, &handle);
+	MemoryContextSwitchTo(old);
+	if (!started)
+	{
+		/* said once a minute, not at every look */
+		if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_complaint, 60000L))
 		{
 			ereport(LOG,
-					(errmsg("gdpr: terminating retention worker %d: its pass overran gdpr.worker_max_pass_time",
-							(int) pid)));
-			TerminateBackgroundWorker(handle);
-			terminated = true;
+					(errmsg("gdpr: could not start a retention worker: no background worker slot is free"),
+					 errhint("Raise max_worker_processes, or lower gdpr.worker_max_workers.")));
+			last_complaint = GetCurrentTimestamp();
 		}
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000L,
-						 PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+		return false;
 	}
+	db->handle = handle;
+	db->started = GetCurrentTimestamp();
+	db->terminated = false;
+	return true;
 }
 
 /* The databases to visit: those listed, or every one that accepts connections */
@@ -358,6 +499,7 @@ gdpr_database_worker_main(Datum main_arg)
 
 	StartTransactionCommand();
 	installed = OidIsValid(get_extension_oid("gdpr", true));
+	my_database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
 	CommitTransactionCommand();
 	if (installed)
 		run_pass();
@@ -614,15 +756,13 @@ run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *to
 
 		do
 		{
+			TimestampTz batch_start = GetCurrentTimestamp();
+
 			CHECK_FOR_INTERRUPTS();
 			n = run_batch(sql, role, deadline);
 			sum += n;
-			if (repeat && n >= worker_batch_size && worker_batch_delay > 0)
-			{
-				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 worker_batch_delay, PG_WAIT_EXTENSION);
-				ResetLatch(MyLatch);
-			}
+			if (repeat && n >= worker_batch_size)
+				rest_after_batch(batch_start);
 		} while (repeat && n >= worker_batch_size && GetCurrentTimestamp() < deadline);
 	}
 	PG_CATCH();
@@ -657,6 +797,18 @@ run_batch(const char *sql, Oid role, TimestampTz deadline)
 
 	if (deadline != 0)
 		left_ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline), 1000);
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		if (my_database_name != NULL && !database_listed(my_database_name))
+		{
+			ereport(LOG,
+					(errmsg("gdpr: retention worker stops: database \"%s\" is no longer in gdpr.worker_databases",
+							my_database_name)));
+			proc_exit(0);
+		}
+	}
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (drop_pending())
@@ -685,6 +837,71 @@ run_batch(const char *sql, Oid role, TimestampTz deadline)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	return n;
+}
+
+/* Whether gdpr.worker_databases (empty: every database) names this one */
+static bool
+database_listed(const char *name)
+{
+	char	   *raw = pstrdup(worker_databases != NULL ? worker_databases : "");
+	List	   *wanted = NIL;
+	ListCell   *lc;
+
+	if (!SplitIdentifierString(raw, ',', &wanted))
+		return true;			/* the launcher says what is wrong with it */
+	if (wanted == NIL)
+		return true;
+	foreach(lc, wanted)
+		if (strcmp(lfirst(lc), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Whether another client session is running a statement now, in any
+ * database: the application is busy, and the worker leaves it room.
+ */
+static bool
+others_active(void)
+{
+	int			n;
+	bool		active = false;
+
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= n && !active; i++)
+	{
+		LocalPgBackendStatus *local = gdpr_local_beentry(i);
+
+		active = local != NULL &&
+			local->backendStatus.st_backendType == B_BACKEND &&
+			local->backendStatus.st_procpid != MyProcPid &&
+			(local->backendStatus.st_state == STATE_RUNNING ||
+			 local->backendStatus.st_state == STATE_FASTPATH);
+	}
+	pgstat_clear_backend_activity_snapshot();
+	return active;
+}
+
+/*
+ * The duty cycle: after a batch that took t, while others are active, the
+ * worker rests t * (100 - duty) / duty, so that it takes at most duty
+ * percent of one core however fast the machine (a slow, contended batch
+ * rests longer).  gdpr.worker_batch_delay is added always.
+ */
+static void
+rest_after_batch(TimestampTz batch_start)
+{
+	long		took = TimestampDifferenceMilliseconds(batch_start, GetCurrentTimestamp());
+	long		rest = worker_batch_delay;
+
+	if (worker_duty_cycle < 100 && others_active())
+		rest += Min(took * (100 - worker_duty_cycle) / worker_duty_cycle, 10000L);
+	if (rest <= 0)
+		return;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, rest,
+					 PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
 }
 
 /* DROP DATABASE holds an exclusive lock on the database object while it waits for us */
