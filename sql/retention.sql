@@ -128,6 +128,42 @@ SELECT id, tableoid::regclass AS part FROM visit_arch ORDER BY id;
 SELECT gdpr.drop_retention('visit_arch');
 DROP TABLE visit_arch CASCADE;
 
+-- An anonymizing policy keeps a progress mark: once a pass leaves nothing to anonymize, the next
+-- looks only at rows from its cutoff on.  A row set back to personal values below the mark waits
+-- for the daily pass over every row; lifting a hold forgets the mark at once.
+CREATE TABLE contact_log (id int PRIMARY KEY, customer_id bigint REFERENCES customer, at timestamptz NOT NULL, phone text);
+SELECT gdpr.register_table('contact_log');
+SELECT gdpr.classify_column('contact_log', 'phone', 'contact', erase => 'null');
+INSERT INTO contact_log SELECT g, 3, now() - interval '90 days' + g * interval '1 hour', '555-' || g FROM generate_series(1, 6) g;
+SELECT gdpr.set_retention('contact_log', 'at', '30 days', action => 'anonymize');
+SELECT gdpr.add_legal_hold('contact_log', 'id = 6', 'a claim') AS contact_hold \gset
+CREATE VIEW contact_progress AS
+SELECT anonymized_through = now() - interval '30 days' AS marked_at_cutoff, swept_at = now() AS swept_now
+  FROM gdpr.retention_policy WHERE relid = 'contact_log'::regclass;
+BEGIN;
+SELECT anonymized FROM gdpr_enforce_retention() WHERE table_name = 'shop.contact_log';
+TABLE contact_progress;
+COMMIT;
+-- as if that pass was a week ago: a row that expired since is after the mark, one set back is not
+UPDATE gdpr.retention_policy SET anonymized_through = now() - interval '37 days' WHERE relid = 'contact_log'::regclass;
+INSERT INTO contact_log VALUES (7, 3, now() - interval '35 days', '555-7');
+UPDATE contact_log SET phone = '555-1' WHERE id = 1;
+SELECT anonymized FROM gdpr_enforce_retention() WHERE table_name = 'shop.contact_log';
+SELECT id, phone FROM contact_log ORDER BY id;
+-- a day after the last pass over every row, the next one is such a pass again
+UPDATE gdpr.retention_policy SET swept_at = now() - interval '2 days' WHERE relid = 'contact_log'::regclass;
+BEGIN;
+SELECT anonymized FROM gdpr_enforce_retention() WHERE table_name = 'shop.contact_log';
+TABLE contact_progress;
+COMMIT;
+SELECT gdpr.drop_legal_hold(:contact_hold);
+SELECT anonymized_through IS NULL AS forgotten FROM gdpr.retention_policy WHERE relid = 'contact_log'::regclass;
+SELECT anonymized FROM gdpr_enforce_retention() WHERE table_name = 'shop.contact_log';
+SELECT id, phone FROM contact_log ORDER BY id;
+DROP VIEW contact_progress;
+SELECT gdpr.drop_retention('contact_log');
+DROP TABLE contact_log;
+
 -- Bad input.
 SELECT gdpr.set_retention('session_log', 'nope', '1 day');
 SELECT gdpr.set_retention('session_log', 'ip', '1 day');

@@ -14,7 +14,15 @@
  * hold of the table are never touched.  Anonymization is idempotent (every
  * strategy gives the same value when applied again), which is how a batch
  * tells rows still to anonymize from rows done: their classified columns
- * differ from what anonymization would write.
+ * differ from what anonymization would write.  So that a pass costs what
+ * is new since the last one, an anonymizing policy keeps a progress mark:
+ * once a pass finds no row left to anonymize, every row before the cutoff
+ * it used is done, and later passes look only at rows from that cutoff on
+ * (through the time column's index, when it has one).  Once a day a pass
+ * looks at every row again, for rows an application changed back or whose
+ * condition became true; whatever lifts a reason to leave a row out (a hold,
+ * a restriction, the policy, the classification) forgets the mark at once
+ * (retention.sql).
  *
  * The batch runs with the rights of the table's owner (role.c): the worker
  * is a superuser, and the policy's condition, the holds' conditions and the
@@ -67,10 +75,21 @@ static BlockNumber resume_block = 0;
 static void expired_rows(Oid relid, const GdprTableMap *map, const char *time_column,
 						 const char *keep, const char *condition, StringInfo where);
 static char *anonymize_set(const GdprTableMap *map, TupleDesc desc, const char *pk, StringInfo set);
-static char *retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
-						   Oid *owner, bool *anonymize, char **again);
+/* What one statement of a batch is, and what the batch needs to know after it */
+typedef struct BatchPlan
+{
+	char	   *sql;			/* the statement */
+	char	   *again;			/* the change for rows found again by ctid ($1), or NULL */
+	char	   *rest;			/* anonymizing: whether a row is left in the range looked at */
+	bool		full_sweep;		/* anonymizing: the range is every expired row */
+	bool		anonymize;
+	Oid			owner;
+} BatchPlan;
+
+static BatchPlan retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
-					   bool *anonymize, BlockNumber *last);
+					   BatchPlan *plan, BlockNumber *last);
+static void record_progress(Oid relid, bool full_sweep);
 static int64 run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs,
 						   Datum *args, bool read_only);
 
@@ -87,7 +106,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	BlockNumber start = (!dry_run && relid == resume_relid) ? resume_block : 0;
 	BlockNumber last = InvalidBlockNumber;
 	int64		n;
-	bool		anonymize;
+	BatchPlan	plan;
 
 	if (batch_size < 1)
 		ereport(ERROR,
@@ -97,9 +116,17 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	/* forgotten until this batch succeeds: an error must not leave a stale start */
 	resume_relid = InvalidOid;
-	n = run_batch(relid, batch_size, dry_run, start, &anonymize, &last);
+	n = run_batch(relid, batch_size, dry_run, start, &plan, &last);
 	if (start > 0 && n < batch_size)
-		n += run_batch(relid, batch_size - n, dry_run, 0, &anonymize, &last);
+		n += run_batch(relid, batch_size - n, dry_run, 0, &plan, &last);
+
+	/*
+	 * A pass that leaves nothing to anonymize in its range moves the mark to
+	 * its cutoff.  Not read-only: the count must see the batch's own changes.
+	 */
+	if (!dry_run && plan.anonymize && n < batch_size &&
+		run_statement(relid, true, plan.owner, plan.rest, 0, NULL, false) == 0)
+		record_progress(relid, plan.full_sweep);
 	if (!dry_run && n == batch_size && last != InvalidBlockNumber)
 	{
 		resume_relid = relid;
@@ -109,7 +136,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 		gdpr_audit_event("RETENTION", true, NULL, NULL, gdpr_relation_name(relid),
 						 DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 															CStringGetDatum(psprintf("{\"rows\": " INT64_FORMAT ", \"action\": \"%s\"}",
-																					 n, anonymize ? "anonymize" : "delete")))));
+																					 n, plan.anonymize ? "anonymize" : "delete")))));
 	SPI_finish();
 	PG_RETURN_INT64(n);
 }
@@ -119,17 +146,15 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
  * anonymized and sets *last to the last block it took rows from, when known.
  */
 static int64
-run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *anonymize,
+run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, BatchPlan *plan,
 		  BlockNumber *last)
 {
-	Oid			owner;
-	char	   *again = NULL;
-	char	   *sql = retention_sql(relid, batch_size, dry_run, start, &owner, anonymize, &again);
 	int64		n;
 	bool		isnull;
 	Datum		locked = (Datum) 0;
 
-	n = run_statement(relid, *anonymize, owner, sql, 0, NULL, dry_run);
+	*plan = retention_sql(relid, batch_size, dry_run, start);
+	n = run_statement(relid, plan->anonymize, plan->owner, plan->sql, 0, NULL, dry_run);
 	if (SPI_tuptable->tupdesc->natts > 1)
 	{
 		Datum		tid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
@@ -149,9 +174,28 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, bool *an
 	 * already changed are dead to the new statement and are not touched
 	 * twice.
 	 */
-	if (locked != (Datum) 0 && again != NULL)
-		n += run_statement(relid, *anonymize, owner, again, 1, &locked, false);
+	if (locked != (Datum) 0 && plan->again != NULL)
+		n += run_statement(relid, plan->anonymize, plan->owner, plan->again, 1, &locked, false);
 	return n;
+}
+
+/*
+ * Every row of an anonymizing policy's table before the cutoff of this
+ * transaction's batch is done; a full sweep says when it was made.
+ */
+static void
+record_progress(Oid relid, bool full_sweep)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+
+	if (gdpr_execute_as_owner(NULL, psprintf("UPDATE gdpr.retention_policy "
+											 "   SET anonymized_through = pg_catalog.now() OPERATOR(pg_catalog.-) "
+											 "       COALESCE(keep, '0'::pg_catalog.interval)%s "
+											 " WHERE relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+											 full_sweep ? ", swept_at = pg_catalog.now()" : ""),
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed");
 }
 
 /*
@@ -203,10 +247,10 @@ run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, 
  * of rows a full pass would touch).  Where rows are found again by ctid,
  * *again is the change for the ctids in $1 (see run_batch).
  */
-static char *
-retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid *owner,
-			  bool *anonymize, char **again)
+static BatchPlan
+retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 {
+	BatchPlan	plan = {0};
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
 	GdprTableMap *map;
@@ -218,13 +262,17 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	char	   *keep;
 	char	   *action;
 	char	   *condition;
+	char	   *mark;
 	char	   *pk;
 	char	   *pk_outer;
 	bool		by_ctid;
 	char	   *batch;
 	char	   *change;
 
-	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition "
+	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition, "
+							  "       CASE WHEN swept_at OPERATOR(pg_catalog.>) (pg_catalog.now() "
+							  "                 OPERATOR(pg_catalog.-) '1 day'::pg_catalog.interval) "
+							  "            THEN anonymized_through::pg_catalog.text END "
 							  "  FROM gdpr.retention_policy WHERE relid::pg_catalog.oid = $1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
@@ -236,8 +284,9 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	time_column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	keep = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	action = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	*anonymize = strcmp(action, "anonymize") == 0;
+	plan.anonymize = strcmp(action, "anonymize") == 0;
 	condition = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+	mark = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
 
 	map = gdpr_load_table_map(relid, CurrentMemoryContext);
 	if (map == NULL)
@@ -249,7 +298,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	expired_rows(relid, map, time_column, keep, condition, &where);
 
 	rel = table_open(relid, AccessShareLock);
-	*owner = rel->rd_rel->relowner;
+	plan.owner = rel->rd_rel->relowner;
 	desc = RelationGetDescr(rel);
 	pk = gdpr_pk_list(rel, "t.");
 	pk_outer = gdpr_pk_list(rel, "");
@@ -266,24 +315,37 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 	by_ctid = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relhassubclass;
 
 	/* anonymization: the SET list, and a condition true while a row is not yet anonymized */
+	/* anonymizing: from the progress mark on, and rows not yet anonymized */
+	plan.full_sweep = mark == NULL;
+	if (plan.anonymize && !dry_run && mark != NULL)
+		appendStringInfo(&where, " AND t.%s OPERATOR(pg_catalog.>=) %s::pg_catalog.timestamptz",
+						 quote_identifier(time_column), quote_literal_cstr(mark));
 	initStringInfo(&set);
-	if (*anonymize)
+	if (plan.anonymize)
 		appendStringInfo(&where, " AND (%s)", anonymize_set(map, desc, pk, &set));
 	table_close(rel, NoLock);
 
 	if (dry_run)
-		return psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
+	{
+		plan.sql = psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
+		return plan;
+	}
+	if (plan.anonymize)
+		plan.rest = psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s t WHERE %s LIMIT 1) r",
+							 map->qualified_name, where.data);
 	if (!by_ctid)
 	{
 		batch = psprintf("SELECT t.tableoid, %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
 						 pk, map->qualified_name, where.data, batch_size);
 		if (set.len > 0)
-			return psprintf("WITH u AS (UPDATE %s t SET %s WHERE (t.tableoid, %s) IN (%s) RETURNING 1) "
-							"SELECT pg_catalog.count(*) FROM u",
-							map->qualified_name, set.data, pk, batch);
-		return psprintf("WITH d AS (DELETE FROM %s WHERE (tableoid, %s) IN (%s) RETURNING 1) "
-						"SELECT pg_catalog.count(*) FROM d",
-						map->qualified_name, pk_outer, batch);
+			plan.sql = psprintf("WITH u AS (UPDATE %s t SET %s WHERE (t.tableoid, %s) IN (%s) RETURNING 1) "
+								"SELECT pg_catalog.count(*) FROM u",
+								map->qualified_name, set.data, pk, batch);
+		else
+			plan.sql = psprintf("WITH d AS (DELETE FROM %s WHERE (tableoid, %s) IN (%s) RETURNING 1) "
+								"SELECT pg_catalog.count(*) FROM d",
+								map->qualified_name, pk_outer, batch);
+		return plan;
 	}
 
 	/*
@@ -298,15 +360,16 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, Oid 
 		change = psprintf("UPDATE ONLY %s t SET %s", map->qualified_name, set.data);
 	else
 		change = psprintf("DELETE FROM ONLY %s", map->qualified_name);
-	*again = psprintf("WITH c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY ($1) RETURNING 1) "
-					  "SELECT pg_catalog.count(*) FROM c", change);
-	return psprintf("WITH b AS (%s), "
-					"c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT b.ctid FROM b)) RETURNING 1) "
-					"SELECT pg_catalog.count(*), (SELECT pg_catalog.max(b.ctid) FROM b), "
-					"       CASE WHEN pg_catalog.count(*) < (SELECT pg_catalog.count(*) FROM b) "
-					"            THEN ARRAY(SELECT b.ctid FROM b) END "
-					"  FROM c",
-					batch, change);
+	plan.again = psprintf("WITH c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY ($1) RETURNING 1) "
+						  "SELECT pg_catalog.count(*) FROM c", change);
+	plan.sql = psprintf("WITH b AS (%s), "
+						"c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT b.ctid FROM b)) RETURNING 1) "
+						"SELECT pg_catalog.count(*), (SELECT pg_catalog.max(b.ctid) FROM b), "
+						"       CASE WHEN pg_catalog.count(*) < (SELECT pg_catalog.count(*) FROM b) "
+						"            THEN ARRAY(SELECT b.ctid FROM b) END "
+						"  FROM c",
+						batch, change);
+	return plan;
 }
 
 /*

@@ -8,7 +8,14 @@ CREATE TABLE gdpr.retention_policy (
     keep         interval CHECK (keep > interval '0'),
     action       text NOT NULL CHECK (action IN ('delete', 'anonymize')),
     condition    text,
-    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Anonymizing policies: every row whose time was before this was anonymized (or left out by
+    -- a hold, a restriction or the condition) when swept_at's sweep or a later one completed;
+    -- a pass looks at later rows only, and at every row again once a day (see retention.c).
+    -- Forgotten whenever what left a row out can change: a hold or restriction lifted, the
+    -- policy or the table's classification changed.
+    anonymized_through  timestamptz,
+    swept_at            timestamptz
 );
 
 CREATE TABLE gdpr.retention_history (
@@ -29,6 +36,38 @@ CREATE INDEX retention_history_started_idx ON gdpr.retention_history (started_at
 
 CREATE TRIGGER check_condition BEFORE INSERT OR UPDATE OF relid, condition ON gdpr.retention_policy
     FOR EACH ROW EXECUTE FUNCTION gdpr._check_rule();
+
+-- The progress of an anonymizing policy no longer says which rows are done once the policy, the
+-- table's classification, a hold or a restriction changes: the next pass looks at every row.
+-- It runs as the extension's owner: whoever lifts a hold or a restriction may not write policies.
+CREATE FUNCTION gdpr._forget_policy_progress() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'retention_policy' THEN
+        IF (NEW.time_column, NEW.keep, NEW.action, NEW.condition)
+           IS DISTINCT FROM (OLD.time_column, OLD.keep, OLD.action, OLD.condition) THEN
+            NEW.anonymized_through := NULL;
+        END IF;
+        RETURN NEW;
+    ELSIF TG_TABLE_NAME = 'restriction' THEN
+        UPDATE gdpr.retention_policy SET anonymized_through = NULL WHERE anonymized_through IS NOT NULL;
+    ELSE
+        UPDATE gdpr.retention_policy SET anonymized_through = NULL
+         WHERE relid = COALESCE(OLD.relid, NEW.relid) AND anonymized_through IS NOT NULL;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER forget_progress BEFORE UPDATE ON gdpr.retention_policy
+    FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
+CREATE TRIGGER forget_policy_progress AFTER UPDATE OR DELETE ON gdpr.legal_hold
+    FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
+CREATE TRIGGER forget_policy_progress AFTER DELETE ON gdpr.restriction
+    FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
+CREATE TRIGGER forget_policy_progress AFTER INSERT OR UPDATE OR DELETE ON gdpr.column_class
+    FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
 SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_policy', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history', '');
 SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history_run_id_seq', '');
