@@ -5,7 +5,8 @@
 # use what an earlier one created):
 #
 #   gdpr        gdpr.c        the script's header and the roles (gdpr.c loads the library)
-#   audit       audit.c       the trail (gdpr.audit_log), the row and TRUNCATE triggers, log_event
+#   audit       audit.c       the trail (gdpr.audit_log), the row and TRUNCATE triggers and the
+#                             statement batches they write through, log_event
 #   chain       chain.c       the hash chain: seal, verify, digest, purge of expired events
 #   paths       subject.c     foreign keys as edges, the shortest path from a table to its subject
 #   subject     subject.c     the map: subject kinds, registered tables, paths, classification
