@@ -139,6 +139,39 @@ INSERT INTO bulk.item SELECT 300 + id, id, 'from with' FROM o;
 SELECT event, table_name, subject_id, row_key FROM gdpr.audit_log, bulk.since s
  WHERE event_id > s.id ORDER BY event_id;
 
+-- 11. A bulk statement runs its writer's code (a cast to json of the writer's own type, in the
+--     images and in the subject lookup of a two-hop table) as the writer, never with the trail
+--     owner's rights: the owner only writes the batch afterwards.
+CREATE ROLE regress_bulk_writer;
+GRANT USAGE, CREATE ON SCHEMA bulk TO regress_bulk_writer;
+GRANT REFERENCES ON bulk.customer TO regress_bulk_writer;
+SET ROLE regress_bulk_writer;
+CREATE TYPE bulk.mood AS ENUM ('glad', 'sad');
+CREATE FUNCTION bulk.mood_json(bulk.mood) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        EXECUTE 'ALTER ROLE regress_bulk_writer SUPERUSER';
+    END IF;
+    RETURN pg_catalog.to_json(current_user::text);
+END $$;
+CREATE CAST (bulk.mood AS json) WITH FUNCTION bulk.mood_json(bulk.mood);
+CREATE TABLE bulk.feeling (id int PRIMARY KEY, customer_id int REFERENCES bulk.customer, mood bulk.mood);
+CREATE TABLE bulk.feeling_note (id int PRIMARY KEY, feeling_id int REFERENCES bulk.feeling, mood bulk.mood);
+RESET ROLE;
+SELECT gdpr.register_table('bulk.feeling', kind => 'bulk');
+SELECT gdpr.register_table('bulk.feeling_note', kind => 'bulk');
+TRUNCATE bulk.since;
+INSERT INTO bulk.since SELECT bulk.mark();
+SET ROLE regress_bulk_writer;
+INSERT INTO bulk.feeling SELECT g, 1 + g % 3, 'glad' FROM generate_series(1, 3) g;
+INSERT INTO bulk.feeling_note SELECT g, g, 'sad' FROM generate_series(1, 3) g;
+UPDATE bulk.feeling SET mood = 'sad';
+RESET ROLE;
+SELECT rolsuper AS writer_became_superuser FROM pg_roles WHERE rolname = 'regress_bulk_writer';
+SELECT event, table_name, subject_id, effective_role, new_values->>'mood' AS mood_as
+  FROM gdpr.audit_log, bulk.since s WHERE event_id > s.id ORDER BY event_id;
+
 -- the map follows (its warnings name tables by OID)
 SET client_min_messages = error;
 DROP SCHEMA bulk CASCADE;
+DROP ROLE regress_bulk_writer;
