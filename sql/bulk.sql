@@ -139,6 +139,50 @@ INSERT INTO bulk.item SELECT 300 + id, id, 'from with' FROM o;
 SELECT event, table_name, subject_id, row_key FROM gdpr.audit_log, bulk.since s
  WHERE event_id > s.id ORDER BY event_id;
 
+-- 12. Statements nested deeper than the batches first made room for (a trigger chain, 12 deep,
+--     the innermost writing 1001 rows): each level's batch stays where it is, every row is written.
+CREATE TABLE bulk.chain (n int);
+CREATE FUNCTION bulk.chain_next() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.n < 12 THEN
+        INSERT INTO bulk.chain VALUES (NEW.n + 1);
+    ELSE
+        INSERT INTO bulk.orders SELECT 5000 + g, 1, 'deep' FROM generate_series(1, 1001) g;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER chain_next AFTER INSERT ON bulk.chain FOR EACH ROW EXECUTE FUNCTION bulk.chain_next();
+TRUNCATE bulk.since;
+INSERT INTO bulk.since SELECT bulk.mark();
+INSERT INTO bulk.chain VALUES (1);
+SELECT count(*), count(DISTINCT row_key) FROM gdpr.audit_log, bulk.since s
+ WHERE event_id > s.id AND table_name = 'bulk.orders';
+
+-- 13. A column named like the alias of the batched subject lookup changes nothing: the items
+--     of one statement are attributed as they are one by one.
+CREATE TYPE bulk.decoy AS (order_id int);
+ALTER TABLE bulk.orders ADD COLUMN gdpr_row bulk.decoy;
+UPDATE bulk.orders SET gdpr_row = ROW(15) WHERE id = 14;
+TRUNCATE bulk.since;
+INSERT INTO bulk.since SELECT bulk.mark();
+INSERT INTO bulk.item VALUES (400, 14, 'decoy a'), (401, 14, 'decoy b');
+SELECT table_name, subject_id, row_key FROM gdpr.audit_log, bulk.since s
+ WHERE event_id > s.id ORDER BY event_id;
+ALTER TABLE bulk.orders DROP COLUMN gdpr_row;
+
+-- 14. An erasure from a trigger of a statement that changed audited rows is refused: those rows'
+--     events are written when the statement ends, after the erasure would have scrubbed the trail.
+CREATE FUNCTION bulk.erase_on_request() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.email = 'please-erase' THEN
+        PERFORM gdpr_erase(NEW.id::text, kind => 'bulk');
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER zz_erase_on_request AFTER UPDATE ON bulk.customer FOR EACH ROW EXECUTE FUNCTION bulk.erase_on_request();
+UPDATE bulk.customer SET email = 'please-erase' WHERE id = 3;
+DROP TRIGGER zz_erase_on_request ON bulk.customer;
+
 -- 11. A bulk statement runs its writer's code (a cast to json of the writer's own type, in the
 --     images and in the subject lookup of a two-hop table) as the writer, never with the trail
 --     owner's rights: the owner only writes the batch afterwards.

@@ -224,20 +224,28 @@ typedef struct StatementBatch
 	RowEvent   *events;
 	int			nevents;
 	int			maxevents;
+	Size		bytes;			/* about how much the events hold */
 	EventContext *ctx;			/* the last event's context */
 } StatementBatch;
 
 /*
  * The statements that are ending, innermost last: a statement's row
  * triggers fire while it ends (ExecutorFinish, or the end of a COPY), and
- * a trigger's own statements end inside it.  Set by the hooks below.
+ * a trigger's own statements end inside it.  Set by the hooks below.  Each
+ * batch is allocated on its own and never moves: callers hold pointers to
+ * theirs while statements nested in them push more.
  */
-static StatementBatch *batches = NULL;
+static StatementBatch **batches = NULL;
 static int	nbatches = 0;
 static int	maxbatches = 0;
 
-/* Rows a statement gathers before it writes them, and starts again (COPY of millions) */
+/*
+ * What a statement gathers before it writes it, and starts again (COPY of
+ * millions, rows of megabytes): the batch's arrays stay far below the 1 GB
+ * a value may have.
+ */
 #define CAPTURE_BATCH_ROWS 1000
+#define CAPTURE_BATCH_BYTES (32 * 1024 * 1024)
 
 /*
  * The INSERT of a batch of row events, and the row type of its array;
@@ -311,7 +319,7 @@ static void capture_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 								   ParamListInfo params, QueryEnvironment *queryEnv,
 								   DestReceiver *dest, QueryCompletion *qc);
 static StatementBatch *push_batch(void);
-static void pop_batch(bool written);
+static void pop_batch(StatementBatch *b, bool written);
 static void flush_batch(StatementBatch *b);
 static void drop_batch(StatementBatch *b);
 static void batch_query_keys(StatementBatch *b);
@@ -422,7 +430,7 @@ static void
 capture_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple newtup,
 				  bool *changed)
 {
-	StatementBatch *b = nbatches > 0 ? &batches[nbatches - 1] : NULL;
+	StatementBatch *b = nbatches > 0 ? batches[nbatches - 1] : NULL;
 	RowEvent	e;
 	AuditPlanData *d;
 	bool		kept = false;
@@ -451,7 +459,7 @@ capture_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple n
 	PG_END_TRY();
 	if (b == NULL)
 		SPI_finish();
-	if (b != NULL && b->nevents >= CAPTURE_BATCH_ROWS)
+	if (b != NULL && (b->nevents >= CAPTURE_BATCH_ROWS || b->bytes >= CAPTURE_BATCH_BYTES))
 		flush_batch(b);
 }
 
@@ -1732,6 +1740,8 @@ gdpr_install_capture_hooks(void)
 static void
 capture_ExecutorFinish(QueryDesc *queryDesc)
 {
+	StatementBatch *b;
+
 	/* a plain SELECT fires no row triggers of its own */
 	if (queryDesc->operation == CMD_SELECT && !queryDesc->plannedstmt->hasModifyingCTE)
 	{
@@ -1741,22 +1751,22 @@ capture_ExecutorFinish(QueryDesc *queryDesc)
 			standard_ExecutorFinish(queryDesc);
 		return;
 	}
-	push_batch();
+	b = push_batch();
 	PG_TRY();
 	{
 		if (prev_ExecutorFinish)
 			prev_ExecutorFinish(queryDesc);
 		else
 			standard_ExecutorFinish(queryDesc);
-		flush_batch(&batches[nbatches - 1]);
+		flush_batch(b);
 	}
 	PG_CATCH();
 	{
-		pop_batch(false);
+		pop_batch(b, false);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	pop_batch(true);
+	pop_batch(b, true);
 }
 
 /* COPY FROM fires its row triggers at its own end, outside the executor */
@@ -1766,10 +1776,10 @@ capture_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnl
 					   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
-	bool		copy_from = IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from;
+	StatementBatch *volatile b = NULL;
 
-	if (copy_from)
-		push_batch();
+	if (IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from)
+		b = push_batch();
 	PG_TRY();
 	{
 		if (prev_ProcessUtility)
@@ -1778,18 +1788,18 @@ capture_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnl
 		else
 			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 									queryEnv, dest, qc);
-		if (copy_from)
-			flush_batch(&batches[nbatches - 1]);
+		if (b != NULL)
+			flush_batch(b);
 	}
 	PG_CATCH();
 	{
-		if (copy_from)
-			pop_batch(false);
+		if (b != NULL)
+			pop_batch(b, false);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	if (copy_from)
-		pop_batch(true);
+	if (b != NULL)
+		pop_batch(b, true);
 }
 
 static StatementBatch *
@@ -1802,29 +1812,37 @@ push_batch(void)
 		int			n = Max(8, maxbatches * 2);
 
 		batches = batches == NULL
-			? MemoryContextAllocZero(TopMemoryContext, sizeof(StatementBatch) * n)
-			: repalloc(batches, sizeof(StatementBatch) * n);
-		memset(batches + maxbatches, 0, sizeof(StatementBatch) * (n - maxbatches));
+			? MemoryContextAllocZero(TopMemoryContext, sizeof(StatementBatch *) * n)
+			: repalloc(batches, sizeof(StatementBatch *) * n);
+		memset(batches + maxbatches, 0, sizeof(StatementBatch *) * (n - maxbatches));
 		maxbatches = n;
 	}
-	b = &batches[nbatches++];
+	if (batches[nbatches] == NULL)
+		batches[nbatches] = MemoryContextAllocZero(TopMemoryContext, sizeof(StatementBatch));
+	b = batches[nbatches++];
 	b->nevents = 0;
+	b->bytes = 0;
 	b->ctx = NULL;
 	return b;
 }
 
-/* Ends the innermost batch; one that was not written (its statement failed) is dropped */
+/*
+ * Ends batch b, the innermost.  One that was not written (its statement
+ * failed) is dropped; one written must be empty.
+ */
 static void
-pop_batch(bool written)
+pop_batch(StatementBatch *b, bool written)
 {
-	StatementBatch *b;
-
-	if (nbatches == 0)
-		return;
-	b = &batches[nbatches - 1];
-	if (!written || b->nevents > 0)
-		drop_batch(b);
+	if (nbatches == 0 || batches[nbatches - 1] != b)
+		elog(ERROR, "statement batches of the audit trail out of order");
 	nbatches--;
+	if (!written)
+		drop_batch(b);
+	else if (b->nevents > 0)
+	{
+		drop_batch(b);
+		elog(ERROR, "row events of a statement were not written to the audit trail");
+	}
 }
 
 /* Forgets a batch's events: their uses of the plans, and their memory */
@@ -1834,6 +1852,7 @@ drop_batch(StatementBatch *b)
 	for (int i = 0; i < b->nevents; i++)
 		release_row_plan(b->events[i].d);
 	b->nevents = 0;
+	b->bytes = 0;
 	b->ctx = NULL;
 	if (b->cxt != NULL)
 		MemoryContextReset(b->cxt);
@@ -1892,6 +1911,11 @@ keep_row_event(StatementBatch *b, RowEvent *e)
 		k->erasing = pstrdup(e->erasing);
 	MemoryContextSwitchTo(old);
 	b->nevents++;
+	b->bytes += VARSIZE_ANY(DatumGetPointer(k->row_key)) +
+		(k->old_values != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->old_values)) : 0) +
+		(k->new_values != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->new_values)) : 0) +
+		(k->row != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->row)) : 0) +
+		(k->oldrow != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->oldrow)) : 0);
 }
 
 /*
@@ -2175,6 +2199,16 @@ event_context(StatementBatch *b)
 	return c;
 }
 
+/* Whether a statement still ending holds row events not yet written */
+bool
+gdpr_capture_pending(void)
+{
+	for (int i = 0; i < nbatches; i++)
+		if (batches[i]->nevents > 0)
+			return true;
+	return false;
+}
+
 /*
  * At the end of a transaction every batch has been written: a statement
  * writes its batch before it ends, and one that fails drops it.  Anything
@@ -2183,12 +2217,8 @@ event_context(StatementBatch *b)
 void
 gdpr_capture_xact_end(bool commit)
 {
-	bool		pending = false;
-
-	for (int i = 0; i < nbatches; i++)
-		pending |= batches[i].nevents > 0;
-	if (commit && pending)
+	if (commit && gdpr_capture_pending())
 		elog(ERROR, "row events of this transaction were not written to the audit trail");
 	while (nbatches > 0)
-		pop_batch(false);
+		pop_batch(batches[nbatches - 1], false);
 }

@@ -206,6 +206,17 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	Jsonb	   *report;
 
 	require_read_committed("gdpr_erase");
+
+	/*
+	 * Row events a statement around this call has made are written when it
+	 * ends, after the erasure's scrub: they would keep the subject's values.
+	 */
+	if (!dry_run && gdpr_capture_pending())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("gdpr_erase cannot run inside a statement that has changed audited rows"),
+				 errdetail("The statement's row events are written to the audit trail when it ends, after the erasure would have scrubbed it."),
+				 errhint("Erase in a statement of its own, not from a trigger of a statement that changes registered tables.")));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);

@@ -165,6 +165,7 @@ extern void gdpr_check_expression(const char *condition, const char *what);
 extern void gdpr_audit_invalidate(Oid relid);
 extern void gdpr_install_capture_hooks(void);
 extern void gdpr_capture_xact_end(bool commit);
+extern bool gdpr_capture_pending(void);
 extern int64 gdpr_audit_event(const char *event, bool success, const char *kind,
 							  const char *subject, const char *table_name,
 							  Jsonb *detail);	/* SPI */

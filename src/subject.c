@@ -570,9 +570,11 @@ gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which)
 }
 
 /*
- * An SQL expression of type text giving the subject key a row (rowref, an
- * expression of the table's row type such as "$15") reaches through one
- * path, or NULL when it reaches none.  The key becomes text through its
+ * An SQL expression of type text giving the subject key a row (rowref: a
+ * parameter of the table's row type such as "$15", or the alias of a FROM
+ * item such as "t") reaches through one path, or NULL when it reaches none.
+ * An alias is written alias.column, never (alias).column: in the latter a
+ * column of that name in any table of the query would be taken instead.  The key becomes text through its
  * type's output function (format's %s), as gdpr_resolve_subject makes it,
  * never through a cast: anyone may create a cast from a type of their own,
  * and this expression runs with the audit owner's rights.
@@ -580,7 +582,7 @@ gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which)
 char *
 gdpr_subject_sql(const GdprTableMap *map, const GdprPath *path, const char *rowref)
 {
-	char	   *prefix = psprintf("(%s).", rowref);
+	char	   *prefix = rowref[0] == '$' ? psprintf("(%s).", rowref) : psprintf("%s.", rowref);
 	GdprPathSql p = gdpr_path_sql(map, path, prefix);
 	char	   *text = psprintf("CASE WHEN (%s) IS NULL THEN NULL ELSE pg_catalog.format('%%s', %s) END",
 								p.key, p.key);
