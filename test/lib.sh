@@ -79,6 +79,27 @@ psql_() {
 	as_postgres "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"
 }
 
+# gdpr_interleaved_tps <workload> <variant>...: pgbench (2 clients, loopback, $SECS s a run) of
+# $WORK/<workload>_<variant>.sql, the variants taking turns within each of $ROUNDS rounds (so
+# drift in the machine's speed hits all alike), a CHECKPOINT before each run.  Sets
+# R[<workload>,<variant>] (an associative array the caller declares) to the median TPS.
+gdpr_interleaved_tps() {
+	local w=$1 r v out
+	shift
+	declare -A all
+	for r in $(seq "$ROUNDS"); do
+		for v in "$@"; do
+			psql_ -c "CHECKPOINT" >/dev/null
+			out=$(as_postgres "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -c 2 -j 2 -T "$SECS" \
+				-f "$WORK/${w}_$v.sql" postgres 2>&1)
+			all[$v]+="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1) "
+		done
+	done
+	for v in "$@"; do
+		R[$w,$v]=$(printf '%s\n' ${all[$v]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+	done
+}
+
 GDPR_CHROOTS=${GDPR_CHROOTS:-/var/cache/gdpr-pg}
 
 # The host's Debian mirror, as apt knows it.

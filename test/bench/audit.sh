@@ -70,23 +70,9 @@ for t in t_none t_gdpr t_plpgsql; do
 done
 chown postgres "$WORK"/*.sql
 
-# run_workload <update|insert>: fills R[<workload>,<table>] with the median TPS over the rounds.
-# The three tables take turns within each round, so drift in the machine's speed hits all alike.
-run_workload() {
-	local w=$1 r t out
-	declare -A all
+run_workload() {		# run_workload <update|insert>: R[<workload>,t_none|t_gdpr|t_plpgsql]
 	psql_ -c "SET session_replication_role = replica; TRUNCATE gdpr.audit_log, plpgsql_log" >/dev/null
-	for r in $(seq "$ROUNDS"); do
-		for t in t_none t_gdpr t_plpgsql; do
-			psql_ -c "CHECKPOINT" >/dev/null
-			out=$(as_postgres "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -c 2 -j 2 -T "$SECS" \
-				-f "$WORK/${w}_$t.sql" postgres 2>&1)
-			all[$t]+="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1) "
-		done
-	done
-	for t in t_none t_gdpr t_plpgsql; do
-		R[$w,$t]=$(printf '%s\n' ${all[$t]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-	done
+	gdpr_interleaved_tps "$1" t_none t_gdpr t_plpgsql
 }
 
 # Twice: with durable commits (the default, where the commit's WAL flush dominates) and with

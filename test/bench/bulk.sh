@@ -76,23 +76,9 @@ truncate_logs() {
 	psql_ -c "SET session_replication_role = replica; TRUNCATE gdpr.audit_log, floor_log, order_item_none, order_item_gdpr, order_item_floor, visit_none, visit_gdpr, visit_floor" -c "CHECKPOINT" >/dev/null
 }
 
-# run_workload <name>: fills R[<name>,<variant>] with the median TPS over the rounds; the
-# variants take turns within each round, so drift in the machine's speed hits all alike.
-run_workload() {
-	local w=$1 r v out
-	declare -A all
+run_workload() {		# run_workload <name>: R[<name>,none|gdpr|floor], from empty logs
 	truncate_logs
-	for r in $(seq "$ROUNDS"); do
-		for v in none gdpr floor; do
-			psql_ -c "CHECKPOINT" >/dev/null
-			out=$(as_postgres "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -c 2 -j 2 -T "$SECS" \
-				-f "$WORK/${w}_$v.sql" postgres 2>&1)
-			all[$v]+="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1) "
-		done
-	done
-	for v in none gdpr floor; do
-		R[$w,$v]=$(printf '%s\n' ${all[$v]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-	done
+	gdpr_interleaved_tps "$1" none gdpr floor
 }
 
 # COPY of COPY_ROWS rows from a file; the floor copies, then writes the event rows of what it
