@@ -122,7 +122,9 @@ GRANT EXECUTE ON FUNCTION public.gdpr_erase(text, boolean, text, bigint), public
                           public.gdpr_enforce_retention(boolean, int)
     TO gdpr_admin;
 GRANT SELECT ON gdpr.retention_policy TO PUBLIC;
-GRANT INSERT, UPDATE, DELETE ON gdpr.retention_policy TO gdpr_admin;
+GRANT INSERT, DELETE ON gdpr.retention_policy TO gdpr_admin;
+-- a policy's progress is its passes' to record
+GRANT UPDATE (relid, time_column, keep, action, condition) ON gdpr.retention_policy TO gdpr_admin;
 GRANT SELECT ON gdpr.retention_history TO gdpr_admin, gdpr_auditor;
 GRANT INSERT, DELETE ON gdpr.retention_history TO gdpr_admin;
 GRANT EXECUTE ON FUNCTION public.gdpr_export(text, text, boolean, bigint), public.gdpr_export(bigint, text, boolean, bigint),

@@ -17,12 +17,15 @@
  * differ from what anonymization would write.  So that a pass costs what
  * is new since the last one, an anonymizing policy keeps a progress mark:
  * once a pass finds no row left to anonymize, every row before the cutoff
- * it used is done, and later passes look only at rows from that cutoff on
- * (through the time column's index, when it has one).  Once a day a pass
- * looks at every row again, for rows an application changed back or whose
- * condition became true; whatever lifts a reason to leave a row out (a hold,
- * a restriction, the policy, the classification) forgets the mark at once
- * (retention.sql).
+ * it used is done, and later passes look only at rows from that cutoff on,
+ * less three days (through the time column's index, when it has one): a
+ * date or timestamp column is compared in the session's time zone, which
+ * another pass may not share, and a month is not always as long.  Once a
+ * day a pass looks at every row again, for rows an application changed back
+ * or whose condition became true; whatever lifts a reason to leave a row
+ * out (a hold, a restriction, the policy, the classification, the paths)
+ * forgets the mark at once and moves the policy's progress epoch, so that a
+ * pass planned before records nothing (retention.sql).
  *
  * The batch runs with the rights of the table's owner (role.c): the worker
  * is a superuser, and the policy's condition, the holds' conditions and the
@@ -82,6 +85,8 @@ typedef struct BatchPlan
 	char	   *again;			/* the change for rows found again by ctid ($1), or NULL */
 	char	   *rest;			/* anonymizing: whether a row is left in the range looked at */
 	bool		full_sweep;		/* anonymizing: the range is every expired row */
+	char	   *cutoff;			/* anonymizing: the expression of the pass's cutoff */
+	int64		epoch;			/* the policy's progress epoch the plan was made in */
 	bool		anonymize;
 	Oid			owner;
 } BatchPlan;
@@ -89,7 +94,7 @@ typedef struct BatchPlan
 static BatchPlan retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
 					   BatchPlan *plan, BlockNumber *last);
-static void record_progress(Oid relid, bool full_sweep);
+static void record_progress(Oid relid, const BatchPlan *plan);
 static int64 run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs,
 						   Datum *args, bool read_only);
 
@@ -126,7 +131,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	 */
 	if (!dry_run && plan.anonymize && n < batch_size &&
 		run_statement(relid, true, plan.owner, plan.rest, 0, NULL, false) == 0)
-		record_progress(relid, plan.full_sweep);
+		record_progress(relid, &plan);
 	if (!dry_run && n == batch_size && last != InvalidBlockNumber)
 	{
 		resume_relid = relid;
@@ -181,20 +186,22 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, BatchPla
 
 /*
  * Every row of an anonymizing policy's table before the cutoff of this
- * transaction's batch is done; a full sweep says when it was made.
+ * transaction's batch is done; a full sweep says when it was made.  Nothing
+ * is recorded when the policy's progress was forgotten since the plan.
  */
 static void
-record_progress(Oid relid, bool full_sweep)
+record_progress(Oid relid, const BatchPlan *plan)
 {
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	Oid			argtypes[2] = {OIDOID, INT8OID};
+	Datum		args[2] = {ObjectIdGetDatum(relid), Int64GetDatum(plan->epoch)};
 
 	if (gdpr_execute_as_owner(NULL, psprintf("UPDATE gdpr.retention_policy "
-											 "   SET anonymized_through = pg_catalog.now() OPERATOR(pg_catalog.-) "
-											 "       COALESCE(keep, '0'::pg_catalog.interval)%s "
-											 " WHERE relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
-											 full_sweep ? ", swept_at = pg_catalog.now()" : ""),
-							  1, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+											 "   SET anonymized_through = %s%s "
+											 " WHERE relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 "
+											 "   AND progress_epoch OPERATOR(pg_catalog.=) $2",
+											 plan->cutoff,
+											 plan->full_sweep ? ", swept_at = pg_catalog.now()" : ""),
+							  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "SPI_execute_with_args failed");
 }
 
@@ -272,7 +279,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition, "
 							  "       CASE WHEN swept_at OPERATOR(pg_catalog.>) (pg_catalog.now() "
 							  "                 OPERATOR(pg_catalog.-) '1 day'::pg_catalog.interval) "
-							  "            THEN anonymized_through::pg_catalog.text END "
+							  "            THEN anonymized_through::pg_catalog.text END, progress_epoch "
 							  "  FROM gdpr.retention_policy WHERE relid::pg_catalog.oid = $1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
@@ -287,6 +294,11 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	plan.anonymize = strcmp(action, "anonymize") == 0;
 	condition = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	mark = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+	plan.epoch = pg_strtoint64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6));
+	/* the cutoff expired_rows compares with, as this pass computes it */
+	plan.cutoff = keep != NULL
+		? psprintf("pg_catalog.now() OPERATOR(pg_catalog.-) %s::pg_catalog.interval", quote_literal_cstr(keep))
+		: "pg_catalog.now()";
 
 	map = gdpr_load_table_map(relid, CurrentMemoryContext);
 	if (map == NULL)
@@ -318,7 +330,8 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	/* anonymizing: from the progress mark on, and rows not yet anonymized */
 	plan.full_sweep = mark == NULL;
 	if (plan.anonymize && !dry_run && mark != NULL)
-		appendStringInfo(&where, " AND t.%s OPERATOR(pg_catalog.>=) %s::pg_catalog.timestamptz",
+		appendStringInfo(&where, " AND t.%s OPERATOR(pg_catalog.>=) (%s::pg_catalog.timestamptz "
+						 "OPERATOR(pg_catalog.-) '3 days'::pg_catalog.interval)",
 						 quote_identifier(time_column), quote_literal_cstr(mark));
 	initStringInfo(&set);
 	if (plan.anonymize)

@@ -13,9 +13,11 @@ CREATE TABLE gdpr.retention_policy (
     -- a hold, a restriction or the condition) when swept_at's sweep or a later one completed;
     -- a pass looks at later rows only, and at every row again once a day (see retention.c).
     -- Forgotten whenever what left a row out can change: a hold or restriction lifted, the
-    -- policy or the table's classification changed.
+    -- policy, the table's classification or its paths changed.  Each such change moves
+    -- progress_epoch, so that a pass that began before it records no progress.
     anonymized_through  timestamptz,
-    swept_at            timestamptz
+    swept_at            timestamptz,
+    progress_epoch      bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE gdpr.retention_history (
@@ -38,24 +40,34 @@ CREATE TRIGGER check_condition BEFORE INSERT OR UPDATE OF relid, condition ON gd
     FOR EACH ROW EXECUTE FUNCTION gdpr._check_rule();
 
 -- The progress of an anonymizing policy no longer says which rows are done once the policy, the
--- table's classification, a hold or a restriction changes: the next pass looks at every row.
--- It runs as the extension's owner: whoever lifts a hold or a restriction may not write policies.
+-- table's classification or paths, a hold or a restriction changes: the next pass looks at every
+-- row, and a pass under way records no progress.  Only the passes write the mark (gdpr_admin may
+-- update a policy's other columns only).  It runs as the extension's owner: whoever lifts a hold
+-- or a restriction may not write policies.
 CREATE FUNCTION gdpr._forget_policy_progress() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_TABLE_NAME = 'retention_policy' THEN
-        IF (NEW.time_column, NEW.keep, NEW.action, NEW.condition)
-           IS DISTINCT FROM (OLD.time_column, OLD.keep, OLD.action, OLD.condition) THEN
+        IF (NEW.relid, NEW.time_column, NEW.keep, NEW.action, NEW.condition)
+           IS DISTINCT FROM (OLD.relid, OLD.time_column, OLD.keep, OLD.action, OLD.condition) THEN
             NEW.anonymized_through := NULL;
+            NEW.progress_epoch := OLD.progress_epoch + 1;
         END IF;
         RETURN NEW;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        UPDATE gdpr.retention_policy SET anonymized_through = NULL, progress_epoch = progress_epoch + 1;
     ELSIF TG_TABLE_NAME = 'restriction' THEN
-        UPDATE gdpr.retention_policy SET anonymized_through = NULL WHERE anonymized_through IS NOT NULL;
+        -- retention leaves out the subjects restricted by hand only
+        IF OLD.source = 'manual' THEN
+            UPDATE gdpr.retention_policy p SET anonymized_through = NULL, progress_epoch = progress_epoch + 1
+              FROM gdpr.registered_table r
+             WHERE r.relid = p.relid AND r.kind = OLD.kind;
+        END IF;
     ELSE
-        UPDATE gdpr.retention_policy SET anonymized_through = NULL
-         WHERE relid = COALESCE(OLD.relid, NEW.relid) AND anonymized_through IS NOT NULL;
+        UPDATE gdpr.retention_policy SET anonymized_through = NULL, progress_epoch = progress_epoch + 1
+         WHERE relid IN (OLD.relid, NEW.relid);
     END IF;
     RETURN NULL;
 END
@@ -64,13 +76,18 @@ CREATE TRIGGER forget_progress BEFORE UPDATE ON gdpr.retention_policy
     FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
 CREATE TRIGGER forget_policy_progress AFTER UPDATE OR DELETE ON gdpr.legal_hold
     FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
-CREATE TRIGGER forget_policy_progress AFTER DELETE ON gdpr.restriction
+CREATE TRIGGER forget_policy_progress AFTER UPDATE OR DELETE ON gdpr.restriction
     FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
 CREATE TRIGGER forget_policy_progress AFTER INSERT OR UPDATE OR DELETE ON gdpr.column_class
     FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
-SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_policy', '');
-SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history', '');
-SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history_run_id_seq', '');
+CREATE TRIGGER forget_policy_progress AFTER INSERT OR UPDATE OR DELETE ON gdpr.subject_path
+    FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
+CREATE TRIGGER forget_policy_progress AFTER UPDATE ON gdpr.registered_table
+    FOR EACH ROW EXECUTE FUNCTION gdpr._forget_policy_progress();
+CREATE TRIGGER forget_all_policy_progress AFTER TRUNCATE ON gdpr.legal_hold
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr._forget_policy_progress();
+CREATE TRIGGER forget_all_policy_progress AFTER TRUNCATE ON gdpr.restriction
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr._forget_policy_progress();
 
 CREATE FUNCTION gdpr._retention_batch(tbl pg_catalog.regclass, batch_size int, dry_run boolean) RETURNS bigint
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_retention_batch';

@@ -114,8 +114,12 @@ static List *databases_to_serve(void);
 static void look_after_workers(List *databases);
 static void start_due_passes(void);
 static long next_due_ms(void);
+static int	running_workers(void);
 static bool start_worker(ServedDatabase *db);
 static bool database_listed(const char *name);
+static bool first_in_database(void);
+static bool unlisted(void);
+static void leave_if_unlisted(void);
 static bool others_active(void);
 static void rest_after_batch(TimestampTz batch_start);
 static bool in_window(void);
@@ -206,6 +210,7 @@ void
 gdpr_launcher_main(Datum main_arg)
 {
 	MemoryContext cycle_cxt;
+	bool		open_window;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -227,7 +232,8 @@ gdpr_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		look_after_workers(databases_to_serve());
-		if (in_window())
+		open_window = in_window();
+		if (open_window)
 			start_due_passes();
 
 		/*
@@ -235,7 +241,7 @@ gdpr_launcher_main(Datum main_arg)
 		 * worker starting or ending (bgw_notify_pid), set the latch.
 		 */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 next_due_ms(), PG_WAIT_EXTENSION);
+						 open_window ? next_due_ms() : 1000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
@@ -314,10 +320,8 @@ static void
 start_due_passes(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	int			running = 0;
+	int			running = running_workers();
 
-	for (int i = 0; i < nserved; i++)
-		running += served[i].handle != NULL ? 1 : 0;
 	while (running < worker_max_workers)
 	{
 		ServedDatabase *next = NULL;
@@ -340,25 +344,63 @@ start_due_passes(void)
 	}
 }
 
-/* Milliseconds until the next database without a running pass is due: 10 to 1000 */
+/* Milliseconds until the next database without a running pass is due: 50 to 1000 */
 static long
 next_due_ms(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait = 1000;
-	int			running = 0;
 
 	/* with every slot taken, the end of a pass sets the latch */
-	for (int i = 0; i < nserved; i++)
-		running += served[i].handle != NULL ? 1 : 0;
-	if (running >= worker_max_workers || no_free_slot)
+	if (running_workers() >= worker_max_workers || no_free_slot)
 		return wait;
 	for (int i = 0; i < nserved; i++)
 		if (served[i].handle == NULL && served[i].last_end != 0)
 			wait = Min(wait, TimestampDifferenceMilliseconds(now,
 															 TimestampTzPlusMilliseconds(served[i].last_end,
 																						 worker_naptime * 1000L)));
-	return Max(wait, 10);
+	return Max(wait, 50);
+}
+
+/*
+ * The retention workers running: this launcher's, and those a launcher
+ * before it started (it was killed or crashed), which it no longer knows
+ * but which take their slots until their passes end.
+ */
+static int
+running_workers(void)
+{
+	int			running = 0;
+	int			n;
+
+	for (int i = 0; i < nserved; i++)
+		running += served[i].handle != NULL ? 1 : 0;
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *local = gdpr_local_beentry(i);
+		pid_t		pid;
+		const char *type;
+		bool		ours = false;
+
+		if (local == NULL || local->backendStatus.st_backendType != B_BG_WORKER)
+			continue;
+		pid = local->backendStatus.st_procpid;
+		type = GetBackgroundWorkerTypeByPid(pid);
+		if (type == NULL || strcmp(type, "gdpr retention worker") != 0)
+			continue;
+		for (int j = 0; j < nserved && !ours; j++)
+		{
+			pid_t		their;
+
+			ours = served[j].handle != NULL &&
+				GetBackgroundWorkerPid(served[j].handle, &their) == BGWH_STARTED && their == pid;
+		}
+		running += ours ? 0 : 1;
+	}
+	pgstat_clear_backend_activity_snapshot();
+	return running;
 }
 
 /* Starts the pass of one database; false when no worker slot is free */
@@ -416,7 +458,14 @@ databases_to_serve(void)
 
 	if (!SplitIdentifierString(raw, ',', &wanted))
 	{
-		ereport(LOG, (errmsg("gdpr: gdpr.worker_databases is not a valid list")));
+		static TimestampTz last_complaint = 0;
+
+		/* said once a minute, not at every look */
+		if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_complaint, 60000L))
+		{
+			ereport(LOG, (errmsg("gdpr: gdpr.worker_databases is not a valid list")));
+			last_complaint = GetCurrentTimestamp();
+		}
 		return NIL;
 	}
 	StartTransactionCommand();
@@ -479,6 +528,7 @@ void
 gdpr_database_worker_main(Datum main_arg)
 {
 	bool		installed;
+	bool		serving;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -500,10 +550,32 @@ gdpr_database_worker_main(Datum main_arg)
 	StartTransactionCommand();
 	installed = OidIsValid(get_extension_oid("gdpr", true));
 	my_database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
+	serving = installed && first_in_database();
 	CommitTransactionCommand();
-	if (installed)
+	if (serving)
 		run_pass();
 	proc_exit(0);
+}
+
+/*
+ * Whether no other retention worker serves this database now: a launcher
+ * restarted after a crash does not know the passes its predecessor began.
+ * The lock is the session's (taken in a transaction, kept after it), held
+ * until the worker exits.
+ */
+static bool
+first_in_database(void)
+{
+	LOCKTAG		tag;
+
+	/* an advisory lock the SQL functions cannot take: their fourth field is 1 or 2 */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x67647072, 0x72657465, 0x7e);
+	if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	ereport(LOG,
+			(errmsg("gdpr: another retention worker is serving database \"%s\"; this one leaves",
+					my_database_name)));
+	return false;
 }
 
 /*
@@ -548,9 +620,11 @@ run_pass(void)
 		run_id = mark_started(started, table);
 		error = run_step(sql, InvalidOid, true, deadline, &total);
 		mark_finished(run_id, anonymize ? 0 : total, anonymize ? total : 0, error);
+		leave_if_unlisted();
 	}
 
 	/* sealed before purged: an event that expires unsealed never enters the chain */
+	leave_if_unlisted();
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: sealing gdpr.audit_log");
 	error = run_step(psprintf("SELECT gdpr.seal_audit(%d)", worker_batch_size), InvalidOid,
 					 true, deadline, &total);
@@ -570,14 +644,17 @@ run_pass(void)
 					 errhint("See gdpr.seal_lag; gdpr.worker_batch_size and gdpr.worker_max_pass_time set how much a pass seals.")));
 	}
 
+	leave_if_unlisted();
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: gdpr.audit_log");
 	error = run_step(psprintf("SELECT gdpr.purge_audit_log(%d)", worker_batch_size), InvalidOid,
 					 true, deadline, &total);
 	if (total > 0 || error != NULL)
 		record(started, "gdpr.audit_log", total, 0, error);
 
+	leave_if_unlisted();
 	pgstat_report_activity(STATE_RUNNING, "gdpr retention: due erasure requests");
 	run_due_erasures(started, deadline);
+	leave_if_unlisted();
 
 	error = run_step("WITH d AS (DELETE FROM gdpr.retention_history "
 					 " WHERE started_at OPERATOR(pg_catalog.<) "
@@ -759,6 +836,11 @@ run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *to
 			TimestampTz batch_start = GetCurrentTimestamp();
 
 			CHECK_FOR_INTERRUPTS();
+			if (unlisted())
+			{
+				error = "skipped: the database was taken out of gdpr.worker_databases";
+				break;
+			}
 			n = run_batch(sql, role, deadline);
 			sum += n;
 			if (repeat && n >= worker_batch_size)
@@ -797,18 +879,6 @@ run_batch(const char *sql, Oid role, TimestampTz deadline)
 
 	if (deadline != 0)
 		left_ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline), 1000);
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-		if (my_database_name != NULL && !database_listed(my_database_name))
-		{
-			ereport(LOG,
-					(errmsg("gdpr: retention worker stops: database \"%s\" is no longer in gdpr.worker_databases",
-							my_database_name)));
-			proc_exit(0);
-		}
-	}
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (drop_pending())
@@ -837,6 +907,36 @@ run_batch(const char *sql, Oid role, TimestampTz deadline)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	return n;
+}
+
+/*
+ * Whether a reload took this database out of gdpr.worker_databases: the
+ * pass stops at its next batch (the step then records itself as skipped,
+ * which is no failure) and the worker leaves (leave_if_unlisted).
+ */
+static bool
+unlisted(void)
+{
+	static bool gone = false;
+
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		gone = my_database_name != NULL && !database_listed(my_database_name);
+	}
+	return gone;
+}
+
+static void
+leave_if_unlisted(void)
+{
+	if (!unlisted())
+		return;
+	ereport(LOG,
+			(errmsg("gdpr: retention worker stops: database \"%s\" is no longer in gdpr.worker_databases",
+					my_database_name)));
+	proc_exit(0);
 }
 
 /* Whether gdpr.worker_databases (empty: every database) names this one */

@@ -90,6 +90,19 @@ ok(!grep({ !defined $_ || $_ > 2.5 } @times), 'the other databases are served ev
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'gdpr retention worker' AND datname = 'slow'}),
 	'1', 'and the long pass is still running');
 
+# A launcher that is killed comes back knowing none of the passes its predecessor began: the
+# worker it starts for "slow" finds the pass under way and leaves.
+my $launcher = $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'gdpr retention launcher'});
+my $log_offset = -s $node->logfile;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
+ok($node->poll_query_until('postgres', qq{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'gdpr retention launcher' AND pid <> $launcher}),
+	'the launcher comes back');
+sleep 2;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'gdpr retention worker' AND datname = 'slow'}),
+	'1', 'one pass in "slow", not two');
+like(slurp_file($node->logfile, $log_offset), qr/another retention worker is serving database "slow"; this one leaves/,
+	'the second worker left');
+
 # At most gdpr.worker_max_workers passes at a time.
 $node->safe_psql('postgres', q{ALTER SYSTEM SET gdpr.worker_max_workers = 1});
 $node->safe_psql('postgres', q{ALTER SYSTEM SET gdpr.worker_databases = 'slow, late'});
@@ -111,6 +124,8 @@ ok($after > 0 && $after <= $left, 'the stopped pass left the rest of its rows fo
   or diag("left $left, after $after");
 like(slurp_file($node->logfile), qr/retention worker stops: database "slow" is no longer in gdpr.worker_databases/,
 	'the stop is in the server log');
+is($node->safe_psql('slow', q{SELECT count(*) FROM gdpr.retention_history WHERE by_worker AND error IS NOT NULL AND NOT skipped}),
+	'0', 'and in the history as skipped, not as a failure');
 
 $node->stop;
 done_testing();
