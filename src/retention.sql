@@ -89,6 +89,10 @@ CREATE TRIGGER forget_all_policy_progress AFTER TRUNCATE ON gdpr.legal_hold
 CREATE TRIGGER forget_all_policy_progress AFTER TRUNCATE ON gdpr.restriction
     FOR EACH STATEMENT EXECUTE FUNCTION gdpr._forget_policy_progress();
 
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_policy', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history', '');
+SELECT pg_catalog.pg_extension_config_dump('gdpr.retention_history_run_id_seq', '');
+
 CREATE FUNCTION gdpr._retention_batch(tbl pg_catalog.regclass, batch_size int, dry_run boolean) RETURNS bigint
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_retention_batch';
 
