@@ -161,7 +161,6 @@ typedef struct AuditPlanData
 	bool	   *secret;			/* by attribute number - 1: never leaves the table */
 	bool	   *key_input;		/* by attribute number - 1: a path reads it to find a key */
 	Datum	   *attnames;		/* by attribute number - 1: the column name as text */
-	Datum		nonkey;			/* text[] of the columns outside the primary key */
 	bool	   *key_column;		/* by attribute number - 1: in the primary key */
 	List	   *shapes;			/* ImageShape *: the record types images were made of */
 	char	   *kind;			/* the subject kind of the table's paths */
@@ -283,7 +282,6 @@ static AuditPlanData *acquire_row_plan(Relation rel);
 static void release_row_plan(AuditPlanData *d);
 static void retire_row_plan(AuditPlanData *d);
 static AuditPlanData *build_row_plan(Relation rel);
-static Jsonb *row_image(Datum row, Oid rowtype);
 static void fill_context(Datum *values, char *nulls);
 static Oid	audit_table_owner(void);
 static bool restrictions_exist(void);
@@ -308,6 +306,9 @@ static Datum columns_image(AuditPlanData *d, TupleDesc desc, HeapTuple tup, cons
 static ImageShape *image_shape(AuditPlanData *d, TupleDesc desc, const bool *which);
 static void query_keys_now(RowEvent *e);
 static void write_row_event(RowEvent *e);
+static void event_values(const RowEvent *e, Datum *values, bool *isnull);
+static char **copy_keys(const AuditPlanData *d, char **keys);
+static int	execute_batch(SPIPlanPtr plan, Datum arg);
 static char **column_keys(AuditPlanData *d, HeapTuple tup, TupleDesc desc);
 static int	run_key_query(SPIPlanPtr plan, const char *sql, Datum *args);
 static void query_keys(AuditPlanData *d, Datum row, char **keys);
@@ -433,7 +434,7 @@ capture_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple n
 	StatementBatch *b = nbatches > 0 ? batches[nbatches - 1] : NULL;
 	RowEvent	e;
 	AuditPlanData *d;
-	bool		kept = false;
+	volatile bool kept = false;
 
 	/* kept in the batch, the event needs SPI for nothing */
 	if (b == NULL && SPI_connect() != SPI_OK_CONNECT)
@@ -537,36 +538,50 @@ query_keys_now(RowEvent *e)
 static void
 write_row_event(RowEvent *e)
 {
-	AuditPlanData *d = e->d;
 	Datum		values[ROW_NPARAMS];
+	bool		isnull[ROW_NPARAMS];
 	char		nulls[ROW_NPARAMS];
-	Datum		related;
 	int			ret;
 
 	query_keys_now(e);
 	if (e->ctx == NULL)
 		e->ctx = event_context(NULL);
-	memcpy(values, e->ctx->values, sizeof(e->ctx->values));
-	memcpy(nulls, e->ctx->nulls, sizeof(e->ctx->nulls));
-	values[P_EVENT] = CStringGetTextDatum(e->event);
-	nulls[P_EVENT] = ' ';
-	values[P_CHANGED] = e->changed;
-	nulls[P_CHANGED] = e->changed != (Datum) 0 ? ' ' : 'n';
-	values[P_OLD_IMAGE] = e->old_values;
-	nulls[P_OLD_IMAGE] = e->old_values != (Datum) 0 ? ' ' : 'n';
-	values[P_NEW_IMAGE] = e->new_values;
-	nulls[P_NEW_IMAGE] = e->new_values != (Datum) 0 ? ' ' : 'n';
-	values[P_ROWKEY] = e->row_key;
-	nulls[P_ROWKEY] = ' ';
-	nulls[P_SUBJECT] = d->owned && e->keys[0] != NULL ? ' ' : 'n';
-	values[P_SUBJECT] = d->owned && e->keys[0] != NULL ? CStringGetTextDatum(e->keys[0]) : (Datum) 0;
-	related = related_array(d, e->keys, e->oldkeys, e->erasing);
-	values[P_RELATED] = related;
-	nulls[P_RELATED] = related != (Datum) 0 ? ' ' : 'n';
-
-	ret = gdpr_execute_as_owner(d->plan, NULL, 0, NULL, values, nulls, false, 0);
+	event_values(e, values, isnull);
+	for (int i = 0; i < ROW_NPARAMS; i++)
+		nulls[i] = isnull[i] ? 'n' : ' ';
+	ret = gdpr_execute_as_owner(e->d->plan, NULL, 0, NULL, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+}
+
+/*
+ * The values of a made event whose keys are complete, in the order of the
+ * row plan's parameters (context first; see ROW_NPARAMS).
+ */
+static void
+event_values(const RowEvent *e, Datum *values, bool *isnull)
+{
+	AuditPlanData *d = e->d;
+
+	for (int i = 0; i < CONTEXT_NPARAMS; i++)
+	{
+		values[i] = e->ctx->values[i];
+		isnull[i] = e->ctx->nulls[i] == 'n';
+	}
+	values[P_EVENT] = CStringGetTextDatum(e->event);
+	isnull[P_EVENT] = false;
+	values[P_CHANGED] = e->changed;
+	isnull[P_CHANGED] = e->changed == (Datum) 0;
+	values[P_OLD_IMAGE] = e->old_values;
+	isnull[P_OLD_IMAGE] = e->old_values == (Datum) 0;
+	values[P_NEW_IMAGE] = e->new_values;
+	isnull[P_NEW_IMAGE] = e->new_values == (Datum) 0;
+	values[P_ROWKEY] = e->row_key;
+	isnull[P_ROWKEY] = false;
+	isnull[P_SUBJECT] = !(d->owned && e->keys[0] != NULL);
+	values[P_SUBJECT] = isnull[P_SUBJECT] ? (Datum) 0 : CStringGetTextDatum(e->keys[0]);
+	values[P_RELATED] = related_array(d, e->keys, e->oldkeys, e->erasing);
+	isnull[P_RELATED] = values[P_RELATED] == (Datum) 0;
 }
 
 /*
@@ -678,7 +693,6 @@ check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	HeapTuple	keytup = oldtup != NULL ? oldtup : newtup;
-	Jsonb	   *image = row_image(heap_copy_tuple_as_datum(keytup, desc), desc->tdtypeid);
 	AuditPlanData *d;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -690,8 +704,7 @@ check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 							   oldtup != NULL ? subject_keys(d, oldtup, desc) : NULL,
 							   newtup != NULL ? subject_keys(d, newtup, desc) : NULL,
 							   d->npaths,
-							   DatumGetJsonbP(DirectFunctionCall2(jsonb_delete_array,
-																  JsonbPGetDatum(image), d->nonkey)));
+							   DatumGetJsonbP(columns_image(d, desc, keytup, d->key_column)));
 	}
 	PG_FINALLY();
 	{
@@ -724,22 +737,6 @@ check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 	}
 	PG_END_TRY();
 	SPI_finish();
-}
-
-/*
- * to_jsonb() of a row, in the caller's security context.  The function
- * manager needs the call expression to know the argument's type.
- */
-static Jsonb *
-row_image(Datum row, Oid rowtype)
-{
-	FmgrInfo	flinfo;
-
-	fmgr_info(F_TO_JSONB, &flinfo);
-	flinfo.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
-										   list_make1(makeNullConst(rowtype, -1, InvalidOid)),
-										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
-	return DatumGetJsonbP(FunctionCall1(&flinfo, row));
 }
 
 /*
@@ -1210,7 +1207,6 @@ build_row_plan(Relation rel)
 	GdprTableMap *map;
 	StringInfoData sql;
 	Oid			argtypes[ROW_NPARAMS];
-	bool	   *nonkey;
 	Bitmapset  *pkattrs;
 
 	/* a child of the caller's context until complete: an error frees it */
@@ -1277,7 +1273,6 @@ build_row_plan(Relation rel)
 	d->natts = desc->natts;
 	d->secret = palloc0(sizeof(bool) * desc->natts);
 	d->attnames = palloc0(sizeof(Datum) * desc->natts);
-	nonkey = palloc0(sizeof(bool) * desc->natts);
 	pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
 	d->key_column = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
@@ -1286,10 +1281,9 @@ build_row_plan(Relation rel)
 
 		d->attnames[i] = CStringGetTextDatum(NameStr(att->attname));
 		d->secret[i] = att->attisdropped || gdpr_column_is_secret(map, NameStr(att->attname));
-		nonkey[i] = !bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, pkattrs);
-		d->key_column[i] = !nonkey[i] && !att->attisdropped;
+		d->key_column[i] = !att->attisdropped &&
+			bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, pkattrs);
 	}
-	d->nonkey = names_array(d, nonkey);
 
 	/* complete: now it may outlive the statement */
 	if (SPI_keepplan(d->plan) != 0 ||
@@ -1896,17 +1890,9 @@ keep_row_event(StatementBatch *b, RowEvent *e)
 		k->row = datumCopy(e->row, false, -1);
 	if (e->oldrow != (Datum) 0)
 		k->oldrow = datumCopy(e->oldrow, false, -1);
-	k->keys = palloc0(sizeof(char *) * Max(d->npaths, 1));
-	for (int i = 0; i < d->npaths; i++)
-		if (e->keys[i] != NULL)
-			k->keys[i] = pstrdup(e->keys[i]);
+	k->keys = copy_keys(d, e->keys);
 	if (e->oldkeys != NULL)
-	{
-		k->oldkeys = palloc0(sizeof(char *) * Max(d->npaths, 1));
-		for (int i = 0; i < d->npaths; i++)
-			if (e->oldkeys[i] != NULL)
-				k->oldkeys[i] = pstrdup(e->oldkeys[i]);
-	}
+		k->oldkeys = copy_keys(d, e->oldkeys);
 	if (e->erasing != NULL)
 		k->erasing = pstrdup(e->erasing);
 	MemoryContextSwitchTo(old);
@@ -1916,6 +1902,18 @@ keep_row_event(StatementBatch *b, RowEvent *e)
 		(k->new_values != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->new_values)) : 0) +
 		(k->row != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->row)) : 0) +
 		(k->oldrow != (Datum) 0 ? VARSIZE_ANY(DatumGetPointer(k->oldrow)) : 0);
+}
+
+/* A copy of keys (by path), in the current memory context */
+static char **
+copy_keys(const AuditPlanData *d, char **keys)
+{
+	char	  **copy = palloc0(sizeof(char *) * Max(d->npaths, 1));
+
+	for (int i = 0; i < d->npaths; i++)
+		if (keys[i] != NULL)
+			copy[i] = pstrdup(keys[i]);
+	return copy;
 }
 
 /*
@@ -2045,6 +2043,8 @@ write_batch(StatementBatch *b)
 	char		typalign;
 	int			ret;
 
+	StaticAssertStmt(lengthof(columns) == ROW_NPARAMS + 2,
+					 "the batch's columns are the row plan's parameters, table_name and subject_kind");
 	for (int c = 0; c < lengthof(columns); c++)
 	{
 		attnums[c] = -1;
@@ -2059,30 +2059,12 @@ write_batch(StatementBatch *b)
 	{
 		RowEvent   *e = &b->events[i];
 		AuditPlanData *d = e->d;
-		Datum		related = related_array(d, e->keys, e->oldkeys, e->erasing);
 		Datum		v[lengthof(columns)];
 		bool		n[lengthof(columns)];
 		HeapTuple	tup;
 
-		for (int c = 0; c < CONTEXT_NPARAMS; c++)
-		{
-			v[c] = e->ctx->values[c];
-			n[c] = e->ctx->nulls[c] == 'n';
-		}
-		v[P_EVENT] = CStringGetTextDatum(e->event);
-		n[P_EVENT] = false;
-		v[P_CHANGED] = e->changed;
-		n[P_CHANGED] = e->changed == (Datum) 0;
-		v[P_OLD_IMAGE] = e->old_values;
-		n[P_OLD_IMAGE] = e->old_values == (Datum) 0;
-		v[P_NEW_IMAGE] = e->new_values;
-		n[P_NEW_IMAGE] = e->new_values == (Datum) 0;
-		v[P_ROWKEY] = e->row_key;
-		n[P_ROWKEY] = false;
-		n[P_SUBJECT] = !(d->owned && e->keys[0] != NULL);
-		v[P_SUBJECT] = n[P_SUBJECT] ? (Datum) 0 : CStringGetTextDatum(e->keys[0]);
-		v[P_RELATED] = related;
-		n[P_RELATED] = related == (Datum) 0;
+		/* the row plan's parameters, then what that plan has as constants */
+		event_values(e, v, n);
 		v[P_RELATED + 1] = d->table_name;
 		n[P_RELATED + 1] = false;
 		v[P_RELATED + 2] = d->kind_text;
@@ -2100,6 +2082,17 @@ write_batch(StatementBatch *b)
 	ReleaseTupleDesc(desc);
 	get_typlenbyvalalign(rowtype, &typlen, &typbyval, &typalign);
 	arg = PointerGetDatum(construct_array(rows, b->nevents, rowtype, typlen, typbyval, typalign));
+	ret = execute_batch(plan, arg);
+	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) b->nevents)
+		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+}
+
+/* Runs the batch INSERT as the audit owner, marked busy meanwhile (see get_batch_plan) */
+static int
+execute_batch(SPIPlanPtr plan, Datum arg)
+{
+	int			ret;
+
 	batch_plan_busy++;
 	PG_TRY();
 	{
@@ -2110,8 +2103,7 @@ write_batch(StatementBatch *b)
 		batch_plan_busy--;
 	}
 	PG_END_TRY();
-	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) b->nevents)
-		elog(ERROR, "SPI_execute_plan failed: %d", ret);
+	return ret;
 }
 
 /*
