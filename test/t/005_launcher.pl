@@ -124,8 +124,10 @@ ok($after > 0 && $after <= $left, 'the stopped pass left the rest of its rows fo
   or diag("left $left, after $after");
 like(slurp_file($node->logfile), qr/retention worker stops: database "slow" is no longer in gdpr.worker_databases/,
 	'the stop is in the server log');
-is($node->safe_psql('slow', q{SELECT count(*) FROM gdpr.retention_history WHERE by_worker AND error IS NOT NULL AND NOT skipped}),
-	'0', 'and in the history as skipped, not as a failure');
+# (only the table it was purging: a step of an earlier pass may have met the test's own setup)
+is($node->safe_psql('slow', q{SELECT string_agg(error, '; ') || '|' || bool_or(skipped) FROM gdpr.retention_history
+                                 WHERE by_worker AND table_name = 'public.visit' AND error IS NOT NULL}),
+	'skipped: the database was taken out of gdpr.worker_databases|true', 'and in the history as skipped, not as a failure');
 
 $node->stop;
 done_testing();
