@@ -2045,7 +2045,7 @@ write_batch(StatementBatch *b)
 
 	StaticAssertStmt(lengthof(columns) == ROW_NPARAMS + 2,
 					 "the batch's columns are the row plan's parameters, table_name and subject_kind");
-	for (int c = 0; c < lengthof(columns); c++)
+	for (int c = 0; c < (int) lengthof(columns); c++)
 	{
 		attnums[c] = -1;
 		for (int a = 0; a < desc->natts; a++)
@@ -2071,7 +2071,7 @@ write_batch(StatementBatch *b)
 		n[P_RELATED + 2] = false;
 
 		memset(isnull, true, sizeof(bool) * desc->natts);
-		for (int c = 0; c < lengthof(columns); c++)
+		for (int c = 0; c < (int) lengthof(columns); c++)
 		{
 			values[attnums[c]] = v[c];
 			isnull[attnums[c]] = n[c];
