@@ -20,24 +20,27 @@
 #   requests    -             data subject requests and breaches (Art. 12, 33, 34)
 #   processing  -             the record of processing activities (Art. 30)
 #   retention   retention.c   retention policies and their enforcement (Art. 5(1)(e)); worker.c
+#   ledger      ledger.c      the erasure ledger outside the database and its replay; gate.c
+#   reads       reads.c       read auditing: whose data was read (Art. 15(1)(c), 33); queue.c
 #   privileges  -             who may call and read what
 #
-# guc.c (settings), role.c (switching user), reads.c (read auditing) and worker.c (the
-# background worker) have no SQL of their own.
+# guc.c (settings), role.c (switching user), worker.c (the background worker), gate.c
+# (applications kept out until the ledger's replay is done) and queue.c (events written for
+# sessions that cannot: read-only transactions, reads) have no SQL of their own.
 
 MODULE_big = gdpr
-OBJS = src/gdpr.o src/guc.o src/subject.o src/role.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/condition.o src/erase.o src/chain.o src/consent.o src/retention.o src/worker.o
+OBJS = src/gdpr.o src/guc.o src/subject.o src/role.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/condition.o src/erase.o src/chain.o src/consent.o src/retention.o src/worker.o src/ledger.o src/gate.o src/queue.o
 
 EXTENSION = gdpr
 EXTVERSION = 1.0
-SQL_PARTS = gdpr audit chain paths subject coverage ddl export anonymize condition erase consent requests processing retention privileges
+SQL_PARTS = gdpr audit chain paths subject coverage ddl export anonymize condition erase consent requests processing retention ledger reads privileges
 DATA_built = gdpr--$(EXTVERSION).sql
 PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 
-REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile security erase_verify whose_data capture bulk cleanup
+REGRESS = setup map paths audit audit_settings export erase consent retention chain ddl bad_input hostile security erase_verify whose_data capture bulk ledger read_audit cleanup
 REGRESS_OPTS = --inputdir=. --load-extension=gdpr
 
-ISOLATION = audit_concurrent erase_concurrent seal_concurrent retention_concurrent
+ISOLATION = audit_concurrent erase_concurrent seal_concurrent retention_concurrent ledger_concurrent
 ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso --load-extension=gdpr
 
 PG_CONFIG ?= pg_config

@@ -94,3 +94,21 @@ SELECT at::date, ip FROM login_history ORDER BY id LIMIT 12;
 \echo '== 9. Reads of personal data go to the server log (library preloaded, gdpr.audit_reads = on)'
 SET gdpr.audit_reads = on;
 SELECT count(*) FROM customer c JOIN orders o ON o.customer_id = c.id;
+
+\echo '== 10. Who read whose data: read-audited tables record whose rows each statement read'
+RESET gdpr.audit_reads;
+SELECT gdpr.set_read_audit('customer');
+SELECT gdpr.set_read_audit('orders');
+SET gdpr.actor = 'support@shop';
+SELECT full_name FROM customer WHERE id = 43;
+SELECT count(*) FROM orders WHERE customer_id = 43;
+RESET gdpr.actor;
+-- the writer puts the reads in the trail a moment later
+DO $$ BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT used_bytes = 0 FROM gdpr.event_queue);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT event_time IS NOT NULL AS at, actor, table_name, bulk, rows_read FROM gdpr_access_log(43);
+SELECT gdpr_export(43) -> 'accessed_by' -> 'readers';

@@ -20,6 +20,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"
@@ -131,11 +133,25 @@ load_key(void)
 	if (!connected)
 		elog(ERROR, "SPI_connect failed");
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
-	ret = SPI_execute("INSERT INTO gdpr.secret VALUES ('pseudonym_key', gdpr._random_key()) "
-					  "ON CONFLICT (name) DO NOTHING", false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute failed: %d", ret);
-	ret = SPI_execute("SELECT value FROM gdpr.secret WHERE name = 'pseudonym_key'", false, 1);
+	ret = SPI_execute("SELECT value FROM gdpr.secret WHERE name = 'pseudonym_key' "
+					  "ORDER BY made_at LIMIT 1", true, 1);
+
+	/*
+	 * Made by CREATE EXTENSION; made again only if someone removed it, and
+	 * only where the transaction can write (a standby, a read-only
+	 * transaction only read it: gdpr_export works there).
+	 */
+	if (ret == SPI_OK_SELECT && SPI_processed == 0 && !RecoveryInProgress() && !XactReadOnly)
+	{
+		ret = SPI_execute("INSERT INTO gdpr.secret (name, value) "
+						  "SELECT 'pseudonym_key', gdpr._random_key() "
+						  " WHERE NOT EXISTS (SELECT FROM gdpr.secret WHERE name = 'pseudonym_key')",
+						  false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute failed: %d", ret);
+		ret = SPI_execute("SELECT value FROM gdpr.secret WHERE name = 'pseudonym_key' "
+						  "ORDER BY made_at LIMIT 1", false, 1);
+	}
 	gdpr_leave_role(save_userid, save_sec_context, nest);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the pseudonym key: %d", ret);

@@ -84,7 +84,7 @@ static const char *const reserved_events[] = {
 	"UNRESTRICT", "RETENTION", "OBJECTION", "AUDIT_OFF", NULL
 };
 static const char *const reserved_prefixes[] = {
-	"ERASE", "MAP_", "CONSENT_", "POLICY_", "REQUEST_", "BREACH_", "GDPR", NULL
+	"ERASE", "MAP_", "CONSENT_", "POLICY_", "REQUEST_", "BREACH_", "LEDGER_", "GDPR", NULL
 };
 
 /*

@@ -535,7 +535,7 @@ gdpr_verify_audit(PG_FUNCTION_ARGS)
 	plan = SPI_prepare("SELECT s.seq, s.event_id, s.event_digest, s.chain_hash, s.personal_digest, "
 					   "       s.nonce, s.redacted_by, s.retention_until, "
 					   "       a.event_id IS NOT NULL, " EVENT_COLUMNS ", "
-					   "       CASE WHEN a.event = 'ERASE' "
+					   "       CASE WHEN a.event IN ('ERASE', 'ERASE_REPLAY') "
 					   "            THEN (a.detail->>'sealed_events_redacted')::pg_catalog.int8 END "
 					   "  FROM gdpr.audit_seal s LEFT JOIN gdpr.audit_log a ON a.event_id = s.event_id "
 					   " WHERE s.seq > $1 ORDER BY s.seq",
@@ -855,7 +855,7 @@ check_redactions(Verify *v)
 
 			/* an erasure not sealed yet: its event is in the trail, not in the chain */
 			if (SPI_execute_with_args("SELECT (detail->>'sealed_events_redacted')::pg_catalog.int8 "
-									  "  FROM gdpr.audit_log WHERE event = 'ERASE' AND subject_id = $1",
+									  "  FROM gdpr.audit_log WHERE event IN ('ERASE', 'ERASE_REPLAY') AND subject_id = $1",
 									  1, ptypes, pargs, NULL, true, 1) != SPI_OK_SELECT)
 				elog(ERROR, "SPI_execute_with_args failed");
 			if (SPI_processed == 1)
@@ -1059,7 +1059,7 @@ gdpr_purge_audit_rows(PG_FUNCTION_ARGS)
 							"     WHERE s.seq <= h.seq AND s.redacted_by IS NOT NULL GROUP BY s.redacted_by) m "
 							"   WHERE EXISTS (SELECT FROM gdpr.erasure er JOIN gdpr.audit_log a "
 							"                   ON a.subject_kind = er.kind AND a.subject_id = er.pseudonym "
-							"                  WHERE er.pseudonym = m.pseudonym AND a.event = 'ERASE') "
+							"                  WHERE er.pseudonym = m.pseudonym AND a.event IN ('ERASE', 'ERASE_REPLAY')) "
 							"   GROUP BY m.pseudonym), "
 							"cp AS (INSERT INTO gdpr.audit_checkpoint (seq, chain_hash, prev_hash, event_digest, retention_until, "
 							"                                          redactions) "
@@ -1451,7 +1451,9 @@ read_seal_row(SealRow *r, HeapTuple tup, TupleDesc desc, Digester *d, TimestampT
 	r->digest_ok = memcmp(r->recomputed, r->event_digest, HASH_LEN) == 0;
 
 	/* columns from d->first (10): event is the third, subject_id the sixteenth */
-	if (!n[d->first + 1] && text_equal_cstr(v[d->first + 1], "ERASE"))
+	/* an erasure, or its replay in a restored copy (ledger.c) */
+	if (!n[d->first + 1] && (text_equal_cstr(v[d->first + 1], "ERASE") ||
+							 text_equal_cstr(v[d->first + 1], "ERASE_REPLAY")))
 	{
 		r->is_erase = true;
 		r->erase_pseudonym = n[d->first + 14] ? NULL : TextDatumGetCString(v[d->first + 14]);

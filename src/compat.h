@@ -73,4 +73,14 @@ typedef BackendId GdprVxidBackend;
 #define gdpr_local_beentry(index)	pgstat_fetch_stat_local_beentry(index)
 #endif
 
+/*
+ * Not a version difference but a packaging one: libpq/libpq-be.h includes
+ * the GSSAPI headers when the server was built with GSSAPI, and Debian's
+ * postgresql-server-dev packages do not bring them.  The gate (gate.c)
+ * needs only the connection's Port, whose layout PostgreSQL keeps the same
+ * with or without GSSAPI (a void pointer stands in, for extensions), so the
+ * GSSAPI headers are not included.
+ */
+#undef ENABLE_GSS
+
 #endif							/* GDPR_COMPAT_H */

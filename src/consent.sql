@@ -177,6 +177,7 @@ BEGIN
     END IF;
     PERFORM gdpr._log_event('CONSENT_WITHDRAWN', k.subject_key, true,
         jsonb_build_object('purpose', p.name), k.subject_kind);
+    PERFORM gdpr._ledger_note('consent_withdrawn', k.subject_kind, k.subject_key, p.name);
 END
 $$;
 
@@ -212,6 +213,7 @@ BEGIN
     VALUES (k.subject_kind, k.subject_key, p.name, detail) RETURNING objection_id INTO id;
     PERFORM gdpr._log_event('OBJECTION', k.subject_key, true,
         jsonb_build_object('purpose', p.name, 'objection_id', id), k.subject_kind);
+    PERFORM gdpr._ledger_note('objection', k.subject_kind, k.subject_key, p.name);
     RETURN id;
 END
 $$;

@@ -31,6 +31,7 @@
 #include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -51,6 +52,15 @@
 PG_FUNCTION_INFO_V1(gdpr_erase);
 PG_FUNCTION_INFO_V1(gdpr_can_erase);
 PG_FUNCTION_INFO_V1(gdpr_erased_pseudonym);
+PG_FUNCTION_INFO_V1(gdpr_erase_replay);
+
+/* The ledger entry an erasure replays (ledger.c), in a restored copy that lacked it */
+typedef struct LedgerReplay
+{
+	const char *entry_id;
+	int64		seq;
+	const char *line;			/* the ledger's line, verified */
+} LedgerReplay;
 
 /*
  * The registered tables of the erasure running now (NIL: none).  Writes to
@@ -129,7 +139,10 @@ typedef struct Redacted
 } Redacted;
 
 static void require_read_committed(const char *function);
-static Jsonb *erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id);
+static Jsonb *erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
+							 const LedgerReplay *replay);
+static Jsonb *with_ledger(Jsonb *report, const char *kind, const char *pseudonym, const char *entry_id,
+						 const LedgerReplay *replay);
 static ErrorData *try_erasure(const GdprSubject *subject, Jsonb **plan);
 static bool subject_erased(const GdprSubject *subject, Jsonb **record);
 static bool lock_subject(const GdprSubject *subject);
@@ -163,6 +176,7 @@ static void set_owned_join(EraseTable *t);
 static char *owned_rows(const EraseTable *t);
 static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables,
 						 Redacted *redacted);
+static List *scrub_latest(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
 static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
 static bool subject_in_trail(const GdprSubject *subject);
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
@@ -219,10 +233,72 @@ gdpr_erase(PG_FUNCTION_ARGS)
 				 errhint("Erase in a statement of its own, not from a trigger of a statement that changes registered tables.")));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	gdpr_own_reads_begin();
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
-	report = erase_subject(subject, dry_run, PG_ARGISNULL(3) ? NULL : &(int64) {PG_GETARG_INT64(3)});
+	report = erase_subject(subject, dry_run, PG_ARGISNULL(3) ? NULL : &(int64) {PG_GETARG_INT64(3)},
+						   NULL);
 	MemoryContextSwitchTo(callercxt);
 	report = DatumGetJsonbPCopy(JsonbPGetDatum(report));
+	gdpr_own_reads_end();
+	SPI_finish();
+	PG_RETURN_JSONB_P(report);
+}
+
+/*
+ * gdpr._erase_replay(subject, kind, entry_id, seq): the erasure of a ledger
+ * entry that this database (a restored copy) lacks, for
+ * gdpr_replay_erasures.  As gdpr_erase, as the caller, except that legal
+ * holds do not stop it (the erasure was decided and recorded then) and a
+ * subject whose row the copy no longer has is erased from wherever else it
+ * is named.  Recorded as ERASE_REPLAY, and as holding the entry.
+ */
+Datum
+gdpr_erase_replay(PG_FUNCTION_ARGS)
+{
+	char	   *kind = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	LedgerReplay replay;
+	MemoryContext callercxt = CurrentMemoryContext;
+	GdprSubject *subject;
+	Jsonb	   *report;
+
+	Oid			as_role = PG_GETARG_OID(4);
+	Oid			save_userid = InvalidOid;
+	int			save_sec_context = 0;
+	int			nest = -1;
+
+	replay.entry_id = DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(2)));
+	replay.seq = PG_GETARG_INT64(3);
+	require_read_committed("gdpr_replay_erasures");
+	if (OidIsValid(as_role) && !superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only a superuser may replay an erasure as another role")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	gdpr_own_reads_begin();
+	/* the worker's erasure runs the tables' triggers: with their owner's rights, never its own */
+	if (OidIsValid(as_role))
+		nest = gdpr_become_role(as_role, &save_userid, &save_sec_context);
+	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+
+	/*
+	 * Only what the ledger says, once: an erasure without its legal holds
+	 * is not for any caller to ask for.
+	 */
+	replay.line = gdpr_ledger_replayable(replay.entry_id, "erase", subject->kind,
+										 gdpr_subject_pseudonym(subject->kind, subject->key_text));
+	if (replay.line == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the erasure of subject %s of kind \"%s\" to replay is not an entry of the erasure ledger that this database lacks",
+						subject->key_text, subject->kind),
+				 errhint("See gdpr.ledger_entries(); gdpr_replay_erasures() replays what is missing.")));
+	report = erase_subject(subject, false, NULL, &replay);
+	if (nest >= 0)
+		gdpr_leave_role(save_userid, save_sec_context, nest);
+	MemoryContextSwitchTo(callercxt);
+	report = DatumGetJsonbPCopy(JsonbPGetDatum(report));
+	gdpr_own_reads_end();
 	SPI_finish();
 	PG_RETURN_JSONB_P(report);
 }
@@ -231,10 +307,11 @@ gdpr_erase(PG_FUNCTION_ARGS)
  * The erasure, or its dry run, of a resolved subject: the one planner that
  * gdpr_erase and gdpr_can_erase share.  Runs connected to SPI; the report
  * is made in the SPI context.  request_id: the request it completes, or
- * NULL.
+ * NULL; replay: the ledger entry it replays, or NULL.
  */
 static Jsonb *
-erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id)
+erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
+			  const LedgerReplay *replay)
 {
 	ResourceOwner callerowner = CurrentResourceOwner;
 	MemoryContext spicxt = CurrentMemoryContext;
@@ -265,7 +342,7 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id)
 	found = lock_subject(subject);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	erased = subject_erased(subject, &record);
-	if (!found && !erased)
+	if (!found && !erased && replay == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_GDPR_SUBJECT_NOT_FOUND),
 				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
@@ -303,9 +380,9 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id)
 		gdpr_push_jsonb(&state, record);
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 		PopActiveSnapshot();
-		return JsonbValueToJsonb(v);
+		return with_ledger(JsonbValueToJsonb(v), subject->kind, pseudonym, NULL, replay);
 	}
-	held = holds(subject);
+	held = replay != NULL ? NIL : holds(subject);
 	if (held != NIL)
 	{
 		StringInfoData detail;
@@ -335,8 +412,8 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id)
 								   callerowner, &redacted);
 	else
 		scrubbed = execute_erasure(tables, unlinked, &refreshed, subject, pseudonym, &redacted);
-	report = report_jsonb(dry_run ? "dry_run" : erased ? "erased_again" : "erased", subject,
-						  pseudonym, unlinked, refreshed, tables, scrubbed, redacted.events);
+	report = report_jsonb(dry_run ? "dry_run" : replay != NULL ? "replayed" : erased ? "erased_again" : "erased",
+						  subject, pseudonym, unlinked, refreshed, tables, scrubbed, redacted.events);
 	if (dry_run)
 	{
 		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
@@ -346,11 +423,66 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id)
 		if (request_id != NULL)
 			gdpr_complete_request(*request_id, subject, "erasure", "erased");
 		finish_bookkeeping(subject, pseudonym, keep_subject_row, erased, report);
-		gdpr_audit_event_until("ERASE", true, subject->kind, pseudonym, NULL, report,
-							   redacted.keep_until);
+		/* an erasure found again is in the ledger already, a replayed one too */
+		report = with_ledger(report, subject->kind, pseudonym, erased || replay != NULL
+							 ? NULL : gdpr_ledger_note("erase", subject->kind, pseudonym, NULL),
+							 replay);
+		gdpr_audit_event_until(replay != NULL ? "ERASE_REPLAY" : "ERASE", true, subject->kind,
+							   pseudonym, NULL, report, redacted.keep_until);
 	}
 	PopActiveSnapshot();
 	return report;
+}
+
+/*
+ * The report with what the ledger knows of the erasure: that its line is
+ * written (at commit: gdpr.ledger holds its entry_id), or which entry it
+ * replays, which the database now holds;
+ * and, with gdpr.backup_retention set, by when no backup holds the subject
+ * any more (backups_clear_by: Art. 17 and the ICO's "beyond use").
+ */
+static Jsonb *
+with_ledger(Jsonb *report, const char *kind, const char *pseudonym, const char *entry_id,
+			const LedgerReplay *replay)
+{
+	TimestampTz clear_by = gdpr_backups_clear_by(GetCurrentTransactionStartTimestamp());
+	StringInfoData buf;
+
+	if (replay != NULL)
+	{
+		Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Datum		args[4] = {CStringGetTextDatum(replay->entry_id), CStringGetTextDatum(kind),
+			CStringGetTextDatum(pseudonym), (Datum) 0};
+		int			ret;
+
+		args[3] = DirectFunctionCall2(jsonb_object_field_text, JsonbPGetDatum(report),
+									  CStringGetTextDatum("status"));
+		ret = gdpr_execute_as_owner(NULL,
+									"INSERT INTO gdpr.ledger (entry_id, entry, kind, pseudonym, replayed_at, outcome) "
+									"VALUES ($1::pg_catalog.uuid, 'erase', $2, $3, pg_catalog.now(), $4) "
+									"ON CONFLICT (entry_id) DO NOTHING",
+									4, argtypes, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not record the replayed ledger entry: %d", ret);
+	}
+	if (entry_id == NULL && replay == NULL && clear_by == 0)
+		return report;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	if (entry_id != NULL)
+		appendStringInfoString(&buf, "\"ledger\": \"written\"");
+	else if (replay != NULL)
+		appendStringInfo(&buf, "\"ledger\": \"replayed\", \"replayed_seq\": " INT64_FORMAT ", \"replay\": %s",
+						 replay->seq, gdpr_ledger_replay_diagnostics(replay->line));
+	if (clear_by != 0)
+	{
+		appendStringInfoString(&buf, buf.len > 1 ? ", " : "");
+		appendStringInfoString(&buf, "\"backups_clear_by\": ");
+		escape_json(&buf, timestamptz_to_str(clear_by));
+	}
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(report),
+											  DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))));
 }
 
 /*
@@ -374,10 +506,12 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	ErrorData  *refusal = NULL;
 	List	   *held;
 	bool		erased;
+	bool		trial;
 
 	require_read_committed("gdpr_can_erase");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	gdpr_own_reads_begin();
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	erased = subject_erased(subject, &record);
 	if (!erased && !gdpr_subject_exists(subject))
@@ -386,13 +520,29 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
 				 errhint("Check the key: there is nothing to erase.")));
 	held = holds(subject);
-	if (held == NIL)
+
+	/*
+	 * The trial erasure finds what only doing it finds (a constraint that
+	 * refuses an erased value); it needs a transaction that can write.  On
+	 * a standby or in a read-only transaction the answer is the holds' and
+	 * the past erasure's alone: false, or unknown (null), never a yes that
+	 * was not checked.
+	 */
+	trial = !RecoveryInProgress() && !XactReadOnly;
+	if (held == NIL && !erased && trial)
 		refusal = try_erasure(subject, &plan);
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	gdpr_push_key(&state, "can_erase");
-	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool,
-					   .val.boolean = !erased && held == NIL && refusal == NULL});
+	if (!erased && held == NIL && !trial)
+	{
+		pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvNull});
+		gdpr_push_key(&state, "unchecked");
+		gdpr_push_string(&state, "the trial erasure needs a transaction that can write: ask again on the primary, outside a read-only transaction");
+	}
+	else
+		pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool,
+						   .val.boolean = !erased && held == NIL && refusal == NULL});
 	gdpr_push_key(&state, "already_erased");
 	pushJsonbValue(&state, WJB_VALUE, &(JsonbValue) {.type = jbvBool, .val.boolean = erased});
 	gdpr_push_key(&state, "holds");
@@ -430,11 +580,12 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	result = JsonbValueToJsonb(v);
 
-	gdpr_audit_event("ERASE_CHECK", true, subject->kind,
-					 erased ? gdpr_subject_pseudonym(subject->kind, subject->key_text) : subject->key_text,
-					 NULL, result);
+	gdpr_record_event("ERASE_CHECK", subject->kind,
+					  erased ? gdpr_subject_pseudonym(subject->kind, subject->key_text) : subject->key_text,
+					  NULL, result);
 	MemoryContextSwitchTo(callercxt);
 	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
+	gdpr_own_reads_end();
 	SPI_finish();
 	PG_RETURN_JSONB_P(result);
 }
@@ -456,7 +607,7 @@ try_erasure(const GdprSubject *subject, Jsonb **plan)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		*plan = erase_subject(subject, true, NULL);
+		*plan = erase_subject(subject, true, NULL, NULL);
 	}
 	PG_CATCH();
 	{
@@ -1939,6 +2090,19 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, Red
 						 " WHERE subject_kind = $1 AND related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2] "
 						 "RETURNING event_id",
 						 4, argtypes, args);
+
+		/*
+		 * Reads queued before the erasure and written since its snapshot
+		 * (queue.c): the lock taken above waited for their writer, and
+		 * the latest snapshot sees them, whatever the isolation level.
+		 */
+		scrubbed = scrub_latest(scrubbed,
+								"UPDATE gdpr.audit_log "
+								"   SET related_subject_ids = pg_catalog.array_replace(related_subject_ids, $2, $3) "
+								" WHERE event OPERATOR(pg_catalog.=) 'READ' AND subject_kind OPERATOR(pg_catalog.=) $1 "
+								"   AND related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2] "
+								"RETURNING event_id",
+								4, argtypes, args);
 		foreach(lc, tables)
 		{
 			EraseTable *t = lfirst(lc);
@@ -1983,6 +2147,29 @@ scrub_audit(const GdprSubject *subject, const char *pseudonym, List *tables, Red
 											 pseudonym, &redacted->keep_until);
 	}
 	return list_length(scrubbed);
+}
+
+/* The same with the latest snapshot, not the transaction's */
+static List *
+scrub_latest(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", sql);
+	if (SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot, false, true, 0) !=
+		SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", sql);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64	   *id = palloc(sizeof(int64));
+
+		*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		list = lappend(list, id);
+	}
+	SPI_freeplan(plan);
+	return list;
 }
 
 /* Runs one scrubbing UPDATE ... RETURNING event_id; appends the ids to list */

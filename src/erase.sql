@@ -170,6 +170,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT restriction_pkey DO UPDATE SET reason = EXCLUDED.reason;
     PERFORM gdpr._map_changed('gdpr.restriction');
     PERFORM gdpr._log_event('RESTRICT', k.subject_key, true, jsonb_build_object('reason', reason), k.subject_kind);
+    PERFORM gdpr._ledger_note('restriction', k.subject_kind, k.subject_key, NULL);
 END
 $$;
 

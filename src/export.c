@@ -140,12 +140,14 @@ gdpr_export(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	gdpr_own_reads_begin();
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{
 		doc = erased_document(subject, erasure);
 		MemoryContextSwitchTo(callercxt);
 		doc = DatumGetJsonbPCopy(JsonbPGetDatum(doc));
+		gdpr_own_reads_end();
 		SPI_finish();
 		PG_RETURN_JSONB_P(doc);
 	}
@@ -229,8 +231,38 @@ gdpr_export(PG_FUNCTION_ARGS)
 			"    'changed_columns', pg_catalog.to_jsonb(changed_columns), "
 			"    'actor', actor, 'application', application_name)) ORDER BY event_id), '[]') "
 			"  FROM gdpr.audit_log "
-			" WHERE subject_kind = $2 "
+			" WHERE subject_kind = $2 AND event OPERATOR(pg_catalog.<>) 'READ' "
 			"   AND (subject_id = $3 OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3])",
+			subject, true));
+
+		/*
+		 * Who saw the subject's data (Art. 15(1)(c)), from the reads of
+		 * read-audited tables: each reader with counts and first and last
+		 * time, never what was read.  A bulk read of a table counts for
+		 * everyone in it.
+		 */
+		gdpr_push_key(&state, "accessed_by");
+		gdpr_push_jsonb(&state, query_jsonb(
+			"SELECT pg_catalog.jsonb_build_object("
+			"    'article', 'GDPR Art. 15(1)(c): the recipients to whom the personal data have been disclosed', "
+			"    'readers', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+			"        'session_role', session_role, 'role', effective_role, 'application', application_name, "
+			"        'actor', actor, 'reads', n, 'bulk_reads', nb, "
+			"        'first', pg_catalog.to_char(f AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+			"        'last', pg_catalog.to_char(l AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))) "
+			"        ORDER BY f, session_role, effective_role, application_name, actor), '[]')) "
+			"  FROM (SELECT a.session_role, a.effective_role, a.application_name, a.actor, "
+			"               pg_catalog.count(*) AS n, "
+			"               pg_catalog.count(*) FILTER (WHERE a.related_subject_ids IS NULL) AS nb, "
+			"               pg_catalog.min((st OPERATOR(pg_catalog.->>) 'at')::pg_catalog.timestamptz) AS f, "
+			"               pg_catalog.max((st OPERATOR(pg_catalog.->>) 'at')::pg_catalog.timestamptz) AS l "
+			"          FROM gdpr.audit_log a "
+			"         CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(a.detail OPERATOR(pg_catalog.->) 'reads') st "
+			"         WHERE a.event OPERATOR(pg_catalog.=) 'READ' AND a.subject_kind OPERATOR(pg_catalog.=) $2 "
+			"           AND (a.related_subject_ids IS NULL "
+			"                OR (a.related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3] "
+			"                    AND gdpr._read_names(st, pg_catalog.array_position(a.related_subject_ids, $3)))) "
+			"         GROUP BY a.session_role, a.effective_role, a.application_name, a.actor) r",
 			subject, true));
 		/* what the subject agreed to, objected to, accepted and asked for: one query */
 		push_members(&state, query_jsonb(
@@ -259,6 +291,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 
 	MemoryContextSwitchTo(callercxt);
 	doc = JsonbValueToJsonb(result);
+	gdpr_own_reads_end();
 	SPI_finish();
 	PG_RETURN_JSONB_P(doc);
 }
@@ -286,6 +319,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	gdpr_own_reads_begin();
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{
@@ -295,6 +329,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 		bool		nulls[2] = {false, false};
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		gdpr_own_reads_end();
 		SPI_finish();
 		return (Datum) 0;
 	}
@@ -333,6 +368,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	}
 
 	record_export(subject, portable, true, tables, counts, total);
+	gdpr_own_reads_end();
 	SPI_finish();
 	return (Datum) 0;
 }
@@ -1004,8 +1040,7 @@ record_export(const GdprSubject *subject, bool portable, bool streamed, List *ta
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	detail = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 
-	gdpr_audit_event("EXPORT", true, subject->kind, subject->key_text, NULL,
-					 JsonbValueToJsonb(detail));
+	gdpr_record_event("EXPORT", subject->kind, subject->key_text, NULL, JsonbValueToJsonb(detail));
 }
 
 /*
@@ -1076,9 +1111,9 @@ erased_document(const GdprSubject *subject, Jsonb *erasure)
 	gdpr_push_jsonb(&state, erasure);
 	v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	doc = JsonbValueToJsonb(v);
-	gdpr_audit_event("EXPORT", true, subject->kind,
-					 gdpr_subject_pseudonym(subject->kind, subject->key_text), NULL,
-					 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{\"erased\": true}"))));
+	gdpr_record_event("EXPORT", subject->kind,
+					  gdpr_subject_pseudonym(subject->kind, subject->key_text), NULL,
+					  DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{\"erased\": true}"))));
 	return doc;
 }
 

@@ -2,12 +2,12 @@
  *
  * gdpr.c
  *		Module entry point: settings, the relcache callback that keeps the
- *		per-backend caches honest, and what needs preloading: read auditing
- *		and the retention worker.
+ *		per-backend caches honest, and what needs preloading: read auditing,
+ *		the retention worker and the erasure ledger's gate.
  *
- * Everything but read auditing and the worker works when the library is
- * loaded on first use, without shared_preload_libraries: managed services
- * often forbid preloading (gdpr_enforce_retention() then does the worker's
+ * Everything but those works when the library is loaded on first use,
+ * without shared_preload_libraries: managed services often forbid
+ * preloading (gdpr_enforce_retention() then does the worker's
  * job from cron or a script).
  *
  *-------------------------------------------------------------------------
@@ -46,7 +46,9 @@ _PG_init(void)
 	gdpr_define_worker_settings();
 	MarkGUCPrefixReserved("gdpr");
 	EnableQueryId();
+	gdpr_install_queue();
 	gdpr_install_read_hook();
+	gdpr_install_gate();
 	if (!IsBinaryUpgrade)
 		gdpr_register_launcher();
 }
@@ -74,7 +76,10 @@ xact_callback(XactEvent event, void *arg)
 	{
 		gdpr_anonymize_invalidate(InvalidOid);
 		gdpr_capture_xact_end(false);
+		gdpr_reads_abort(InvalidSubTransactionId);
 	}
+	/* last: the ledger's lines are written once nothing else can fail the commit */
+	gdpr_ledger_xact(event);
 }
 
 static void
@@ -82,5 +87,9 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				 SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
 		gdpr_anonymize_invalidate(InvalidOid);
+		gdpr_reads_abort(mySubid);
+	}
+	gdpr_ledger_subxact(event);
 }

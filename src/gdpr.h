@@ -15,6 +15,7 @@
 #ifndef GDPR_H
 #define GDPR_H
 
+#include "access/xact.h"
 #include "catalog/pg_attribute.h"
 #include "compat.h"
 #include "executor/spi.h"
@@ -35,6 +36,9 @@
 #define ERRCODE_GDPR_ERASED				MAKE_SQLSTATE('G','D','3','0','2')
 #define ERRCODE_GDPR_ERASE_IMPOSSIBLE	MAKE_SQLSTATE('G','D','3','0','3')
 #define ERRCODE_GDPR_CONSENT_REQUIRED	MAKE_SQLSTATE('G','D','3','0','4')
+#define ERRCODE_GDPR_GATE_SHUT			MAKE_SQLSTATE('G','D','4','0','0')
+#define ERRCODE_GDPR_LEDGER_DAMAGED		MAKE_SQLSTATE('G','D','4','0','1')
+#define ERRCODE_GDPR_LEDGER_UNREACHABLE	MAKE_SQLSTATE('G','D','4','0','2')
 
 /* Event classes, for gdpr.audit_events */
 #define GDPR_EV_INSERT		0x0001
@@ -64,6 +68,10 @@ extern char *gdpr_actor;
 extern char *gdpr_client_addr;
 extern char *gdpr_user_agent;
 extern int	gdpr_max_event_detail;
+extern char *gdpr_ledger_directory;
+extern bool gdpr_ledger_required;
+extern char *gdpr_ledger_archive_command;
+extern int	gdpr_backup_retention;	/* minutes; 0: not said */
 
 /* Longest name, subject key, actor or user agent an event keeps, in bytes */
 #define GDPR_MAX_NAME_LEN	1024
@@ -220,10 +228,81 @@ extern void gdpr_complete_request(int64 request_id, const GdprSubject *subject, 
 /* worker.c */
 extern void gdpr_define_worker_settings(void);
 extern void gdpr_register_launcher(void);
+extern bool gdpr_worker_serves(const char *database);
+struct BackgroundWorkerHandle;
+extern struct BackgroundWorkerHandle *gdpr_start_database_worker(const char *function,
+																 const char *type, Oid dboid);
+
+/* ledger.c */
+extern bool gdpr_ledger_enabled(void);
+extern char *gdpr_ledger_note(const char *entry, const char *kind, const char *pseudonym,
+							  const char *purpose);	/* SPI */
+extern const char *gdpr_ledger_replayable(const char *entry_id, const char *entry, const char *kind,
+										  const char *pseudonym);	/* SPI */
+extern char *gdpr_ledger_replay_diagnostics(const char *line);
+extern void gdpr_ledger_xact(XactEvent event);
+extern void gdpr_ledger_subxact(SubXactEvent event);
+extern TimestampTz gdpr_backups_clear_by(TimestampTz erased_at);
+
+/* gate.c */
+/* A database's gate, as the worker left it (GDPR_GATE_PENDING: not checked since the start) */
+#define GDPR_GATE_PENDING		0
+#define GDPR_GATE_OPEN			1
+#define GDPR_GATE_UNREACHABLE	2
+#define GDPR_GATE_FAILED		3
+
+extern void gdpr_install_gate(void);
+extern void gdpr_gate_set(Oid dboid, int state);
+extern int	gdpr_gate_state(Oid dboid);
+
+/* queue.c */
+
+/* An event handed to the queue; a string is NULL where the event has none */
+typedef struct GdprQueuedEvent
+{
+	const char *event;
+	TimestampTz time;			/* the statement's start */
+	TimestampTz until;			/* retention_until */
+	const char *session_role;
+	const char *role;
+	const char *actor;
+	const char *client_addr;
+	const char *user_agent;
+	const char *application;
+	const char *table;
+	Oid			relid;
+	const char *kind;
+	const char *subject;
+	const char *detail;			/* JSON, for events other than READ */
+	/* READ only */
+	uint64		rows;			/* rows the statement's scans of the table returned */
+	int64		query_id;
+	bool		bulk;			/* too many subjects to list, or no way to tell them */
+	bool		aborted;		/* the statement did not end normally */
+	bool		by_row;			/* keys are rows (JSON objects) the writer resolves */
+	bool		unresolved;		/* the writer could not resolve them: bulk */
+	int			nkeys;
+	const char **keys;
+} GdprQueuedEvent;
+
+extern int	gdpr_queue_size_kb;
+extern bool gdpr_queue_writer;
+extern void gdpr_install_queue(void);
+extern bool gdpr_queue_available(void);
+extern void gdpr_event_context(GdprQueuedEvent *e, const char *event, Oid userid);
+extern void gdpr_send_event(const GdprQueuedEvent *e);
+extern void gdpr_queue_start_writers(void);
+extern void gdpr_queue_launcher_started(void);
+extern int64 gdpr_record_event(const char *event, const char *kind, const char *subject,
+							   const char *table_name, Jsonb *detail);	/* SPI */
 
 /* reads.c */
+extern int	gdpr_read_audit_max_subjects;
 extern const char *gdpr_internal_sql;
 extern void gdpr_install_read_hook(void);
 extern void gdpr_reads_invalidate(Oid relid);
+extern void gdpr_own_reads_begin(void);
+extern void gdpr_own_reads_end(void);
+extern void gdpr_reads_abort(SubTransactionId mySubid);
 
 #endif							/* GDPR_H */

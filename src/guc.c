@@ -32,10 +32,15 @@ bool		gdpr_allow_capture_off = false;
 bool		gdpr_audit_replicated = true;
 bool		gdpr_audit_unchanged_updates = false;
 bool		gdpr_audit_reads = false;
+int			gdpr_read_audit_max_subjects = 10000;
 char	   *gdpr_actor = NULL;
 char	   *gdpr_client_addr = NULL;
 char	   *gdpr_user_agent = NULL;
 int			gdpr_max_event_detail = 8192;
+char	   *gdpr_ledger_directory = NULL;
+bool		gdpr_ledger_required = false;
+char	   *gdpr_ledger_archive_command = NULL;
+int			gdpr_backup_retention = 0;
 
 /* Backing strings of the parsed settings, owned by the GUC machinery */
 static char *audit_retention_string = NULL;
@@ -104,6 +109,21 @@ gdpr_define_settings(void)
 							"any role that may log events must not be able to fill the disk.",
 							&gdpr_max_event_detail, 8192, 0, 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("gdpr.ledger_directory",
+							   "Directory of the erasure ledger, outside the data directory and every tablespace.",
+							   "Every committed erasure, withdrawn consent, objection and restriction is written there, and replayed in a restored copy that lacks it. Empty: no ledger.",
+							   &gdpr_ledger_directory, "", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("gdpr.ledger_archive_command",
+							   "Shell command that ships the erasure ledger after each write (%p: its path, %f: its file name).",
+							   NULL,
+							   &gdpr_ledger_archive_command, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.backup_retention",
+							"How long backups are kept: erasure reports say by when no backup holds the subject.",
+							"0: not said.",
+							&gdpr_backup_retention, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MIN,
+							NULL, NULL, NULL);
 	DefineCustomEnumVariable("gdpr.audit_values",
 							 "How much of each changed row the audit trail keeps: none, changed or full.",
 							 "changed keeps the changed columns of an UPDATE and the whole row of INSERT and DELETE; secret columns are never kept.",
@@ -151,6 +171,21 @@ gdpr_define_settings(void)
 void
 gdpr_define_preload_settings(void)
 {
+	DefineCustomBoolVariable("gdpr.ledger_required",
+							 "Keep applications out of a database while its erasure ledger is unreachable.",
+							 "Fail closed: a restored copy or a clone without its ledger serves no one until the ledger is back.",
+							 &gdpr_ledger_required, false, PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.queue_size",
+							"Shared memory for the events sessions cannot write themselves (reads of read-audited tables, events of read-only transactions).",
+							"When it is full, such events go to the server log; gdpr.queue counts them.",
+							&gdpr_queue_size_kb, 8192, 64, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("gdpr.read_audit_max_subjects",
+							"Subjects a READ event lists at most; a statement that reads more records a bulk read of the table.",
+							NULL,
+							&gdpr_read_audit_max_subjects, 10000, 1, 1000000, PGC_SUSET, 0,
+							NULL, NULL, NULL);
 	DefineCustomBoolVariable("gdpr.audit_reads",
 							 "Record reads of registered tables as one JSON line per statement in the server log.",
 							 "Needs gdpr in shared_preload_libraries; works in read-only transactions and on standbys.",
@@ -373,6 +408,9 @@ check_client_addr(char **newval, void **extra, GucSource source)
 	{
 		char	   *end;
 
+		/* digits only, as the inet type reads them: strtol also takes signs and spaces */
+		if (strspn(slash + 1, "0123456789") != strlen(slash + 1) || strlen(slash + 1) > 3)
+			goto bad;
 		bits = strtol(slash + 1, &end, 10);
 		if (end == slash + 1 || *end != '\0' || bits < 0)
 			goto bad;

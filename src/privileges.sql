@@ -172,6 +172,7 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr.add_path(pg_catalog.regclass, text, text[], name, text, name[], text),
                           gdpr._check_path_condition(pg_catalog.regclass, text),
                           gdpr._log_event(text, text, boolean, jsonb, text, text),
+                          gdpr._ledger_note(text, text, text, text),
                           gdpr._erased_pseudonym(text, text),
                           gdpr.repair_capture(pg_catalog.regclass),
                           gdpr.drop_path(pg_catalog.regclass, text),
@@ -195,3 +196,32 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
 REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest()
     TO gdpr_admin, gdpr_auditor;
+
+-- The erasure ledger: gdpr_admin verifies and replays it; applications see nothing of it.
+REVOKE EXECUTE ON FUNCTION public.gdpr_replay_erasures(boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.gdpr_replay_erasures(boolean), gdpr.verify_ledger(),
+                          gdpr.ledger_entries(), gdpr.ledger_identity(), gdpr._ledger_read(uuid),
+                          gdpr._ledger_keys(text, text[]), gdpr._ledger_adopt(),
+                          gdpr._erase_replay(text, text, uuid, bigint, oid), gdpr._ledger_missing(),
+                          gdpr._replay_record(text, text, text, text, text, uuid, bigint),
+                          gdpr._system_identifier(), gdpr.new_database_identity(),
+                          gdpr._ledger_check(uuid, text, text, text, text)
+    TO gdpr_admin;
+GRANT SELECT ON gdpr.database_identity, gdpr.ledger TO gdpr_admin, gdpr_auditor;
+
+-- Read auditing: gdpr_admin chooses the tables; who read a person's data is for gdpr_admin and
+-- auditors, like the trail.
+REVOKE EXECUTE ON FUNCTION public.gdpr_access_log(text, text, timestamptz),
+                           public.gdpr_access_log(bigint, text, timestamptz),
+                           public.gdpr_access_log(uuid, text, timestamptz)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.gdpr_access_log(text, text, timestamptz),
+                          public.gdpr_access_log(bigint, text, timestamptz),
+                          public.gdpr_access_log(uuid, text, timestamptz)
+    TO gdpr_admin, gdpr_auditor;
+GRANT EXECUTE ON FUNCTION gdpr.set_read_audit(pg_catalog.regclass, boolean), gdpr._check_read_audit()
+    TO gdpr_admin;
+GRANT EXECUTE ON FUNCTION gdpr._queue_stats() TO gdpr_admin, gdpr_auditor;
+-- reading a READ row's statements needs nothing but the row
+GRANT EXECUTE ON FUNCTION gdpr._read_positions(jsonb), gdpr._read_names(jsonb, int) TO PUBLIC;
+GRANT SELECT ON gdpr.event_queue TO gdpr_admin, gdpr_auditor;

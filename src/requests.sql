@@ -255,7 +255,7 @@ SELECT b.breach_id, b.detected_at, b.nature,
 CREATE FUNCTION public.gdpr_breach_subjects(from_time timestamptz, to_time timestamptz, by_role text DEFAULT NULL,
                                             by_actor text DEFAULT NULL)
     RETURNS TABLE (subject_kind text, subject_id text, events bigint, first_event timestamptz,
-                   last_event timestamptz, tables text[])
+                   last_event timestamptz, tables text[], access text)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -263,16 +263,37 @@ BEGIN
     IF from_time IS NULL OR to_time IS NULL OR from_time > to_time THEN
         RAISE EXCEPTION 'give a window: from_time <= to_time' USING ERRCODE = '22023';
     END IF;
+    -- access: changed (written), read (a read of a read-audited table, or an export), or both;
+    -- a bulk read names no one (subject_id NULL): it counts for everyone in its tables
     RETURN QUERY
-    SELECT a.subject_kind::text, a.subject_id::text, count(*), min(a.event_time), max(a.event_time),
-           array_agg(DISTINCT a.table_name ORDER BY a.table_name) FILTER (WHERE a.table_name IS NOT NULL)
-      FROM gdpr.audit_log a
-     WHERE a.event_time BETWEEN from_time AND to_time
-       AND a.subject_id IS NOT NULL
-       AND (by_role IS NULL OR a.session_role = by_role OR a.effective_role = by_role)
-       AND (by_actor IS NULL OR a.actor = by_actor)
-     GROUP BY a.subject_kind, a.subject_id
-     ORDER BY a.subject_kind, a.subject_id;
+    WITH e AS (
+        SELECT a.subject_kind AS k, a.subject_id AS s, a.event_time AS t, a.table_name AS tbl,
+               a.event IN ('EXPORT', 'ERASE_CHECK') AS was_read
+          FROM gdpr.audit_log a
+         WHERE a.event_time BETWEEN from_time AND to_time
+           AND a.subject_id IS NOT NULL AND a.event <> 'READ'
+           AND (by_role IS NULL OR a.session_role = by_role OR a.effective_role = by_role)
+           AND (by_actor IS NULL OR a.actor = by_actor)
+        UNION ALL
+        -- a trail row holds a run of reads (queue.c): each statement names its subjects by their
+        -- positions in related_subject_ids
+        SELECT a.subject_kind, a.related_subject_ids[p.pos], (st ->> 'at')::timestamptz,
+               a.table_name, true
+          FROM gdpr.audit_log a
+         CROSS JOIN LATERAL jsonb_array_elements(a.detail -> 'reads') st
+          LEFT JOIN LATERAL gdpr._read_positions(st) AS p(pos) ON true
+         WHERE a.event = 'READ' AND a.event_time <= to_time
+           AND (st ->> 'at')::timestamptz BETWEEN from_time AND to_time
+           AND (by_role IS NULL OR a.session_role = by_role OR a.effective_role = by_role)
+           AND (by_actor IS NULL OR a.actor = by_actor))
+    SELECT e.k::text, e.s::text, count(*), min(e.t), max(e.t),
+           array_agg(DISTINCT e.tbl ORDER BY e.tbl) FILTER (WHERE e.tbl IS NOT NULL),
+           CASE WHEN bool_and(e.was_read) THEN 'read'
+                WHEN bool_or(e.was_read) THEN 'read, changed'
+                ELSE 'changed' END
+      FROM e
+     GROUP BY e.k, e.s
+     ORDER BY e.k, e.s NULLS LAST;
 END
 $$;
 

@@ -186,7 +186,7 @@ BEGIN
                 -- Writers wait while the month's events move (once, for the events written before
                 -- its partition): none may route one to the default partition meanwhile.
                 LOCK TABLE gdpr.audit_log IN ACCESS EXCLUSIVE MODE;
-                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
+                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS INCLUDING COMPRESSION)', name);
                 PERFORM gdpr._move_default_events(('gdpr.' || quote_ident(name))::regclass, m, m + interval '1 month');
                 PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
                 EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
@@ -202,7 +202,7 @@ BEGIN
                 -- Built apart, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE on the trail,
                 -- which audited writes do not queue behind, where PARTITION OF takes ACCESS
                 -- EXCLUSIVE every month.
-                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS)', name);
+                EXECUTE format('CREATE TABLE gdpr.%I (LIKE gdpr.audit_log INCLUDING DEFAULTS INCLUDING COMPRESSION)', name);
                 PERFORM gdpr._index_audit_partition(('gdpr.' || quote_ident(name))::regclass);
                 EXECUTE format('ALTER TABLE gdpr.audit_log ATTACH PARTITION gdpr.%I FOR VALUES FROM (%L) TO (%L)',
                                name, m, m + interval '1 month');

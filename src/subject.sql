@@ -24,7 +24,9 @@ CREATE TABLE gdpr.registered_table (
     retention           text,
     recipients          text[],
     provided_by_subject boolean NOT NULL DEFAULT true,
-    registered_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+    registered_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- reads of the table are recorded, whose rows they were (gdpr.set_read_audit, reads.c)
+    read_audit          boolean NOT NULL DEFAULT false
 );
 
 -- How a row reaches its subject.  A table has one or more named paths; an owner path says the row

@@ -112,7 +112,8 @@ static char *my_database_name = NULL;
 
 static List *databases_to_serve(void);
 static void look_after_workers(List *databases);
-static void start_due_passes(void);
+static void start_due_passes(bool open_window);
+static bool gate_due(const ServedDatabase *db, TimestampTz now);
 static long next_due_ms(void);
 static int	running_workers(void);
 static bool start_worker(ServedDatabase *db);
@@ -125,6 +126,7 @@ static void rest_after_batch(TimestampTz batch_start);
 static bool in_window(void);
 static void run_pass(void);
 static bool drop_pending(void);
+static bool being_dropped(Oid dboid);
 static List *list_of_rows(const char *sql, int ncolumns);
 static char *run_step(const char *sql, Oid role, bool repeat, TimestampTz deadline, int64 *total);
 static int64 run_batch(const char *sql, Oid role, TimestampTz deadline);
@@ -132,6 +134,8 @@ static bool backing_off(const char *table);
 static int64 mark_started(TimestampTz started, const char *table);
 static void mark_finished(int64 run_id, int64 deleted, int64 anonymized, const char *error);
 static void run_due_erasures(TimestampTz started, TimestampTz deadline);
+static void check_ledger(void);
+static bool replay_erasures(TimestampTz deadline);
 static void record(TimestampTz started, const char *table, int64 deleted, int64 anonymized,
 				   const char *error);	/* what a pass did to one table: only when it did something */
 
@@ -219,6 +223,7 @@ gdpr_launcher_main(Datum main_arg)
 	pgstat_report_appname("gdpr retention launcher");
 	cycle_cxt = AllocSetContextCreate(TopMemoryContext, "gdpr launcher cycle",
 									  ALLOCSET_DEFAULT_SIZES);
+	gdpr_queue_launcher_started();
 
 	for (;;)
 	{
@@ -232,9 +237,9 @@ gdpr_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		look_after_workers(databases_to_serve());
+		gdpr_queue_start_writers();
 		open_window = in_window();
-		if (open_window)
-			start_due_passes();
+		start_due_passes(open_window);
 
 		/*
 		 * Until the next pass is due, a second at most; a reload, and a
@@ -314,10 +319,12 @@ look_after_workers(List *databases)
 /*
  * Starts a pass in every database due for one (its last pass ended
  * gdpr.worker_naptime ago, or it never had one), the longest waiting
- * first, while fewer than gdpr.worker_max_workers passes run.
+ * first, while fewer than gdpr.worker_max_workers passes run.  Outside the
+ * window only databases whose gate is shut are due (gate_due): their pass
+ * checks the ledger and ends.
  */
 static void
-start_due_passes(void)
+start_due_passes(bool open_window)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int			running = running_workers();
@@ -330,9 +337,12 @@ start_due_passes(void)
 		{
 			ServedDatabase *db = &served[i];
 
-			if (db->handle != NULL ||
-				(db->last_end != 0 &&
-				 now < TimestampTzPlusMilliseconds(db->last_end, worker_naptime * 1000L)))
+			if (db->handle != NULL)
+				continue;
+			if (!gate_due(db, now) &&
+				(!open_window ||
+				 (db->last_end != 0 &&
+				  now < TimestampTzPlusMilliseconds(db->last_end, worker_naptime * 1000L))))
 				continue;
 			if (next == NULL || db->last_end < next->last_end)
 				next = db;
@@ -342,6 +352,24 @@ start_due_passes(void)
 			return;
 		running++;
 	}
+}
+
+/*
+ * Whether a database's gate is shut and its check is due: at once after the
+ * start, then every 10 seconds while the ledger is unreachable or the replay
+ * fails.
+ */
+static bool
+gate_due(const ServedDatabase *db, TimestampTz now)
+{
+	int			state;
+
+	if (!gdpr_ledger_enabled())
+		return false;
+	state = gdpr_gate_state(db->dboid);
+	return state != GDPR_GATE_OPEN &&
+		(state == GDPR_GATE_PENDING || db->last_end == 0 ||
+		 now >= TimestampTzPlusMilliseconds(db->last_end, 10000L));
 }
 
 /* Milliseconds until the next database without a running pass is due: 50 to 1000 */
@@ -408,25 +436,10 @@ static bool
 start_worker(ServedDatabase *db)
 {
 	static TimestampTz last_complaint = 0;
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	MemoryContext old;
-	bool		started;
+	BackgroundWorkerHandle *handle = gdpr_start_database_worker("gdpr_database_worker_main",
+																 "gdpr retention worker", db->dboid);
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	worker.bgw_main_arg = ObjectIdGetDatum(db->dboid);
-	worker.bgw_notify_pid = MyProcPid;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "gdpr");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "gdpr_database_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "gdpr retention worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "gdpr retention worker");
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	started = RegisterDynamicBackgroundWorker(&worker, &handle);
-	MemoryContextSwitchTo(old);
-	if (!started)
+	if (handle == NULL)
 	{
 		/* said once a minute, not at every look */
 		if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_complaint, 60000L))
@@ -442,6 +455,36 @@ start_worker(ServedDatabase *db)
 	db->started = GetCurrentTimestamp();
 	db->terminated = false;
 	return true;
+}
+
+/*
+ * Starts a background worker of the launcher's in a database: a retention
+ * pass, or a queue's writer (queue.c).  Its handle lives in TopMemoryContext
+ * and the launcher is told when it starts and ends; NULL when no worker
+ * slot is free.
+ */
+BackgroundWorkerHandle *
+gdpr_start_database_worker(const char *function, const char *type, Oid dboid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	MemoryContext old;
+	bool		started;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "gdpr");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	started = RegisterDynamicBackgroundWorker(&worker, &handle);
+	MemoryContextSwitchTo(old);
+	return started ? handle : NULL;
 }
 
 /* The databases to visit: those listed, or every one that accepts connections */
@@ -482,6 +525,8 @@ databases_to_serve(void)
 			continue;
 		foreach(lc, wanted)
 			listed |= strcmp(lfirst(lc), NameStr(db->datname)) == 0;
+		if (listed && being_dropped(db->oid))
+			continue;
 		if (listed)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -495,6 +540,23 @@ databases_to_serve(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
 	return result;
+}
+
+/*
+ * Whether DROP DATABASE holds the database's lock, which it takes before it
+ * deletes the database's row and keeps until it commits (a checkpoint
+ * later): a worker started now would wait for it and then die with FATAL.
+ */
+static bool
+being_dropped(Oid dboid)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dboid, 0);
+	if (LockAcquire(&tag, AccessShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, AccessShareLock, false);
+	return false;
 }
 
 /* Whether now is inside gdpr.worker_window ("HH:MM-HH:MM", possibly across midnight) */
@@ -552,9 +614,139 @@ gdpr_database_worker_main(Datum main_arg)
 	my_database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
 	serving = installed && first_in_database();
 	CommitTransactionCommand();
+	if (!installed)
+		gdpr_gate_set(MyDatabaseId, GDPR_GATE_OPEN);
 	if (serving)
+		check_ledger();
+	/* a shut gate is retried every ten seconds: the pass waits for it to open */
+	if (serving && in_window() && gdpr_gate_state(MyDatabaseId) == GDPR_GATE_OPEN)
 		run_pass();
 	proc_exit(0);
+}
+
+/*
+ * Compares the database with the erasure ledger, replays what it lacks,
+ * and opens its gate once it holds every entry.  Every pass does it, the
+ * first right after the server starts.  An unreachable or damaged ledger
+ * keeps the gate shut under gdpr.ledger_required; a failed replay keeps it
+ * shut in any case (the replay is not done); the launcher tries again ten
+ * seconds later.
+ */
+static void
+check_ledger(void)
+{
+	static const char state_sql[] =
+		"SELECT CASE gdpr._ledger_state() WHEN 'missing' THEN 1 WHEN 'unreachable' THEN 2 "
+		"       WHEN 'incomplete' THEN 3 ELSE 0 END::pg_catalog.int8";
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   worker_max_pass_time * 1000L);
+	int			closed = gdpr_ledger_required ? GDPR_GATE_UNREACHABLE : GDPR_GATE_OPEN;
+	int64		state;
+	char	   *error;
+
+	if (!gdpr_ledger_enabled())
+	{
+		gdpr_gate_set(MyDatabaseId, GDPR_GATE_OPEN);
+		return;
+	}
+	pgstat_report_activity(STATE_RUNNING, "gdpr: comparing the database with the erasure ledger");
+	error = run_step(state_sql, InvalidOid, false, deadline, &state);
+	if (error == NULL && state == 1)
+	{
+		if (!replay_erasures(deadline))
+		{
+			gdpr_gate_set(MyDatabaseId, GDPR_GATE_FAILED);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			return;
+		}
+		error = run_step(state_sql, InvalidOid, false, deadline, &state);
+		if (error == NULL && state == 1)
+		{
+			ereport(LOG,
+					(errmsg("gdpr: database \"%s\" still lacks entries of the erasure ledger after its replay",
+							my_database_name),
+					 errhint("gdpr_admin can see them in gdpr.ledger_entries() and run gdpr_replay_erasures().")));
+			gdpr_gate_set(MyDatabaseId, GDPR_GATE_FAILED);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			return;
+		}
+	}
+	if (error != NULL || state == 2 || state == 3)
+	{
+		ereport(LOG,
+				(errmsg("gdpr: database \"%s\" cannot be compared with its erasure ledger: %s",
+						my_database_name,
+						error != NULL ? error
+						: state == 2 ? "the ledger directory is unreachable"
+						: "the ledger lacks entries the database holds (replaced, or cut short)"),
+				 errhint(gdpr_ledger_required
+						 ? "Applications stay out (gdpr.ledger_required is on) until the ledger is back."
+						 : "Applications are let in: gdpr.ledger_required is off.")));
+		gdpr_gate_set(MyDatabaseId, closed);
+	}
+	else
+		gdpr_gate_set(MyDatabaseId, GDPR_GATE_OPEN);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * The replay: each erasure with the rights of its subject table's owner
+ * (the worker is a superuser, and the erasure runs the tables' triggers),
+ * who must be a member of gdpr_admin, as anyone who erases; then the
+ * entries that change only the extension's own tables.  False if
+ * any failed; each failure is logged.
+ */
+static bool
+replay_erasures(TimestampTz deadline)
+{
+	List	   *erasures;
+	ListCell   *lc;
+	bool		ok = true;
+	int64		n;
+	char	   *error;
+
+	error = run_step("SELECT 1::pg_catalog.int8 FROM gdpr._ledger_adopt()", InvalidOid, false,
+					 deadline, &n);
+	if (error != NULL)
+		return false;
+	erasures = list_of_rows("SELECT m.subject, m.kind, m.entry_id::pg_catalog.text, m.seq::pg_catalog.text, "
+							"       m.owner::pg_catalog.text, r.rolsuper::pg_catalog.text, r.rolname::pg_catalog.text, "
+							"       pg_catalog.pg_has_role(m.owner, 'gdpr_admin', 'USAGE')::pg_catalog.text "
+							"  FROM gdpr._ledger_missing() m "
+							"  JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) m.owner "
+							" WHERE m.entry OPERATOR(pg_catalog.=) 'erase' AND m.subject IS NOT NULL "
+							" ORDER BY m.seq", 8);
+	foreach(lc, erasures)
+	{
+		List	   *e = lfirst(lc);
+		const char *owner = list_nth(e, 4);
+		bool		super = strcmp(list_nth(e, 5), "true") == 0;
+		bool		admin = strcmp(list_nth(e, 7), "true") == 0;
+
+		pgstat_report_activity(STATE_RUNNING,
+							   psprintf("gdpr: replaying erasure %s of the ledger", (char *) list_nth(e, 3)));
+		if ((super && !worker_erase_as_superuser) || (!super && !admin))
+		{
+			ereport(LOG,
+					(errmsg("gdpr: cannot replay erasure %s of the ledger in database \"%s\": role \"%s\", the owner of its subject table, %s",
+							(char *) list_nth(e, 3), my_database_name, (char *) list_nth(e, 6),
+							super ? "is a superuser, and gdpr.worker_erase_as_superuser is off"
+							: "is not a member of gdpr_admin"),
+					 errhint(super
+							 ? "Run SELECT * FROM gdpr_replay_erasures() as gdpr_admin, or allow it with gdpr.worker_erase_as_superuser."
+							 : "Run SELECT * FROM gdpr_replay_erasures() as gdpr_admin, or grant gdpr_admin to the owner.")));
+			ok = false;
+			continue;
+		}
+		error = run_step(psprintf("SELECT 1::pg_catalog.int8 FROM gdpr._erase_replay(%s, %s, %s::pg_catalog.uuid, %s, %s)",
+								  quote_literal_cstr(linitial(e)), quote_literal_cstr(lsecond(e)),
+								  quote_literal_cstr(lthird(e)), (char *) list_nth(e, 3), owner),
+						 InvalidOid, false, deadline, &n);
+		ok &= error == NULL;
+	}
+	error = run_step("SELECT pg_catalog.count(*) FROM public.gdpr_replay_erasures(false)", InvalidOid,
+					 false, deadline, &n);
+	return ok && error == NULL;
 }
 
 /*
@@ -792,7 +984,7 @@ list_of_rows(const char *sql, int ncolumns)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", sql);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -940,6 +1132,13 @@ leave_if_unlisted(void)
 }
 
 /* Whether gdpr.worker_databases (empty: every database) names this one */
+/* Whether the worker serves database (ledger.c's gate applies to those only) */
+bool
+gdpr_worker_serves(const char *database)
+{
+	return database_listed(database);
+}
+
 static bool
 database_listed(const char *name)
 {
@@ -1008,13 +1207,7 @@ rest_after_batch(TimestampTz batch_start)
 static bool
 drop_pending(void)
 {
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
-	if (LockAcquire(&tag, AccessShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
-		return true;
-	LockRelease(&tag, AccessShareLock, false);
-	return false;
+	return being_dropped(MyDatabaseId);
 }
 
 static void
