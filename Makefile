@@ -22,6 +22,7 @@
 #   retention   retention.c   retention policies and their enforcement (Art. 5(1)(e)); worker.c
 #   ledger      ledger.c      the erasure ledger outside the database and its replay; gate.c
 #   reads       reads.c       read auditing: whose data was read (Art. 15(1)(c), 33); queue.c
+#   citus       citus.c       Citus clusters: the map on every node, capture on the shards
 #   privileges  -             who may call and read what
 #
 # guc.c (settings), role.c (switching user), worker.c (the background worker), gate.c
@@ -29,11 +30,11 @@
 # sessions that cannot: read-only transactions, reads) have no SQL of their own.
 
 MODULE_big = gdpr
-OBJS = src/gdpr.o src/guc.o src/subject.o src/role.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/condition.o src/erase.o src/chain.o src/consent.o src/retention.o src/worker.o src/ledger.o src/gate.o src/queue.o
+OBJS = src/gdpr.o src/guc.o src/subject.o src/role.o src/audit.o src/reads.o src/ddl.o src/export.o src/anonymize.o src/condition.o src/erase.o src/chain.o src/consent.o src/retention.o src/worker.o src/ledger.o src/gate.o src/queue.o src/citus.o
 
 EXTENSION = gdpr
 EXTVERSION = 1.0
-SQL_PARTS = gdpr audit chain paths subject coverage ddl export anonymize condition erase consent requests processing retention ledger reads privileges
+SQL_PARTS = gdpr audit chain paths subject coverage ddl export anonymize condition erase consent requests processing retention ledger reads citus privileges
 DATA_built = gdpr--$(EXTVERSION).sql
 PGFILEDESC = "gdpr - GDPR compliance inside PostgreSQL"
 

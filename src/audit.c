@@ -166,6 +166,8 @@ typedef struct AuditPlanData
 	char	   *kind;			/* the subject kind of the table's paths */
 	Datum		kind_text;		/* the same, as text */
 	Datum		table_name;		/* the registered table's qualified name, as text */
+	bool		elsewhere;		/* a copy of a Citus reference table whose changes another
+								 * node records (citus.c) */
 } AuditPlanData;
 
 /* The cache entry of one relation */
@@ -440,6 +442,13 @@ capture_row_event(Relation rel, const char *event, HeapTuple oldtup, HeapTuple n
 	if (b == NULL && SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	d = acquire_row_plan(rel);
+	if (d->elsewhere)
+	{
+		release_row_plan(d);
+		if (b == NULL)
+			SPI_finish();
+		return;
+	}
 	PG_TRY();
 	{
 		make_row_event(&e, d, RelationGetDescr(rel), event, oldtup, newtup, changed, b != NULL);
@@ -1216,6 +1225,18 @@ build_row_plan(Relation rel)
 	d->mcxt = mcxt;
 	MemoryContextSwitchTo(oldcxt);
 	map = gdpr_load_table_map(root, oldcxt);
+	/* on a Citus node, a shard is covered by its table's map */
+	if (map == NULL)
+	{
+		bool		recorded_here;
+		Oid			table = gdpr_citus_shard_table(root, &recorded_here);
+
+		if (OidIsValid(table))
+		{
+			map = gdpr_load_table_map(table, oldcxt);
+			d->elsewhere = !recorded_here;
+		}
+	}
 	if (map == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

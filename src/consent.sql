@@ -236,6 +236,12 @@ BEGIN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM gdpr._check_column(tbl, subject_column);
+    IF gdpr._citus_table(tbl) THEN
+        -- the check would run on the workers, whose consent records are empty
+        RAISE EXCEPTION 'consent requirements do not cover Citus tables yet: % is one', gdpr._qualified(tbl)
+            USING ERRCODE = '0A000',
+                  HINT = 'Check consent in the application, with gdpr_has_consent() on the coordinator (see README, "Scaling out").';
+    END IF;
     IF p.legal_basis <> 'consent' THEN
         RAISE EXCEPTION 'purpose "%" rests on %, not on consent', p.name, p.legal_basis USING ERRCODE = '22023';
     END IF;

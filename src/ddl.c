@@ -110,5 +110,10 @@ gdpr_map_changed(PG_FUNCTION_ARGS)
 				 errhint("Only gdpr_admin and the table's owner change the map.")));
 	foreach(lc, rels)
 		CacheInvalidateRelcacheByRelid(lfirst_oid(lc));
+	/* a Citus coordinator sends the new map to the workers, in this transaction */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	gdpr_cluster_map_changed();
+	SPI_finish();
 	PG_RETURN_VOID();
 }

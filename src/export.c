@@ -141,6 +141,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
+	gdpr_citus_refuse("gdpr_export");
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{
@@ -320,6 +321,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
+	gdpr_citus_refuse("gdpr_export_rows");
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{

@@ -296,6 +296,11 @@ extern void gdpr_queue_launcher_started(void);
 extern int64 gdpr_record_event(const char *event, const char *kind, const char *subject,
 							   const char *table_name, Jsonb *detail);	/* SPI */
 
+/* citus.c */
+extern Oid	gdpr_citus_shard_table(Oid relid, bool *recorded_here);	/* SPI */
+extern void gdpr_cluster_map_changed(void);	/* SPI */
+extern void gdpr_citus_refuse(const char *function);	/* SPI */
+
 /* reads.c */
 extern int	gdpr_read_audit_max_subjects;
 extern const char *gdpr_internal_sql;

@@ -184,6 +184,7 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr._check_table(pg_catalog.regclass),
                           gdpr._check_column(pg_catalog.regclass, name),
                           gdpr._check_on_erase(text), gdpr._attach(pg_catalog.regclass),
+                          gdpr._citus_triggers(boolean), gdpr._citus_table(pg_catalog.regclass),
                           gdpr._detach(pg_catalog.regclass),
                           gdpr._insert_path(pg_catalog.regclass, text, text, name, jsonb, name[], text),
                           gdpr._log_map(text, pg_catalog.regclass, jsonb),
@@ -192,6 +193,9 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr._default_erase(pg_catalog.regclass, name, text),
                           gdpr._forget(oid, text, text)
     TO gdpr_admin;
+-- The cluster bus (citus.sql) is written only as the extension's owner, by _map_changed's C code:
+-- _cluster_sync, _cluster_map, _cluster_apply and _cluster_forget have no grant.
+
 -- Verification and digests read the whole trail: auditors and gdpr_admin.
 REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest()

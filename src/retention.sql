@@ -109,6 +109,12 @@ BEGIN
         RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
             USING ERRCODE = '42704', HINT = 'Retention applies to registered tables; register it with gdpr.register_table().';
     END IF;
+    IF gdpr._citus_table(tbl) THEN
+        -- its rows are purged on the workers, where the purge would be recorded as deletions
+        RAISE EXCEPTION 'retention does not cover Citus tables yet: % is one', gdpr._qualified(tbl)
+            USING ERRCODE = '0A000',
+                  HINT = 'Changes to Citus tables are captured on every node; retention is not enforced there yet (see README, "Scaling out").';
+    END IF;
     t := gdpr._check_column(tbl, time_column);
     IF t NOT IN ('date'::regtype, 'timestamp without time zone'::regtype, 'timestamp with time zone'::regtype) THEN
         RAISE EXCEPTION 'column "%" of table % has type %, not a date or timestamp', time_column, gdpr._qualified(tbl), t

@@ -180,10 +180,13 @@ CREATE FUNCTION gdpr._attach(tbl pg_catalog.regclass) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    citus_was text := gdpr._citus_triggers(true);	-- on a Citus table, the shards get them too
 BEGIN
     EXECUTE pg_catalog.format('CREATE TRIGGER gdpr_audit_row AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.audit_row()', tbl);
     PERFORM gdpr._attach_truncate(tbl);
     PERFORM gdpr._capture_always(tbl);
+    PERFORM gdpr._citus_triggers(citus_was = 'on');
 END
 $$;
 
@@ -294,6 +297,7 @@ CREATE FUNCTION gdpr._detach(tbl pg_catalog.regclass) RETURNS void
 AS $$
 DECLARE
     part regclass;
+    citus_was text := gdpr._citus_triggers(true);
 BEGIN
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS gdpr_audit_row ON %s', tbl);
     FOR part IN SELECT g.tgrelid FROM pg_catalog.pg_trigger g
@@ -301,6 +305,7 @@ BEGIN
                    AND (g.tgrelid = tbl OR g.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(tbl))) LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER gdpr_audit_truncate ON %s', part);
     END LOOP;
+    PERFORM gdpr._citus_triggers(citus_was = 'on');
 END
 $$;
 
@@ -698,8 +703,10 @@ BEGIN
                   HINT = 'Unregister those tables first.';
     END IF;
     PERFORM gdpr._forget(tbl, gdpr._qualified(tbl), 'unregister_table');
-    PERFORM gdpr._detach(tbl);
+    -- before the triggers go: on a Citus cluster the workers forget the table first (their
+    -- guard refuses to drop the triggers of a table still in their map)
     PERFORM gdpr._map_changed(tbl);
+    PERFORM gdpr._detach(tbl);
 END
 $$;
 

@@ -31,6 +31,60 @@ gdpr_build_install() {
 	make -s PG_CONFIG="$PG_CONFIG" "$@" && make -s install PG_CONFIG="$PG_CONFIG" "$@" >/dev/null
 }
 
+# Citus, for test/t/009_citus.pl.  Not packaged by Debian: built from its source archive, found
+# in $GDPR_CITUS_ARCHIVE or in a shared/vendor directory beside the repository or above it.
+# Prints the archive's path; fails when there is none.
+gdpr_citus_archive() {
+	local d a
+	if [ -n "${GDPR_CITUS_ARCHIVE:-}" ] && [ -f "$GDPR_CITUS_ARCHIVE" ]; then
+		echo "$GDPR_CITUS_ARCHIVE"; return 0
+	fi
+	for d in "$ROOT/.." "$ROOT/../.." /work; do
+		for a in "$d"/shared/vendor/citus-*.tar.gz; do
+			[ -f "$a" ] && { echo "$(cd "$(dirname "$a")" && pwd)/$(basename "$a")"; return 0; }
+		done
+	done
+	return 1
+}
+
+# Installs Citus for $PG_CONFIG's PostgreSQL when it is missing and its archive is at hand (about a
+# minute); says why not otherwise, and the Citus test skips.  Returns non-zero only when a build
+# that should have worked failed.
+gdpr_citus_install() {
+	local archive src pkglibdir build
+	pkglibdir=$("$PG_CONFIG" --pkglibdir)
+	[ -e "$pkglibdir/citus.so" ] && return 0
+	case $PGVER in
+		15 | 16 | 17) ;;
+		*) echo "Citus 13.2 supports PostgreSQL 15 to 17: the Citus test skips on $PGVER"; return 0 ;;
+	esac
+	archive=$(gdpr_citus_archive) ||
+		{ echo "no Citus here and no citus-*.tar.gz (set GDPR_CITUS_ARCHIVE): the Citus test skips"; return 0; }
+	echo "building Citus from $archive"
+	local missing="" p
+	for p in liblz4-dev libzstd-dev libcurl4-openssl-dev libkrb5-dev; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+	done
+	if [ -n "$missing" ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null ||
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; } ||
+			{ echo "installing Citus's build dependencies failed"; return 1; }
+	fi
+	build=$(mktemp -d /tmp/gdpr-citus.XXXXXX)
+	tar -C "$build" -xzf "$archive" || return 1
+	src=$(echo "$build"/citus-*)
+	# PostgreSQL 15.20 exports have_createdb_privilege(), which Citus 13.2 also defines (static
+	# inline) for versions before 16: its copy goes where the server has one
+	if grep -q have_createdb_privilege "$("$PG_CONFIG" --includedir-server)/commands/dbcommands.h"; then
+		perl -0pi -e 's/\nstatic inline bool\nhave_createdb_privilege\(void\)\n\{.*?\n\}\n/\n/s' \
+			"$src/src/include/pg_version_compat.h"
+	fi
+	(cd "$src" && ./configure PG_CONFIG="$PG_CONFIG" >"$build/configure.log" 2>&1 &&
+		make -j2 >"$build/make.log" 2>&1 && make install >"$build/install.log" 2>&1) ||
+		{ echo "building Citus failed: see $build"; return 1; }
+	rm -rf "$build"
+}
+
 gdpr_free_port() {
 	local port
 	for port in $(seq 54320 54400); do
@@ -158,12 +212,17 @@ gdpr_unmount_chroot() {
 # gdpr_in_chroot <version> <command> [args]: runs a command of this repository (such as
 # test/run) against PostgreSQL <version>, on a copy of the tree in that version's chroot.
 gdpr_in_chroot() {
-	local v=$1 dir
+	local v=$1 dir archive
 	shift
 	dir=$(gdpr_pg_chroot "$v") || return 1
 	rm -rf "$dir/build"
 	mkdir -p "$dir/build"
 	tar -C "$ROOT" --exclude=.git -cf - . | tar -C "$dir/build" -xf -
+	local citus=""
+	if archive=$(gdpr_citus_archive); then
+		cp "$archive" "$dir/citus.tar.gz" && citus=/citus.tar.gz
+	fi
 	chroot "$dir" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 PGVER="$v" \
+		GDPR_CITUS_ARCHIVE="$citus" \
 		bash -c 'cd /build && "$@"' bash "$@"
 }

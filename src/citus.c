@@ -1,0 +1,148 @@
+/*-------------------------------------------------------------------------
+ *
+ * citus.c
+ *		Citus clusters: the capture on a worker finds the map of the
+ *		distributed table a shard belongs to, and a change of the map on the
+ *		coordinator reaches every node (the cluster bus, in citus.sql).
+ *
+ * Nothing here links to Citus: its catalogs are read by name, and only
+ * where they exist, so a server without Citus pays one syscache lookup.
+ * The rights functions (export, erasure) do not cover the workers yet:
+ * where a registered table is a Citus table they refuse rather than
+ * report a success they could not check.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "gdpr.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+
+PG_FUNCTION_INFO_V1(gdpr_cluster_forget);
+
+static bool citus_installed(void);
+
+/*
+ * The Citus table a shard on this node belongs to, or InvalidOid when relid
+ * is not a shard.  Citus names a shard after its table with "_<shard id>"
+ * appended; the name alone proves nothing (anyone may create a table called
+ * so), so the shard must be in Citus's catalog and its name, as Citus builds
+ * it, must be this very relation.
+ *
+ * *recorded_here says whether this node records the shard's changes.  A
+ * reference table's shard has a copy on every node, each changed by the same
+ * statement: one node records them, the first group that holds a copy (the
+ * coordinator, once it is in the metadata), so that a change is one event.
+ * SPI must be connected.
+ */
+Oid
+gdpr_citus_shard_table(Oid relid, bool *recorded_here)
+{
+	static const char *sql =
+		"SELECT s.logicalrelid::pg_catalog.oid, "
+		"       p.partmethod OPERATOR(pg_catalog.<>) 'n' "
+		"       OR (SELECT pg_catalog.min(pl.groupid) FROM pg_catalog.pg_dist_placement pl "
+		"            WHERE pl.shardid OPERATOR(pg_catalog.=) s.shardid) "
+		"          OPERATOR(pg_catalog.=) (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) "
+		"  FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p "
+		"       ON p.logicalrelid OPERATOR(pg_catalog.=) s.logicalrelid "
+		" WHERE s.shardid OPERATOR(pg_catalog.=) $1 "
+		"   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid)) "
+		"       OPERATOR(pg_catalog.=) $2::pg_catalog.regclass";
+	Oid			argtypes[2] = {INT8OID, OIDOID};
+	Datum		args[2];
+	char	   *name;
+	char	   *suffix;
+	bool		isnull;
+	Oid			table;
+
+	*recorded_here = true;
+	if (!citus_installed())
+		return InvalidOid;
+	name = get_rel_name(relid);
+	suffix = name != NULL ? strrchr(name, '_') : NULL;
+	if (suffix == NULL || suffix[1] == '\0' || strspn(suffix + 1, "0123456789") != strlen(suffix + 1) ||
+		strlen(suffix + 1) > 18)
+		return InvalidOid;
+	args[0] = Int64GetDatum(strtoi64(suffix + 1, NULL, 10));
+	args[1] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args(sql, 2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed for \"%s\"", sql);
+	if (SPI_processed == 0)
+		return InvalidOid;
+	table = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		return InvalidOid;
+	*recorded_here = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) ||
+		isnull;
+	return table;
+}
+
+/*
+ * After a change of the map: on a Citus coordinator, every node gets the new
+ * map in this transaction (gdpr._cluster_sync).  Run as the extension's
+ * owner, who alone writes the bus; what it runs reads only the map and
+ * Citus's catalogs, so no object of the caller's runs with those rights.
+ * SPI must be connected.
+ */
+void
+gdpr_cluster_map_changed(void)
+{
+	if (!citus_installed())
+		return;
+	if (gdpr_execute_as_owner(NULL, "SELECT gdpr._cluster_sync()", 0, NULL, NULL, NULL,
+							  false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed for gdpr._cluster_sync()");
+}
+
+/*
+ * The rights functions on a cluster: the subject's events are in the trail
+ * of every node that holds their rows, which this version does not read or
+ * scrub.  Refused whenever a Citus table is registered.  SPI must be
+ * connected.
+ */
+void
+gdpr_citus_refuse(const char *function)
+{
+	if (!citus_installed())
+		return;
+	if (SPI_execute("SELECT pg_catalog.min(gdpr._qualified(r.relid)) FROM gdpr.registered_table r "
+					" WHERE r.relid::pg_catalog.oid IN (SELECT p.logicalrelid::pg_catalog.oid "
+					"                                    FROM pg_catalog.pg_dist_partition p)",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: listing the registered Citus tables");
+	if (SPI_processed == 1 && SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s does not cover Citus tables yet", function),
+				 errdetail("Table %s is a Citus table: the subject's events are in the audit trail of each node that holds their rows.",
+						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("On a Citus cluster, gdpr captures changes on every node; export and erasure are not available there yet (see README, \"Scaling out\").")));
+}
+
+/*
+ * gdpr._cluster_forget(): every backend of this node drops its cached plans
+ * and maps.  A worker's capture plans are keyed by its shards, which no map
+ * row names, so the invalidation cannot be narrower.  The bus calls it after
+ * a new map is applied; maps change rarely.
+ */
+Datum
+gdpr_cluster_forget(PG_FUNCTION_ARGS)
+{
+	CacheInvalidateRelcacheAll();
+	PG_RETURN_VOID();
+}
+
+/* Citus's catalogs exist in this database */
+static bool
+citus_installed(void)
+{
+	return OidIsValid(get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE));
+}

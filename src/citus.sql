@@ -1,0 +1,214 @@
+------------------------------------------------------------------------------------------------
+-- Citus clusters (citus.c)
+--
+-- On a Citus cluster the application's rows live in shards on the workers, and the capture
+-- trigger fires there, on the shard.  Each node keeps its own trail; what the workers need of the
+-- coordinator's map (the subject kinds, the registered Citus tables with their paths and
+-- classification, the restrictions and the pseudonym key) reaches them through the cluster bus: a
+-- reference table whose rows every node's copy receives in the writing transaction (two-phase
+-- commit), where a trigger applies them.  A rolled-back registration changes no node.
+------------------------------------------------------------------------------------------------
+
+-- What this node is: 'none' (no Citus here), 'coordinator' or 'worker'.  pg_dist_* exist only
+-- where Citus is installed, so they are read by name.
+CREATE FUNCTION gdpr._citus_node() RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    grp int;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NULL THEN
+        RETURN 'none';
+    END IF;
+    EXECUTE 'SELECT groupid FROM pg_catalog.pg_dist_local_group' INTO grp;
+    RETURN CASE WHEN grp = 0 THEN 'coordinator' ELSE 'worker' END;
+END
+$$;
+
+-- Whether a table is a Citus table (distributed, reference, or local in the metadata).
+CREATE FUNCTION gdpr._citus_table(tbl pg_catalog.regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)'
+        INTO found USING tbl;
+    RETURN found;
+END
+$$;
+
+-- Citus creates triggers on its tables only under citus.enable_unsafe_triggers: the trigger
+-- then fires on the node that holds the shard, which is where the capture has to run.  Set for
+-- the registration's own statements, and put back as it was.
+CREATE FUNCTION gdpr._citus_triggers(enable boolean) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    was text := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
+BEGIN
+    IF was IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', CASE WHEN enable THEN 'on' ELSE 'off' END, true);
+    END IF;
+    RETURN was;
+END
+$$;
+
+-- What the workers need of the map, with every relation named by its text (oids differ between
+-- nodes).  A registered Citus table whose path leaves the Citus tables cannot be followed on a
+-- worker: refused here, with what to do.
+CREATE FUNCTION gdpr._cluster_map() RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tables regclass[];
+    bad record;
+BEGIN
+    SELECT pg_catalog.array_agg(r.relid) INTO tables
+      FROM gdpr.registered_table r WHERE gdpr._citus_table(r.relid);
+    tables := COALESCE(tables, '{}');
+    SELECT r.relid, s.relid AS subject_table INTO bad
+      FROM gdpr.registered_table r JOIN gdpr.subject_kind s ON s.kind = r.kind
+     WHERE r.relid = ANY (tables) AND NOT gdpr._citus_table(s.relid) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'table % is a Citus table, but its subject table % is not', gdpr._qualified(bad.relid),
+              gdpr._qualified(bad.subject_table) USING ERRCODE = '0A000',
+              DETAIL = 'The capture runs on the worker that holds each shard, where only Citus tables exist.',
+              HINT = pg_catalog.format('Distribute %s (create_distributed_table) or make it a reference table (create_reference_table) first.',
+                                       gdpr._qualified(bad.subject_table));
+    END IF;
+    SELECT p.relid, p.to_rel INTO bad FROM gdpr.path_step p
+     WHERE p.relid = ANY (tables) AND NOT gdpr._citus_table(p.to_rel) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'table % is a Citus table, but its path to the subject goes through %, which is not',
+              gdpr._qualified(bad.relid), gdpr._qualified(bad.to_rel) USING ERRCODE = '0A000',
+              HINT = pg_catalog.format('Make %s a Citus table too, or register %s with subject_column.',
+                                       gdpr._qualified(bad.to_rel), gdpr._qualified(bad.relid));
+    END IF;
+    RETURN pg_catalog.jsonb_build_object(
+        'kinds', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                      'kind', s.kind, 'relid', gdpr._qualified(s.relid), 'key_column', s.key_column,
+                      'key_type', s.key_type::text, 'on_erase', s.on_erase, 'registered_at', s.registered_at)), '[]')
+                    FROM gdpr.subject_kind s
+                   WHERE s.kind IN (SELECT r.kind FROM gdpr.registered_table r WHERE r.relid = ANY (tables))),
+        'tables', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.||)
+                      pg_catalog.jsonb_build_object('relid', gdpr._qualified(r.relid))), '[]')
+                     FROM gdpr.registered_table r WHERE r.relid = ANY (tables)),
+        'paths', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.||)
+                      pg_catalog.jsonb_build_object('relid', gdpr._qualified(p.relid))), '[]')
+                    FROM gdpr.subject_path p WHERE p.relid = ANY (tables)),
+        'steps', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.||)
+                      pg_catalog.jsonb_build_object('relid', gdpr._qualified(p.relid),
+                                                    'to_rel', gdpr._qualified(p.to_rel),
+                                                    'ops', p.ops::text[])), '[]')
+                    FROM gdpr.path_step p WHERE p.relid = ANY (tables)),
+        'columns', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.||)
+                        pg_catalog.jsonb_build_object('relid', gdpr._qualified(c.relid))), '[]')
+                      FROM gdpr.column_class c WHERE c.relid = ANY (tables)),
+        'restrictions', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]') FROM gdpr.restriction x),
+        'pseudonym_key', (SELECT pg_catalog.encode(s.value, 'hex') FROM gdpr.secret s
+                           WHERE s.name = 'pseudonym_key' ORDER BY s.made_at LIMIT 1));
+END
+$$;
+
+-- On the coordinator, after a change of the map: sends the map to every node.  Nothing to do
+-- where Citus is absent, on a worker, or while no Citus table was ever registered.
+CREATE FUNCTION gdpr._cluster_sync() RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    SET client_min_messages = warning		-- Citus's notices about its own steps
+AS $$
+DECLARE
+    was text;
+BEGIN
+    IF gdpr._citus_node() <> 'coordinator' THEN
+        RETURN;
+    END IF;
+    IF pg_catalog.to_regclass('gdpr.cluster_bus') IS NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM gdpr.registered_table r WHERE gdpr._citus_table(r.relid)) THEN
+            RETURN;
+        END IF;
+        CREATE TABLE gdpr.cluster_bus (
+            op       text NOT NULL,
+            payload  jsonb NOT NULL,
+            sent_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+        );
+        REVOKE ALL ON gdpr.cluster_bus FROM PUBLIC;
+        PERFORM pg_catalog.create_reference_table('gdpr.cluster_bus');
+        -- a member of the extension: DROP EXTENSION takes it along, pg_dump leaves it out (a
+        -- member from the start would not be created on the workers: Citus leaves members to
+        -- the extension's own script there)
+        ALTER EXTENSION gdpr ADD TABLE gdpr.cluster_bus;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                    WHERE t.tgrelid = 'gdpr.cluster_bus'::regclass AND t.tgname = 'apply') THEN
+        was := gdpr._citus_triggers(true);
+        CREATE TRIGGER apply AFTER INSERT ON gdpr.cluster_bus FOR EACH ROW EXECUTE FUNCTION gdpr._cluster_apply();
+        PERFORM gdpr._citus_triggers(was = 'on');
+    END IF;
+    INSERT INTO gdpr.cluster_bus (op, payload) VALUES ('map', gdpr._cluster_map());
+    -- the bus carries the pseudonym key: applied, it keeps nothing
+    DELETE FROM gdpr.cluster_bus;
+END
+$$;
+
+-- The trigger of the bus, on every node's copy: a worker's map becomes the coordinator's.
+CREATE FUNCTION gdpr._cluster_apply() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m jsonb := NEW.payload;
+BEGIN
+    IF NEW.op <> 'map' OR gdpr._citus_node() <> 'worker' THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM gdpr.subject_kind;		-- and, by their foreign keys, tables, paths, steps, columns
+    INSERT INTO gdpr.subject_kind (kind, relid, key_column, key_type, on_erase, registered_at)
+    SELECT k.kind, k.relid::regclass, k.key_column, k.key_type::regtype, k.on_erase, k.registered_at
+      FROM pg_catalog.jsonb_to_recordset(m -> 'kinds')
+           AS k(kind text, relid text, key_column name, key_type text, on_erase text, registered_at timestamptz);
+    INSERT INTO gdpr.registered_table (relid, kind, on_erase, purpose, legal_basis, retention, recipients,
+                                       provided_by_subject, registered_at, read_audit)
+    SELECT t.relid::regclass, t.kind, t.on_erase, t.purpose, t.legal_basis, t.retention, t.recipients,
+           t.provided_by_subject, t.registered_at, t.read_audit
+      FROM pg_catalog.jsonb_to_recordset(m -> 'tables')
+           AS t(relid text, kind text, on_erase text, purpose text, legal_basis text, retention text,
+                recipients text[], provided_by_subject boolean, registered_at timestamptz, read_audit boolean);
+    INSERT INTO gdpr.subject_path (relid, path_name, relation, subject_column, about_columns, condition)
+    SELECT p.relid::regclass, p.path_name, p.relation, p.subject_column, p.about_columns, p.condition
+      FROM pg_catalog.jsonb_to_recordset(m -> 'paths')
+           AS p(relid text, path_name text, relation text, subject_column name, about_columns name[], condition text);
+    INSERT INTO gdpr.path_step (relid, path_name, step, from_cols, to_rel, to_cols, ops, reverse, constraint_name)
+    SELECT s.relid::regclass, s.path_name, s.step, s.from_cols, s.to_rel::regclass, s.to_cols,
+           s.ops::regoperator[], s.reverse, s.constraint_name
+      FROM pg_catalog.jsonb_to_recordset(m -> 'steps')
+           AS s(relid text, path_name text, step int, from_cols name[], to_rel text, to_cols name[],
+                ops text[], reverse boolean, constraint_name name);
+    INSERT INTO gdpr.column_class (relid, column_name, category, erase)
+    SELECT c.relid::regclass, c.column_name, c.category, c.erase
+      FROM pg_catalog.jsonb_to_recordset(m -> 'columns')
+           AS c(relid text, column_name name, category text, erase text);
+    DELETE FROM gdpr.restriction;
+    INSERT INTO gdpr.restriction (kind, subject_id, source, reason, restricted_at)
+    SELECT x.kind, x.subject_id, x.source, x.reason, x.restricted_at FROM pg_catalog.jsonb_populate_recordset(NULL::gdpr.restriction, m -> 'restrictions') x;
+    IF m ->> 'pseudonym_key' IS NOT NULL THEN
+        DELETE FROM gdpr.secret WHERE name = 'pseudonym_key';
+        INSERT INTO gdpr.secret (name, value) VALUES ('pseudonym_key', pg_catalog.decode(m ->> 'pseudonym_key', 'hex'));
+    END IF;
+    PERFORM gdpr._cluster_forget();
+    RETURN NULL;
+END
+$$;
+
+-- Every backend of the node drops what it cached of the map: the shards' capture plans are
+-- keyed by the shards, which the map does not name.
+CREATE FUNCTION gdpr._cluster_forget() RETURNS void
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'gdpr_cluster_forget';
