@@ -164,6 +164,12 @@ for my $call ('SELECT gdpr_export(7)', 'SELECT * FROM gdpr_export_rows(7)', 'SEL
 is($sum->('public.customer', 'DELETE'), 0, 'and the refused erasure deleted nothing');
 ($ok, $out, $err) = $coord->psql('postgres', q{SELECT gdpr.set_read_audit('customer')});
 like($err, qr/read auditing does not cover Citus tables yet/, 'read auditing of a Citus table is refused');
+($ok, $out, $err) = $coord->psql('postgres', q{ALTER TABLE orders ADD COLUMN at timestamptz; SELECT gdpr.set_retention('orders', 'at', '1 year')});
+like($err, qr/retention does not cover Citus tables yet: public.orders is one/, 'so is retention');
+($ok, $out, $err) = $coord->psql('postgres', q{
+    SELECT gdpr.add_purpose('newsletter', 'the newsletter', 'consent');
+    SELECT gdpr.require_consent('orders', 'customer_id', 'newsletter')});
+like($err, qr/consent requirements do not cover Citus tables yet/, 'and a consent requirement');
 
 # A table that only looks like a shard is not one: its trigger records nothing as the table.
 $coord->safe_psql('postgres', q{CREATE ROLE mallory LOGIN; CREATE SCHEMA evil AUTHORIZATION mallory});
