@@ -1234,6 +1234,13 @@ build_row_plan(Relation rel)
 		if (OidIsValid(table))
 		{
 			map = gdpr_load_table_map(table, oldcxt);
+			if (map == NULL && gdpr_cluster_catch_up())
+			{
+				/* applied and committed apart: a new snapshot sees it, whatever the isolation */
+				PushActiveSnapshot(GetLatestSnapshot());
+				map = gdpr_load_table_map(table, oldcxt);
+				PopActiveSnapshot();
+			}
 			d->elsewhere = !recorded_here;
 		}
 	}

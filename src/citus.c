@@ -15,17 +15,27 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "gdpr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(gdpr_cluster_forget);
+
+PGDLLEXPORT void gdpr_cluster_catch_up_main(Datum main_arg);
 
 static bool citus_installed(void);
 
@@ -100,6 +110,63 @@ gdpr_cluster_map_changed(void)
 	if (gdpr_execute_as_owner(NULL, "SELECT gdpr._cluster_sync()", 0, NULL, NULL, NULL,
 							  false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed for gdpr._cluster_sync()");
+}
+
+/*
+ * On a worker whose map lacks a shard's table (a node added after the map
+ * was sent: Citus copies the bus's rows to it without firing the trigger):
+ * applies the map the cluster bus holds.  Not in the caller's transaction:
+ * a distributed statement writes to several shards of this node at once,
+ * from several sessions of one distributed transaction, which would wait on
+ * each other's uncommitted map until Citus cancels them as a deadlock.  A
+ * background worker applies it and commits; the caller then reads the map
+ * under a new snapshot.  Returns whether a map was applied (false when the
+ * library is not preloaded or no worker slot is free: the capture then
+ * refuses the change, as for any table outside the map).
+ */
+bool
+gdpr_cluster_catch_up(void)
+{
+	BackgroundWorkerHandle *handle;
+	BgwHandleStatus status;
+	pid_t		pid;
+
+	if (!process_shared_preload_libraries_done)
+		return false;
+	handle = gdpr_start_database_worker("gdpr_cluster_catch_up_main", "gdpr map catch-up", MyDatabaseId);
+	if (handle == NULL)
+		return false;
+	status = WaitForBackgroundWorkerStartup(handle, &pid);
+	if (status == BGWH_STARTED)
+		status = WaitForBackgroundWorkerShutdown(handle);
+	pfree(handle);
+	return status == BGWH_STOPPED;
+}
+
+/*
+ * The catch-up's background worker: gdpr._cluster_catch_up() in a
+ * transaction of its own, as the bootstrap superuser, with the search_path
+ * pinned (the database's owner can set the database's).
+ */
+void
+gdpr_cluster_catch_up_main(Datum main_arg)
+{
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "applying the cluster's gdpr map");
+	if (SPI_execute("SELECT gdpr._cluster_catch_up()", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed for gdpr._cluster_catch_up()");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*

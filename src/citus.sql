@@ -141,11 +141,9 @@ BEGIN
             sent_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
         );
         REVOKE ALL ON gdpr.cluster_bus FROM PUBLIC;
+        -- not a member of the extension: Citus leaves members to the extension's script on a
+        -- node it adds, which would lack the bus
         PERFORM pg_catalog.create_reference_table('gdpr.cluster_bus');
-        -- a member of the extension: DROP EXTENSION takes it along, pg_dump leaves it out (a
-        -- member from the start would not be created on the workers: Citus leaves members to
-        -- the extension's own script there)
-        ALTER EXTENSION gdpr ADD TABLE gdpr.cluster_bus;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
                     WHERE t.tgrelid = 'gdpr.cluster_bus'::regclass AND t.tgname = 'apply') THEN
@@ -153,9 +151,9 @@ BEGIN
         CREATE TRIGGER apply AFTER INSERT ON gdpr.cluster_bus FOR EACH ROW EXECUTE FUNCTION gdpr._cluster_apply();
         PERFORM gdpr._citus_triggers(was = 'on');
     END IF;
-    INSERT INTO gdpr.cluster_bus (op, payload) VALUES ('map', gdpr._cluster_map());
-    -- the bus carries the pseudonym key: applied, it keeps nothing
+    -- the bus keeps the latest map, for a node added later (owner only, as gdpr.secret)
     DELETE FROM gdpr.cluster_bus;
+    INSERT INTO gdpr.cluster_bus (op, payload) VALUES ('map', gdpr._cluster_map());
 END
 $$;
 
@@ -164,12 +162,43 @@ CREATE FUNCTION gdpr._cluster_apply() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    m jsonb := NEW.payload;
 BEGIN
-    IF NEW.op <> 'map' OR gdpr._citus_node() <> 'worker' THEN
-        RETURN NULL;
+    IF NEW.op = 'map' AND gdpr._citus_node() = 'worker' THEN
+        PERFORM gdpr._cluster_apply_map(NEW.payload);
     END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A worker that finds a shard of a table its map lacks (a node added after the map was sent:
+-- Citus copies the bus's rows to it without firing the trigger) applies the map the bus holds, in
+-- a background worker's transaction (citus.c).  Returns whether there was one.
+CREATE FUNCTION gdpr._cluster_catch_up() RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m jsonb;
+BEGIN
+    IF gdpr._citus_node() <> 'worker' OR pg_catalog.to_regclass('gdpr.cluster_bus') IS NULL THEN
+        RETURN false;
+    END IF;
+    -- one session of the node applies it at a time
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gdpr._cluster_catch_up'));
+    SELECT b.payload INTO m FROM gdpr.cluster_bus b WHERE b.op = 'map' ORDER BY b.sent_at DESC LIMIT 1;
+    IF m IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM gdpr._cluster_apply_map(m);
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION gdpr._cluster_apply_map(m jsonb) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
     DELETE FROM gdpr.subject_kind;		-- and, by their foreign keys, tables, paths, steps, columns
     INSERT INTO gdpr.subject_kind (kind, relid, key_column, key_type, on_erase, registered_at)
     SELECT k.kind, k.relid::regclass, k.key_column, k.key_type::regtype, k.on_erase, k.registered_at
@@ -198,13 +227,13 @@ BEGIN
            AS c(relid text, column_name name, category text, erase text);
     DELETE FROM gdpr.restriction;
     INSERT INTO gdpr.restriction (kind, subject_id, source, reason, restricted_at)
-    SELECT x.kind, x.subject_id, x.source, x.reason, x.restricted_at FROM pg_catalog.jsonb_populate_recordset(NULL::gdpr.restriction, m -> 'restrictions') x;
+    SELECT x.kind, x.subject_id, x.source, x.reason, x.restricted_at
+      FROM pg_catalog.jsonb_populate_recordset(NULL::gdpr.restriction, m -> 'restrictions') x;
     IF m ->> 'pseudonym_key' IS NOT NULL THEN
         DELETE FROM gdpr.secret WHERE name = 'pseudonym_key';
         INSERT INTO gdpr.secret (name, value) VALUES ('pseudonym_key', pg_catalog.decode(m ->> 'pseudonym_key', 'hex'));
     END IF;
     PERFORM gdpr._cluster_forget();
-    RETURN NULL;
 END
 $$;
 

@@ -193,8 +193,9 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
                           gdpr._default_erase(pg_catalog.regclass, name, text),
                           gdpr._forget(oid, text, text)
     TO gdpr_admin;
--- The cluster bus (citus.sql) is written only as the extension's owner, by _map_changed's C code:
--- _cluster_sync, _cluster_map, _cluster_apply and _cluster_forget have no grant.
+-- The cluster bus (citus.sql) is written and read only as the extension's owner, by the C code of
+-- _map_changed and of the capture: _cluster_sync, _cluster_map, _cluster_apply,
+-- _cluster_apply_map, _cluster_catch_up and _cluster_forget have no grant.
 
 -- Verification and digests read the whole trail: auditors and gdpr_admin.
 REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;

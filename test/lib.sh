@@ -62,7 +62,7 @@ gdpr_citus_install() {
 		{ echo "no Citus here and no citus-*.tar.gz (set GDPR_CITUS_ARCHIVE): the Citus test skips"; return 0; }
 	echo "building Citus from $archive"
 	local missing="" p
-	for p in liblz4-dev libzstd-dev libcurl4-openssl-dev libkrb5-dev; do
+	for p in liblz4-dev libzstd-dev libcurl4-openssl-dev libkrb5-dev libicu-dev; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 	done
 	if [ -n "$missing" ]; then

@@ -76,7 +76,8 @@ is(on_all($citus_map), "public.address:default,public.customer:default,public.me
 	'the workers know the Citus tables of the map; the local table stays on the coordinator');
 is(on_all(q{SELECT string_agg(column_name || ':' || category, ',') FROM gdpr.column_class WHERE relid = 'customer'::regclass}),
 	'email:contact|email:contact|email:contact', 'and their classification');
-is(on_all(q{SELECT count(*) FROM gdpr.cluster_bus}), '0|0|0', 'the bus keeps nothing it carried');
+is(on_all(q{SELECT count(*) FROM gdpr.cluster_bus}), '1|1|1', 'the bus keeps the latest map only');
+is(on_all(q{SELECT has_table_privilege('public', 'gdpr.cluster_bus', 'SELECT')}), 'f|f|f', 'for the extension\'s owner only');
 my $keys = on_all(q{SELECT encode(value, 'hex') FROM gdpr.secret WHERE name = 'pseudonym_key'});
 my @keys = split /\|/, $keys;
 ok(@keys == 3 && $keys[0] eq $keys[1] && $keys[1] eq $keys[2], 'every node pseudonymizes with the coordinator\'s key');
@@ -194,8 +195,40 @@ is(on_all(q{SELECT count(*) FROM gdpr.registered_table WHERE relid = 'ticket'::r
 $coord->safe_psql('postgres', q{INSERT INTO ticket VALUES (100, 7, 'after')});
 is($sum->('public.ticket', 'INSERT'), 10, 'and its shards capture no more');
 
+# A node added after the map was sent: Citus gives it the extension and the shards, and its
+# first capture applies the map the bus holds, in a transaction of its own (a write to several of
+# its shards at once must not wait on itself).
+my $w3 = PostgreSQL::Test::Cluster->new('worker3');
+$w3->init;
+$w3->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'citus,gdpr'
+listen_addresses = '127.0.0.1'
+citus.node_conninfo = 'sslmode=disable'
+max_prepared_transactions = 20
+});
+$w3->append_conf('pg_hba.conf', "host all all 127.0.0.1/32 trust\n");
+$w3->start;
+$w3->safe_psql('postgres', 'CREATE EXTENSION citus');
+$coord->safe_psql('postgres', sprintf(q{
+    SELECT citus_add_node('127.0.0.1', %d);
+    SELECT rebalance_table_shards(shard_transfer_mode => 'block_writes');
+}, $w3->port));
+push @nodes, $w3;
+ok($w3->safe_psql('postgres', q{SELECT count(*) > 0 FROM pg_dist_shard_placement p JOIN pg_dist_shard s USING (shardid)
+                                  WHERE s.logicalrelid = 'customer'::regclass AND p.nodeport = } . $w3->port),
+	'the new node holds shards of customer');
+$coord->safe_psql('postgres', q{
+    BEGIN ISOLATION LEVEL REPEATABLE READ;
+    INSERT INTO customer SELECT g, 'late ' || g, NULL FROM generate_series(1001, 1100) g;
+    COMMIT;
+});
+is($sum->('public.customer', 'INSERT'), 120, 'writes routed to the new node are captured there too');
+ok($w3->safe_psql('postgres', q{SELECT count(*) > 0 FROM gdpr.audit_log WHERE table_name = 'public.customer' AND event = 'INSERT'}),
+	'(some of them by the new node)');
+is($w3->safe_psql('postgres', $citus_map), $w1->safe_psql('postgres', $citus_map), 'which has the map the others have');
+
 # Each node's trail is its own chain, and verifies.
-is(on_all(q{SELECT gdpr.seal_audit() >= 0 AND (gdpr_verify_audit()->>'ok')::boolean}), 't|t|t', 'every node\'s trail seals and verifies');
+is(on_all(q{SELECT gdpr.seal_audit() >= 0 AND (gdpr_verify_audit()->>'ok')::boolean}), 't|t|t|t', 'every node\'s trail seals and verifies');
 
 $_->stop for @nodes;
 done_testing();
