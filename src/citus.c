@@ -7,9 +7,9 @@
  *
  * Nothing here links to Citus: its catalogs are read by name, and only
  * where they exist, so a server without Citus pays one syscache lookup.
- * The rights functions (export, erasure) do not cover the workers yet:
- * where a registered table is a Citus table they refuse rather than
- * report a success they could not check.
+ * Export reads every node's trail (gdpr._subject_history); erasure does not
+ * scrub the workers' trails yet, so where a registered table is a Citus
+ * table it refuses rather than report a success it could not check.
  *
  *-------------------------------------------------------------------------
  */
@@ -170,28 +170,44 @@ gdpr_cluster_catch_up_main(Datum main_arg)
 }
 
 /*
- * The rights functions on a cluster: the subject's events are in the trail
- * of every node that holds their rows, which this version does not read or
- * scrub.  Refused whenever a Citus table is registered.  SPI must be
- * connected.
+ * The rights functions on a cluster.  They run on the coordinator, which
+ * alone has the whole map and reaches every node: on a worker, refused.
+ * Erasure does not cover the workers' trails yet (cluster_ready false):
+ * refused on the coordinator too, rather than report an erasure whose
+ * values are still in a worker's trail.  Both only once a Citus table is
+ * registered.  SPI must be connected.
  */
 void
-gdpr_citus_refuse(const char *function)
+gdpr_citus_check(const char *function, bool cluster_ready)
 {
+	char	   *table;
+	bool		worker;
+
 	if (!citus_installed())
 		return;
-	if (SPI_execute("SELECT pg_catalog.min(gdpr._qualified(r.relid)) FROM gdpr.registered_table r "
+	if (SPI_execute("SELECT pg_catalog.min(gdpr._qualified(r.relid)), gdpr._citus_node() OPERATOR(pg_catalog.=) 'worker' "
+					"  FROM gdpr.registered_table r "
 					" WHERE r.relid::pg_catalog.oid IN (SELECT p.logicalrelid::pg_catalog.oid "
 					"                                    FROM pg_catalog.pg_dist_partition p)",
-					true, 1) != SPI_OK_SELECT)
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed: listing the registered Citus tables");
-	if (SPI_processed == 1 && SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) != NULL)
+	table = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (table == NULL)
+		return;
+	worker = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
+	if (worker)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s runs on the coordinator of a Citus cluster, not on a worker", function),
+				 errdetail("A worker's map and trail cover the rows it holds, not the subject's."),
+				 errhint("Connect to the coordinator and call %s there.", function)));
+	if (!cluster_ready)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s does not cover Citus tables yet", function),
-				 errdetail("Table %s is a Citus table: the subject's events are in the audit trail of each node that holds their rows.",
-						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
-				 errhint("On a Citus cluster, gdpr captures changes on every node; export and erasure are not available there yet (see README, \"Scaling out\").")));
+				 errdetail("Table %s is a Citus table: the subject's events are in the audit trail of each node that holds their rows, which erasure does not scrub yet.",
+						   table),
+				 errhint("On a Citus cluster, gdpr captures changes on every node and exports from all of them; erasure is not available there yet (see README, \"Scaling out\").")));
 }
 
 /*

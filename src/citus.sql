@@ -237,6 +237,34 @@ BEGIN
 END
 $$;
 
+-- The subject's history for gdpr_export: this node's, and on a Citus coordinator every worker's
+-- too, read by Citus on connections of its own (committed events), ordered by time.  A worker
+-- that cannot be read fails the export: it never leaves out a node's part unsaid.
+CREATE FUNCTION gdpr._subject_history(kind text, subject text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    history jsonb := gdpr._node_history(kind, subject);
+    r record;
+BEGIN
+    IF gdpr._citus_node() <> 'coordinator' OR pg_catalog.to_regclass('gdpr.cluster_bus') IS NULL THEN
+        RETURN history;
+    END IF;
+    FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
+               USING pg_catalog.format('SELECT gdpr._node_history(%L, %L)', kind, subject) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'the audit trail of node %:% cannot be read', r.nodename, r.nodeport
+                USING ERRCODE = '08006', DETAIL = r.result,
+                      HINT = 'The export covers every node of the cluster: bring the node back, or remove it with citus_remove_node().';
+        END IF;
+        history := history OPERATOR(pg_catalog.||) r.result::jsonb;
+    END LOOP;
+    RETURN (SELECT COALESCE(pg_catalog.jsonb_agg(e ORDER BY e OPERATOR(pg_catalog.->>) 'time'), '[]')
+              FROM pg_catalog.jsonb_array_elements(history) e);
+END
+$$;
+
 -- Every backend of the node drops what it cached of the map: the shards' capture plans are
 -- keyed by the shards, which the map does not name.
 CREATE FUNCTION gdpr._cluster_forget() RETURNS void

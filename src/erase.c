@@ -234,7 +234,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_refuse("gdpr_erase");
+	gdpr_citus_check("gdpr_erase", false);
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	report = erase_subject(subject, dry_run, PG_ARGISNULL(3) ? NULL : &(int64) {PG_GETARG_INT64(3)},
 						   NULL);
@@ -513,7 +513,7 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_refuse("gdpr_can_erase");
+	gdpr_citus_check("gdpr_can_erase", false);
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	erased = subject_erased(subject, &record);
 	if (!erased && !gdpr_subject_exists(subject))

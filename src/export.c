@@ -141,7 +141,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_refuse("gdpr_export");
+	gdpr_citus_check("gdpr_export", true);
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{
@@ -225,16 +225,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 			subject, false));
 		/* the subject's history: when, what, by whom; never the values */
 		gdpr_push_key(&state, "audit");
-		gdpr_push_jsonb(&state, query_jsonb(
-			"SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
-			"    'time', pg_catalog.to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-			"    'event', event, 'success', success, 'table', table_name, "
-			"    'changed_columns', pg_catalog.to_jsonb(changed_columns), "
-			"    'actor', actor, 'application', application_name)) ORDER BY event_id), '[]') "
-			"  FROM gdpr.audit_log "
-			" WHERE subject_kind = $2 AND event OPERATOR(pg_catalog.<>) 'READ' "
-			"   AND (subject_id = $3 OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$3])",
-			subject, true));
+		gdpr_push_jsonb(&state, query_jsonb("SELECT gdpr._subject_history($2, $3)", subject, true));
 
 		/*
 		 * Who saw the subject's data (Art. 15(1)(c)), from the reads of
@@ -321,7 +312,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_refuse("gdpr_export_rows");
+	gdpr_citus_check("gdpr_export_rows", true);
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{

@@ -23,6 +23,23 @@ CREATE FUNCTION public.gdpr_export_rows(subject uuid, kind text DEFAULT NULL, po
     RETURNS TABLE (table_name text, "row" jsonb)
     LANGUAGE c VOLATILE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'gdpr_export_rows';
 
+-- The subject's history in this node's trail: when, what, by whom; never the values.  Read as the
+-- trail's owner (export.c); gdpr._subject_history adds the other nodes' on a Citus coordinator.
+CREATE FUNCTION gdpr._node_history(kind text, subject text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'time', pg_catalog.to_char(a.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'event', a.event, 'success', a.success, 'table', a.table_name,
+               'changed_columns', pg_catalog.to_jsonb(a.changed_columns),
+               'actor', a.actor, 'application', a.application_name)) ORDER BY a.event_id), '[]')
+      FROM gdpr.audit_log a
+     WHERE a.subject_kind OPERATOR(pg_catalog.=) kind AND a.event OPERATOR(pg_catalog.<>) 'READ'
+       AND (a.subject_id OPERATOR(pg_catalog.=) subject
+            OR a.related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[subject])
+$$;
+
 CREATE FUNCTION gdpr._export_sql(tbl pg_catalog.regclass) RETURNS text
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'gdpr_export_sql';
 

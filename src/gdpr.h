@@ -300,7 +300,7 @@ extern int64 gdpr_record_event(const char *event, const char *kind, const char *
 extern Oid	gdpr_citus_shard_table(Oid relid, bool *recorded_here);	/* SPI */
 extern void gdpr_cluster_map_changed(void);	/* SPI */
 extern bool gdpr_cluster_catch_up(void);	/* SPI */
-extern void gdpr_citus_refuse(const char *function);	/* SPI */
+extern void gdpr_citus_check(const char *function, bool cluster_ready);	/* SPI */
 
 /* reads.c */
 extern int	gdpr_read_audit_max_subjects;
