@@ -15,9 +15,10 @@ chomp $pkglibdir;
 plan skip_all => "Citus is not installed for this PostgreSQL (Citus 13.2 supports 15 to 17; test/run builds it from citus-*.tar.gz where it finds one)"
   unless -e "$pkglibdir/citus.so";
 
-my @nodes;
-for my $name ('coordinator', 'worker1', 'worker2')
+# A started node with Citus and gdpr preloaded and the Citus extension created
+sub citus_node
 {
+	my ($name) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	$node->append_conf('postgresql.conf', qq{
@@ -29,8 +30,9 @@ max_prepared_transactions = 20
 	$node->append_conf('pg_hba.conf', "host all all 127.0.0.1/32 trust\n");
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
-	push @nodes, $node;
+	return $node;
 }
+my @nodes = map { citus_node($_) } ('coordinator', 'worker1', 'worker2');
 my ($coord, $w1, $w2) = @nodes;
 $coord->safe_psql('postgres', sprintf(q{
     SELECT citus_set_coordinator_host('127.0.0.1', %d);
@@ -233,17 +235,7 @@ is($sum->('public.ticket', 'INSERT'), 10, 'and its shards capture no more');
 # A node added after the map was sent: Citus gives it the extension and the shards, and its
 # first capture applies the map the bus holds, in a transaction of its own (a write to several of
 # its shards at once must not wait on itself).
-my $w3 = PostgreSQL::Test::Cluster->new('worker3');
-$w3->init;
-$w3->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'citus,gdpr'
-listen_addresses = '127.0.0.1'
-citus.node_conninfo = 'sslmode=disable'
-max_prepared_transactions = 20
-});
-$w3->append_conf('pg_hba.conf', "host all all 127.0.0.1/32 trust\n");
-$w3->start;
-$w3->safe_psql('postgres', 'CREATE EXTENSION citus');
+my $w3 = citus_node('worker3');
 $coord->safe_psql('postgres', sprintf(q{
     SELECT citus_add_node('127.0.0.1', %d);
     SELECT rebalance_table_shards(shard_transfer_mode => 'block_writes');
