@@ -138,6 +138,7 @@ static int	nesting = 0;
 static HTAB *registered = NULL;
 static HTAB *ancestors = NULL;	/* relid -> registered ancestor by inheritance, or itself */
 static MemoryContext registered_cxt = NULL;
+static uint64 registered_generation = 0;	/* counts the invalidations (load_registered) */
 static bool any_read_audit = false;
 
 /* A set of strings, allocated in the statement's memory itself (see TableRead) */
@@ -324,6 +325,7 @@ own_statement(void)
 void
 gdpr_reads_invalidate(Oid relid)
 {
+	registered_generation++;
 	if (registered_cxt != NULL)
 		MemoryContextDelete(registered_cxt);
 	registered_cxt = NULL;
@@ -834,11 +836,6 @@ load_registered(void)
 {
 	Oid			nsp;
 	Oid			relid;
-	Relation	rel;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	HASHCTL		ctl;
-	HTAB	   *set;
 	AttrNumber	read_audit_att;
 
 	nsp = get_namespace_oid("gdpr", true);
@@ -849,48 +846,73 @@ load_registered(void)
 		return false;
 	read_audit_att = get_attnum(relid, "read_audit");
 
-	/* the lock may process invalidations: nothing of ours is made before it */
-	rel = table_open(relid, AccessShareLock);
-	if (registered_cxt != NULL)
-		MemoryContextDelete(registered_cxt);
-	registered_cxt = AllocSetContextCreate(CacheMemoryContext, "gdpr registered tables",
-										   ALLOCSET_SMALL_SIZES);
-	ctl.keysize = sizeof(Oid);
-	ctl.entrysize = sizeof(RegisteredTable);
-	ctl.hcxt = registered_cxt;
-	set = hash_create("gdpr registered tables", 64, &ctl,
-					  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	ctl.keysize = sizeof(Oid);
-	ctl.entrysize = 2 * sizeof(Oid);
-	ctl.hcxt = registered_cxt;
-	ancestors = hash_create("gdpr inheritance ancestors", 64, &ctl,
-							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	any_read_audit = false;
-
-	scan = systable_beginscan(rel, InvalidOid, false, GetCatalogSnapshot(relid), 0, NULL);
-	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	/*
+	 * Built apart and published whole: an invalidation that arrives while it
+	 * is built (seen on Citus workers, whose map a concurrent transaction
+	 * replaces) frees only what was published, and makes it build again
+	 * from what is there then.
+	 */
+	for (int attempt = 0;; attempt++)
 	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
-		Oid			table = DatumGetObjectId(d);
-		RegisteredTable *t;
+		uint64		generation;
+		MemoryContext cxt;
+		Relation	rel;
+		SysScanDesc scan;
+		HeapTuple	tup;
+		HASHCTL		ctl;
+		HTAB	   *set;
+		HTAB	   *anc;
+		bool		any = false;
 
-		if (isnull)
-			continue;
-		t = hash_search(set, &table, HASH_ENTER, NULL);
-		memset((char *) t + sizeof(Oid), 0, sizeof(RegisteredTable) - sizeof(Oid));
-		if (read_audit_att != InvalidAttrNumber)
+		/* the lock may process invalidations: the generation is read after it */
+		rel = table_open(relid, AccessShareLock);
+		generation = registered_generation;
+		cxt = AllocSetContextCreate(CacheMemoryContext, "gdpr registered tables", ALLOCSET_SMALL_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(RegisteredTable);
+		ctl.hcxt = cxt;
+		set = hash_create("gdpr registered tables", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = 2 * sizeof(Oid);
+		ctl.hcxt = cxt;
+		anc = hash_create("gdpr inheritance ancestors", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+		scan = systable_beginscan(rel, InvalidOid, false, GetCatalogSnapshot(relid), 0, NULL);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
 		{
-			d = heap_getattr(tup, read_audit_att, RelationGetDescr(rel), &isnull);
-			t->read_audit = !isnull && DatumGetBool(d);
-			any_read_audit |= t->read_audit;
-		}
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+			bool		isnull;
+			Datum		d = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
+			Oid			table = DatumGetObjectId(d);
+			RegisteredTable *t;
 
-	registered = set;
-	return true;
+			if (isnull)
+				continue;
+			t = hash_search(set, &table, HASH_ENTER, NULL);
+			memset((char *) t + sizeof(Oid), 0, sizeof(RegisteredTable) - sizeof(Oid));
+			if (read_audit_att != InvalidAttrNumber)
+			{
+				d = heap_getattr(tup, read_audit_att, RelationGetDescr(rel), &isnull);
+				t->read_audit = !isnull && DatumGetBool(d);
+				any |= t->read_audit;
+			}
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+
+		/* a map that keeps changing under it is used as read the tenth time */
+		if (generation != registered_generation && attempt < 10)
+		{
+			MemoryContextDelete(cxt);
+			continue;
+		}
+		if (registered_cxt != NULL)
+			MemoryContextDelete(registered_cxt);
+		registered_cxt = cxt;
+		registered = set;
+		ancestors = anc;
+		any_read_audit = any;
+		return true;
+	}
 }
 
 /*

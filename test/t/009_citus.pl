@@ -232,6 +232,15 @@ is(on_all(q{SELECT count(*) FROM gdpr.registered_table WHERE relid = 'ticket'::r
 $coord->safe_psql('postgres', q{INSERT INTO ticket VALUES (100, 7, 'after')});
 is($sum->('public.ticket', 'INSERT'), 10, 'and its shards capture no more');
 
+# A worker that cannot be read fails the export, named, even when the subject's rows are all on
+# the others: an export never leaves a node's part of the history out unsaid.
+my ($other) = grep { $_ != $w7 && $_ != $coord } @nodes;
+$other->stop;
+($ok, $out, $err) = $coord->psql('postgres', q{SELECT gdpr_export(7)});
+like($err, qr/the audit trail of node 127\.0\.0\.1:${\ $other->port} cannot be read/, 'an export with a worker down fails, naming it');
+$other->start;
+ok($coord->poll_query_until('postgres', q{SELECT gdpr_export(7) IS NOT NULL}), 'and succeeds once it is back');
+
 # A node added after the map was sent: Citus gives it the extension and the shards, and its
 # first capture applies the map the bus holds, in a transaction of its own (a write to several of
 # its shards at once must not wait on itself).
