@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Capture on a Citus cluster: TPS of a single-row UPDATE through the coordinator (pgbench, 2
-# clients, loopback) on a distributed table registered with gdpr and on an unaudited twin, and
-# the same pair on one server without Citus, all measured in this run, rounds interleaved.
-# Prints both gdpr/unaudited ratios and their difference (target: within 0.1).
-#   bash test/bench/citus.sh [seconds-per-run] [rounds]
+# gdpr on a Citus cluster (a coordinator and two workers) against one server without Citus, all
+# measured in this run, rounds interleaved:
+# - capture: TPS of a single-row UPDATE through the coordinator (pgbench, 2 clients, loopback) on
+#   a distributed table registered with gdpr and on an unaudited twin, and the same pair on the
+#   one server; prints both gdpr/unaudited ratios and their difference (target: within 0.1);
+# - export: mean latency of gdpr_export of a subject with about a thousand colocated rows (1
+#   client), on the cluster and on the one server, before and after ten times more rows of other
+#   subjects (targets: cluster at most 2x the one server; growth at most 1.2x).
+#   bash test/bench/citus.sh [seconds-per-run] [rounds] [exports-per-run]
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-8}
 ROUNDS=${2:-5}
+EXPORTS=${3:-40}
 . "$ROOT/test/lib.sh"
 gdpr_install_deps
 gdpr_build_install >/dev/null
@@ -103,3 +108,56 @@ awk -v ca="$(median "${ALL[coord,t_none]}")" -v cg="$(median "${ALL[coord,t_gdpr
 	-v sa="$(median "${ALL[single,t_none]}")" -v sg="$(median "${ALL[single,t_gdpr]}")" \
 	'BEGIN { d = cg / ca - sg / sa; printf "ratio on the cluster - ratio on one server: %+.2f (target: within 0.10: %s)\n", d, (d >= -0.1 && d <= 0.1) ? "met" : "not met" }'
 echo "events in the workers' trails for t_gdpr: $events"
+echo
+
+# Export: subject 1 has 1,000 rows of orders (colocated with customer), 200 others have 100 each;
+# then 1,800 more subjects with 100 each (ten times the other subjects' rows).
+orders() {		# orders <distribute: yes|no> <first subject> <last subject>
+	[ "$1" = yes ] && [ "$2" = 2 ] && cat <<SQL
+CREATE TABLE orders (customer_id bigint NOT NULL, id bigint NOT NULL, amount numeric, note text, PRIMARY KEY (customer_id, id));
+SELECT create_distributed_table('orders', 'customer_id', colocate_with => 'customer');
+SELECT gdpr.register_table('orders', subject_column => 'customer_id');
+INSERT INTO orders SELECT 1, g, g, 'order ' || g FROM generate_series(1, 1000) g;
+SQL
+	[ "$1" = no ] && [ "$2" = 2 ] && cat <<SQL
+CREATE TABLE orders (customer_id bigint NOT NULL, id bigint NOT NULL, amount numeric, note text, PRIMARY KEY (customer_id, id));
+SELECT gdpr.register_table('orders', subject_column => 'customer_id');
+INSERT INTO orders SELECT 1, g, g, 'order ' || g FROM generate_series(1, 1000) g;
+SQL
+	cat <<SQL
+INSERT INTO orders SELECT c, g, g, 'order ' || g FROM generate_series($2, $3) c, generate_series(1, 100) g;
+VACUUM ANALYZE orders;
+SQL
+}
+echo "SELECT gdpr_export(1);" >"$WORK/export.sql"
+chown postgres "$WORK/export.sql"
+declare -A LAT
+measure_exports() {		# measure_exports <label>
+	local r n out
+	for r in $(seq "$ROUNDS"); do
+		for n in coord single; do
+			out=$(as_postgres "$PGBIN/pgbench" -n -h 127.0.0.1 -p "${PORTS[$n]}" -c 1 -t "$EXPORTS" \
+				-f "$WORK/export.sql" postgres 2>&1)
+			LAT[$1,$n]+="$(printf '%s\n' "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p') "
+		done
+	done
+}
+orders yes 2 201 | on coord >/dev/null
+orders no 2 201 | on single >/dev/null
+rows=$(on coord -At -c "SELECT gdpr_export(1)->'total_rows'")
+measure_exports small
+orders yes 202 2001 | on coord >/dev/null
+orders no 202 2001 | on single >/dev/null
+measure_exports large
+echo "export of one subject ($rows rows, 1 client, $EXPORTS exports x $ROUNDS rounds, median of mean latency)"
+printf '%-28s %14s %14s %8s\n' setup "201 subjects" "2001 subjects" growth
+for n in coord single; do
+	label="Citus, coordinator + 2 workers"
+	[ $n = single ] && label="one server"
+	awk -v l="$label" -v a="$(median "${LAT[small,$n]}")" -v b="$(median "${LAT[large,$n]}")" \
+		'BEGIN { printf "%-28s %11.1f ms %11.1f ms %8.2f\n", l, a, b, b / a }'
+done
+awk -v cs="$(median "${LAT[small,coord]}")" -v cl="$(median "${LAT[large,coord]}")" \
+	-v ss="$(median "${LAT[small,single]}")" -v sl="$(median "${LAT[large,single]}")" \
+	'BEGIN { printf "cluster / one server: %.2f and %.2f (target: at most 2: %s); growth on the cluster %.2f (target: at most 1.2: %s)\n",
+	         cs / ss, cl / sl, (cs / ss <= 2 && cl / sl <= 2) ? "met" : "not met", cl / cs, (cl / cs <= 1.2) ? "met" : "not met" }'
