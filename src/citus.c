@@ -90,8 +90,12 @@ gdpr_citus_shard_table(Oid relid, bool *recorded_here)
 	table = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (isnull)
 		return InvalidOid;
-	*recorded_here = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) ||
-		isnull;
+	{
+		Datum		here = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+		/* unknown (a shard without placements): recorded here rather than nowhere */
+		*recorded_here = isnull || DatumGetBool(here);
+	}
 	return table;
 }
 
