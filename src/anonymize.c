@@ -98,6 +98,28 @@ gdpr_pseudonym(const char *seed, size_t len)
 	return hex;
 }
 
+/* HMAC-SHA256 of data under key (a string), in hex */
+char *
+gdpr_hmac_hex(const char *key, const char *data, size_t len)
+{
+	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char	   *hex = palloc(2 * PG_SHA256_DIGEST_LENGTH + 1);
+
+	if (ctx == NULL ||
+		pg_hmac_init(ctx, (const uint8 *) key, strlen(key)) < 0 ||
+		pg_hmac_update(ctx, (const uint8 *) data, len) < 0 ||
+		pg_hmac_final(ctx, digest, sizeof(digest)) < 0)
+	{
+		pg_hmac_free(ctx);
+		elog(ERROR, "could not compute HMAC-SHA256");
+	}
+	pg_hmac_free(ctx);
+	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
+		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	return hex;
+}
+
 /* The pseudonym that replaces a subject's key in the trail and the erasure record */
 char *
 gdpr_subject_pseudonym(const char *kind, const char *key)

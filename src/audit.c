@@ -168,6 +168,7 @@ typedef struct AuditPlanData
 	Datum		table_name;		/* the registered table's qualified name, as text */
 	bool		elsewhere;		/* a copy of a Citus reference table whose changes another
 								 * node records (citus.c) */
+	Oid			table;			/* the registered table (for a Citus shard, its table's) */
 } AuditPlanData;
 
 /* The cache entry of one relation */
@@ -709,7 +710,7 @@ check_erasure_scope(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 	d = acquire_row_plan(rel);
 	PG_TRY();
 	{
-		gdpr_erasure_check_row(rel, d->kind,
+		gdpr_erasure_check_row(d->table, d->kind,
 							   oldtup != NULL ? subject_keys(d, oldtup, desc) : NULL,
 							   newtup != NULL ? subject_keys(d, newtup, desc) : NULL,
 							   d->npaths,
@@ -1293,6 +1294,7 @@ build_row_plan(Relation rel)
 		if (d->restrict_plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\"", check);
 	}
+	d->table = map->relid;
 	d->kind = MemoryContextStrdup(mcxt, map->kind);
 
 	MemoryContextSwitchTo(mcxt);

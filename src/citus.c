@@ -7,15 +7,18 @@
  *
  * Nothing here links to Citus: its catalogs are read by name, and only
  * where they exist, so a server without Citus pays one syscache lookup.
- * Export reads every node's trail (gdpr._subject_history); erasure does not
- * scrub the workers' trails yet, so where a registered table is a Citus
- * table it refuses rather than report a success it could not check.
+ * Export reads every node's trail (gdpr._subject_history).  An erasure runs
+ * on the coordinator, its statements routed by Citus; what the workers must
+ * do in its transaction (leave its own writes to restricted subjects alone,
+ * check that every row it changes is planned, scrub their trails) reaches
+ * them as signals (see "Signals" below).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/trigger.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
@@ -30,10 +33,19 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(gdpr_cluster_forget);
+PG_FUNCTION_INFO_V1(gdpr_cluster_receive);
+
+/*
+ * How old a signal may be when a worker receives it: a signal travels on
+ * the erasure's own connection within seconds; the margin is for clocks.
+ */
+#define SIGNAL_MAX_AGE_SECS 600
 
 PGDLLEXPORT void gdpr_cluster_catch_up_main(Datum main_arg);
 
@@ -100,6 +112,21 @@ gdpr_citus_shard_table(Oid relid, bool *recorded_here)
 }
 
 /*
+ * While an erasure runs on a cluster, its own change of the restrictions
+ * does not go through the bus: Citus lets one role only write the reference
+ * tables of a transaction (they share one group of placements), and the
+ * erasure's signals write as the erasing role.  Its signal "scrub" makes
+ * the same change on each worker.
+ */
+static bool sync_held = false;
+
+void
+gdpr_cluster_hold_sync(bool hold)
+{
+	sync_held = hold;
+}
+
+/*
  * After a change of the map: on a Citus coordinator, every node gets the new
  * map in this transaction (gdpr._cluster_sync).  Run as the extension's
  * owner, who alone writes the bus; what it runs reads only the map and
@@ -109,7 +136,7 @@ gdpr_citus_shard_table(Oid relid, bool *recorded_here)
 void
 gdpr_cluster_map_changed(void)
 {
-	if (!citus_installed())
+	if (!citus_installed() || sync_held)
 		return;
 	if (gdpr_execute_as_owner(NULL, "SELECT gdpr._cluster_sync()", 0, NULL, NULL, NULL,
 							  false, 0) != SPI_OK_SELECT)
@@ -176,10 +203,10 @@ gdpr_cluster_catch_up_main(Datum main_arg)
 /*
  * The rights functions on a cluster.  They run on the coordinator, which
  * alone has the whole map and reaches every node: on a worker, refused.
- * Erasure does not cover the workers' trails yet (cluster_ready false):
- * refused on the coordinator too, rather than report an erasure whose
- * values are still in a worker's trail.  Both only once a Citus table is
- * registered.  SPI must be connected.
+ * A function that does not cover the workers yet (cluster_ready false) is
+ * refused on the coordinator too, rather than report a success it could
+ * not check.  Both only once a Citus table is registered.  SPI must be
+ * connected.
  */
 void
 gdpr_citus_check(const char *function, bool cluster_ready)
@@ -209,9 +236,8 @@ gdpr_citus_check(const char *function, bool cluster_ready)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s does not cover Citus tables yet", function),
-				 errdetail("Table %s is a Citus table: the subject's events are in the audit trail of each node that holds their rows, which erasure does not scrub yet.",
-						   table),
-				 errhint("On a Citus cluster, gdpr captures changes on every node and exports from all of them; erasure is not available there yet (see README, \"Scaling out\").")));
+				 errdetail("Table %s is a Citus table.", table),
+				 errhint("See README, \"Scaling out\", for what runs on a Citus cluster.")));
 }
 
 /*
@@ -225,6 +251,256 @@ gdpr_cluster_forget(PG_FUNCTION_ARGS)
 {
 	CacheInvalidateRelcacheAll();
 	PG_RETURN_VOID();
+}
+
+/*
+ * Signals
+ *
+ * A worker knows nothing of an erasure the coordinator runs: Citus sends it
+ * the erasure's statements, on connections of the erasing role.  Whatever
+ * the worker must do in that transaction has to happen in the session that
+ * runs those statements, where their uncommitted events are visible.  So
+ * the erasure inserts its signals into gdpr.cluster_signal, a reference
+ * table, as the erasing role and with citus.multi_shard_modify_mode =
+ * sequential: Citus then uses one connection per node for the whole
+ * transaction, and the insert reaches every node on the connection that
+ * carries the statements.  The table's trigger acts on the signal there and
+ * keeps no row.
+ *
+ * gdpr_admin may insert into the table (every role that may erase must), so
+ * a signal carries an HMAC under a key that only the extension's owner
+ * reads, over its operation, time and body: only an erasure running on the
+ * coordinator makes one.  A worker refuses signals
+ * older than SIGNAL_MAX_AGE_SECS.  (Within that time, a role that may insert
+ * and saw a signal's text could send it again: see README, "Scaling out".)
+ */
+
+/*
+ * The HMAC of a signal, under the cluster's signal key: a secret of its own
+ * (gdpr_admin may compute HMACs under the pseudonym key, gdpr._pseudonym),
+ * made on the coordinator and sent to the workers with the map.
+ */
+static char *
+signal_signature(const char *op, const char *sent_at, const char *body)
+{
+	char	   *seed = psprintf("%s\x1f%s\x1f%s", op, sent_at, body);
+	char	   *key;
+
+	if (gdpr_execute_as_owner(NULL, "SELECT pg_catalog.encode(value, 'hex') FROM gdpr.secret "
+							  " WHERE name OPERATOR(pg_catalog.=) 'cluster_signal_key' ORDER BY made_at LIMIT 1",
+							  0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: reading the cluster signal key");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this node has no cluster signal key"),
+				 errhint("The coordinator sends it with the map: change the map there (gdpr._map_changed('gdpr.restriction') resends it).")));
+	key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	return gdpr_hmac_hex(key, seed, strlen(seed));
+}
+
+/*
+ * Whether this node is the coordinator of a cluster on which Citus tables
+ * are registered (and so the signal table exists).  SPI must be connected.
+ */
+bool
+gdpr_citus_cluster(void)
+{
+	if (!citus_installed())
+		return false;
+	if (SPI_execute("SELECT gdpr._citus_node() OPERATOR(pg_catalog.=) 'coordinator' "
+					"   AND pg_catalog.to_regclass('gdpr.cluster_signal') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: looking for the cluster signal table");
+	return strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+}
+
+/*
+ * On the coordinator, before an erasure's first statement: one connection
+ * per node for the rest of the transaction (see "Signals").  Citus refuses
+ * when the transaction has already run a statement in parallel.
+ */
+void
+gdpr_citus_sequential(void)
+{
+	(void) set_config_option("citus.multi_shard_modify_mode", "sequential", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * Sends a signal (body: a JSON object) to every node, on the connections of
+ * the current role.  Returns the number of workers it reached: every node
+ * holding a copy of the signal table, whose insert Citus runs on all of
+ * them or fails.  SPI must be connected.
+ */
+int
+gdpr_citus_signal(const char *op, const char *body)
+{
+	Jsonb	   *canonical = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
+	char	   *body_text = JsonbToCString(NULL, &canonical->root, VARSIZE(canonical));
+	const char *sent_at = timestamptz_to_str(GetCurrentTimestamp());
+	StringInfoData payload;
+	Oid			argtypes[2] = {TEXTOID, JSONBOID};
+	Datum		args[2];
+	bool		isnull;
+
+	initStringInfo(&payload);
+	appendStringInfoString(&payload, "{\"sent_at\": ");
+	escape_json(&payload, sent_at);
+	appendStringInfoString(&payload, ", \"sig\": ");
+	escape_json(&payload, signal_signature(op, sent_at, body_text));
+	appendStringInfo(&payload, ", \"body\": %s}", body_text);
+	args[0] = CStringGetTextDatum(op);
+	args[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(payload.data));
+	if (SPI_execute_with_args("INSERT INTO gdpr.cluster_signal (op, payload) VALUES ($1, $2)",
+							  2, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: sending the cluster signal \"%s\"", op);
+	if (SPI_execute("SELECT pg_catalog.count(*)::pg_catalog.int4 FROM pg_catalog.pg_dist_placement p "
+					"  JOIN pg_catalog.pg_dist_shard s ON s.shardid OPERATOR(pg_catalog.=) p.shardid "
+					" WHERE s.logicalrelid OPERATOR(pg_catalog.=) 'gdpr.cluster_signal'::pg_catalog.regclass "
+					"   AND p.groupid OPERATOR(pg_catalog.<>) 0", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: counting the nodes of the cluster");
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * The relations of this node that are shards (or a reference table's copy)
+ * of a Citus table: its writes come to them.  SPI must be connected.
+ */
+List *
+gdpr_citus_local_shards(Oid table)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(table)};
+	List	   *shards = NIL;
+
+	if (!citus_installed())
+		return NIL;
+	if (SPI_execute_with_args("SELECT r FROM (SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid))::pg_catalog.oid r "
+							  "                 FROM pg_catalog.pg_dist_shard s "
+							  "                WHERE s.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) x "
+							  " WHERE r IS NOT NULL",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: listing the shards of this node");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		shards = lappend_oid(shards, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																	SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	return shards;
+}
+
+/* Compares two signatures in time that does not depend on where they differ */
+static bool
+same_signature(const char *a, const char *b)
+{
+	size_t		len = strlen(a);
+	unsigned char diff = 0;
+
+	if (len != strlen(b))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		diff |= (unsigned char) a[i] ^ (unsigned char) b[i];
+	return diff == 0;
+}
+
+/* A text field of a jsonb object, or NULL */
+static char *
+jsonb_field(Jsonb *object, const char *key)
+{
+	Datum		value;
+
+	if (!JB_ROOT_IS_OBJECT(object))
+		return NULL;
+	value = DirectFunctionCall2(jsonb_object_field_text, JsonbPGetDatum(object), CStringGetTextDatum(key));
+	return value == (Datum) 0 ? NULL : TextDatumGetCString(value);
+}
+
+/*
+ * gdpr._cluster_receive(): the BEFORE INSERT trigger of gdpr.cluster_signal
+ * on every node.  On a worker it checks the signal and hands it to the
+ * erasure (erase.c); the coordinator, whose erasure sent it, has nothing to
+ * do.  No row is kept.
+ */
+Datum
+gdpr_cluster_receive(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	char	   *op;
+	Jsonb	   *payload;
+	Jsonb	   *body;
+	char	   *sent_at;
+	char	   *sig;
+	char	   *body_text;
+	TimestampTz sent;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("gdpr._cluster_receive() must be a BEFORE INSERT row trigger")));
+	tuple = trigdata->tg_trigtuple;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT gdpr._citus_node()", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed for gdpr._citus_node()");
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "worker") != 0)
+	{
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+
+	op = SPI_getvalue(tuple, desc, 1);
+	d = SPI_getbinval(tuple, desc, 2, &isnull);
+	payload = isnull ? NULL : DatumGetJsonbP(d);
+	body = NULL;
+	sent_at = sig = NULL;
+	if (payload != NULL && JB_ROOT_IS_OBJECT(payload))
+	{
+		Datum		b = DirectFunctionCall2(jsonb_object_field, JsonbPGetDatum(payload),
+										   CStringGetTextDatum("body"));
+
+		body = b == (Datum) 0 ? NULL : DatumGetJsonbP(b);
+		sent_at = jsonb_field(payload, "sent_at");
+		sig = jsonb_field(payload, "sig");
+	}
+	if (op == NULL || body == NULL || !JB_ROOT_IS_OBJECT(body) || sent_at == NULL || sig == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a cluster signal needs an operation and a signed body"),
+				 errhint("Signals are sent by gdpr_erase() on the coordinator; nothing else writes gdpr.cluster_signal.")));
+	body_text = JsonbToCString(NULL, &body->root, VARSIZE(body));
+	if (!same_signature(sig, signal_signature(op, sent_at, body_text)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cluster signal \"%s\" is not signed by this cluster's gdpr", op),
+				 errhint("Signals are sent by gdpr_erase() on the coordinator; nothing else writes gdpr.cluster_signal.")));
+	sent = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(sent_at),
+												   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+	if (TimestampDifferenceExceeds(sent, GetCurrentTimestamp(), SIGNAL_MAX_AGE_SECS * 1000) ||
+		TimestampDifferenceExceeds(GetCurrentTimestamp(), sent, SIGNAL_MAX_AGE_SECS * 1000))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cluster signal \"%s\" was sent at %s, more than %d seconds from this node's time",
+						op, sent_at, SIGNAL_MAX_AGE_SECS),
+				 errhint("A signal is sent once, by a running erasure.  If the nodes' clocks differ that much, synchronize them.")));
+	if (strcmp(op, "erase") == 0)
+		gdpr_erase_cluster_begin(body);
+	else if (strcmp(op, "scrub") == 0)
+		gdpr_erase_cluster_scrub(body);
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown cluster signal \"%s\"", op)));
+	SPI_finish();
+	return PointerGetDatum(NULL);
 }
 
 /* Citus's catalogs exist in this database */

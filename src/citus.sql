@@ -114,7 +114,9 @@ BEGIN
                       FROM gdpr.column_class c WHERE c.relid = ANY (tables)),
         'restrictions', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]') FROM gdpr.restriction x),
         'pseudonym_key', (SELECT pg_catalog.encode(s.value, 'hex') FROM gdpr.secret s
-                           WHERE s.name = 'pseudonym_key' ORDER BY s.made_at LIMIT 1));
+                           WHERE s.name = 'pseudonym_key' ORDER BY s.made_at LIMIT 1),
+        'signal_key', (SELECT pg_catalog.encode(s.value, 'hex') FROM gdpr.secret s
+                        WHERE s.name = 'cluster_signal_key' ORDER BY s.made_at LIMIT 1));
 END
 $$;
 
@@ -151,6 +153,25 @@ BEGIN
         CREATE TRIGGER apply AFTER INSERT ON gdpr.cluster_bus FOR EACH ROW EXECUTE FUNCTION gdpr._cluster_apply();
         PERFORM gdpr._citus_triggers(was = 'on');
     END IF;
+    -- The erasure's signals to the workers travel on the eraser's own connections, which carry its
+    -- statements (citus.c): the eraser inserts them, signed; they are never stored.
+    IF pg_catalog.to_regclass('gdpr.cluster_signal') IS NULL THEN
+        CREATE TABLE gdpr.cluster_signal (
+            op       text NOT NULL,
+            payload  jsonb NOT NULL
+        );
+        REVOKE ALL ON gdpr.cluster_signal FROM PUBLIC;
+        PERFORM pg_catalog.create_reference_table('gdpr.cluster_signal');
+        GRANT INSERT ON gdpr.cluster_signal TO gdpr_admin;
+        was := gdpr._citus_triggers(true);
+        CREATE TRIGGER receive BEFORE INSERT ON gdpr.cluster_signal FOR EACH ROW
+            EXECUTE FUNCTION gdpr._cluster_receive();
+        PERFORM gdpr._citus_triggers(was = 'on');
+    END IF;
+    -- the key that signs the signals, sent with the map (citus.c)
+    INSERT INTO gdpr.secret (name, value)
+    SELECT 'cluster_signal_key', gdpr._random_key()
+     WHERE NOT EXISTS (SELECT FROM gdpr.secret WHERE name = 'cluster_signal_key');
     -- the bus keeps the latest map, for a node added later (owner only, as gdpr.secret)
     DELETE FROM gdpr.cluster_bus;
     INSERT INTO gdpr.cluster_bus (op, payload) VALUES ('map', gdpr._cluster_map());
@@ -233,6 +254,10 @@ BEGIN
         DELETE FROM gdpr.secret WHERE name = 'pseudonym_key';
         INSERT INTO gdpr.secret (name, value) VALUES ('pseudonym_key', pg_catalog.decode(m ->> 'pseudonym_key', 'hex'));
     END IF;
+    IF m ->> 'signal_key' IS NOT NULL THEN
+        DELETE FROM gdpr.secret WHERE name = 'cluster_signal_key';
+        INSERT INTO gdpr.secret (name, value) VALUES ('cluster_signal_key', pg_catalog.decode(m ->> 'signal_key', 'hex'));
+    END IF;
     PERFORM gdpr._cluster_forget();
 END
 $$;
@@ -264,6 +289,40 @@ BEGIN
               FROM pg_catalog.jsonb_array_elements(history) e);
 END
 $$;
+
+-- Whether a worker's trail still names the subject (as gdpr_erase finds it after an erasure:
+-- a restored node can bring events back).  Committed events, read by Citus on connections of its
+-- own; a worker that cannot be read is an error, never a "no".
+CREATE FUNCTION gdpr._workers_hold_subject(kind text, subject text) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF gdpr._citus_node() <> 'coordinator' OR pg_catalog.to_regclass('gdpr.cluster_bus') IS NULL THEN
+        RETURN false;
+    END IF;
+    FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
+               USING pg_catalog.format('SELECT EXISTS (SELECT FROM gdpr.audit_log WHERE subject_kind = %L '
+                                       '   AND (subject_id = %L OR related_subject_ids @> ARRAY[%L]))',
+                                       kind, subject, subject) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'the audit trail of node %:% cannot be read', r.nodename, r.nodeport
+                USING ERRCODE = '08006', DETAIL = r.result,
+                      HINT = 'An erasure covers every node of the cluster: bring the node back, or remove it with citus_remove_node().';
+        END IF;
+        IF r.result = 't' THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+-- The trigger of gdpr.cluster_signal: on a worker, an erasure's signal (citus.c)
+CREATE FUNCTION gdpr._cluster_receive() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'gdpr_cluster_receive';
 
 -- Every backend of the node drops what it cached of the map: the shards' capture plans are
 -- keyed by the shards, which the map does not name.

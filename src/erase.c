@@ -40,6 +40,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -136,6 +137,7 @@ typedef struct Redacted
 {
 	int64		events;
 	TimestampTz keep_until;
+	int			workers;		/* on a Citus coordinator: the workers that scrubbed too, else -1 */
 } Redacted;
 
 static void require_read_committed(const char *function);
@@ -171,6 +173,13 @@ static bool nothing_planned(List *tables);
 static char *rows_keys(const EraseTable *t, const char *where, const GdprSubject *subject);
 static char *planned_rows(const EraseTable *t, const char *keys);
 static void execute_tables(List *tables, const GdprSubject *subject);
+static char *cluster_erase_body(const GdprSubject *subject, List *tables, List *unlinked);
+static char *cluster_scrub_body(const GdprSubject *subject);
+static void cluster_forget(void);
+static void cluster_restrictions(const char *kind, const char *key);
+static void cluster_xact_end(XactEvent event, void *arg);
+static void cluster_subxact_end(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg);
 static void execute_table(EraseTable *t, const GdprSubject *subject);
 static void set_owned_join(EraseTable *t);
 static char *owned_rows(const EraseTable *t);
@@ -183,7 +192,7 @@ static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym
 							   bool keep_subject_row, bool again, Jsonb *report);
 static Jsonb *report_jsonb(const char *status, const GdprSubject *subject, const char *pseudonym,
 						  List *unlinked, List *refreshed,
-						   List *tables, int64 scrubbed, int64 redacted);
+						   List *tables, int64 scrubbed, const Redacted *redacted);
 static Jsonb *holds_jsonb(List *held);
 static List *materialized_views(List *tables, bool derived);
 static List *refresh_derived(List *tables);
@@ -234,7 +243,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_check("gdpr_erase", false);
+	gdpr_citus_check("gdpr_erase", true);
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	report = erase_subject(subject, dry_run, PG_ARGISNULL(3) ? NULL : &(int64) {PG_GETARG_INT64(3)},
 						   NULL);
@@ -327,10 +336,12 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	bool		found;
 	bool		erased;
 	int64		scrubbed = 0;
-	Redacted	redacted = {0, 0};
+	Redacted	redacted = {0, 0, -1};
 	ListCell   *lc;
 
 	pseudonym = gdpr_subject_pseudonym(subject->kind, subject->key_text);
+	if (gdpr_citus_cluster())
+		gdpr_citus_sequential();
 
 	/*
 	 * The lock comes first: a concurrent erasure of the same subject, and a
@@ -414,7 +425,7 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	else
 		scrubbed = execute_erasure(tables, unlinked, &refreshed, subject, pseudonym, &redacted);
 	report = report_jsonb(dry_run ? "dry_run" : replay != NULL ? "replayed" : erased ? "erased_again" : "erased",
-						  subject, pseudonym, unlinked, refreshed, tables, scrubbed, redacted.events);
+						  subject, pseudonym, unlinked, refreshed, tables, scrubbed, &redacted);
 	if (dry_run)
 	{
 		gdpr_audit_event("ERASE_DRY_RUN", true, subject->kind, pseudonym, NULL, report);
@@ -513,7 +524,7 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_check("gdpr_can_erase", false);
+	gdpr_citus_check("gdpr_can_erase", true);
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	erased = subject_erased(subject, &record);
 	if (!erased && !gdpr_subject_exists(subject))
@@ -682,20 +693,32 @@ execute_erasure(List *tables, List *unlinked, List **refreshed, const GdprSubjec
 	const GdprSubject *outer_subject = erasing_subject;
 	List	   *outer_tables = erasing_tables;
 	List	   *outer_unlinked = erasing_unlinked;
+	bool		cluster = gdpr_citus_cluster();
 
 	erasing_relids = list_copy(outer);
 	erasing_subject = subject;
 	erasing_tables = tables;
 	erasing_unlinked = unlinked;
 	foreach(lc, tables)
-		erasing_relids = lappend_oid(erasing_relids, ((EraseTable *) lfirst(lc))->relid);
+	{
+		Oid			relid = ((EraseTable *) lfirst(lc))->relid;
+
+		erasing_relids = lappend_oid(erasing_relids, relid);
+		/* a reference table's copy here is written by local execution, in this backend */
+		if (cluster)
+			erasing_relids = list_concat(erasing_relids, gdpr_citus_local_shards(relid));
+	}
 	PG_TRY();
 	{
+		if (cluster)
+			(void) gdpr_citus_signal("erase", cluster_erase_body(subject, tables, unlinked));
 		execute_tables(tables, subject);
 		remove_large_objects(tables);
 		verify_erasure(tables, subject);
 		*refreshed = refresh_derived(tables);
 		scrubbed = scrub_audit(subject, pseudonym, tables, redacted);
+		if (cluster)
+			redacted->workers = gdpr_citus_signal("scrub", cluster_scrub_body(subject));
 	}
 	PG_FINALLY();
 	{
@@ -751,6 +774,323 @@ execute_tables(List *tables, const GdprSubject *subject)
 				 errhint("Nothing was changed or recorded.  Choose an erasure strategy the constraint accepts with gdpr.classify_column(), or change the constraint.")));
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Citus clusters
+ *
+ * On the coordinator, the erasure's statements are routed to the workers,
+ * where the capture fires on the shards.  Each worker learns of the erasure
+ * from the signal "erase" (citus.c), received on the connection that then
+ * carries the statements: with it, it sets the same state as the
+ * coordinator, so that restrictions leave the erasure's own writes alone,
+ * every row a statement changes is checked against the plan, and events
+ * are marked as the erased subject's.  The signal "scrub", after the
+ * statements, scrubs the node's trail as scrub_audit does here and checks
+ * that nothing of the subject is left in it; an error on any node aborts
+ * the erasure on every node (two-phase commit).
+ */
+
+/* The body of the signal "erase": the subject and the plan's keys */
+static char *
+cluster_erase_body(const GdprSubject *subject, List *tables, List *unlinked)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"kind\": ");
+	escape_json(&buf, subject->kind);
+	appendStringInfoString(&buf, ", \"key\": ");
+	escape_json(&buf, subject->key_text);
+	appendStringInfoString(&buf, ", \"subject_table\": ");
+	escape_json(&buf, gdpr_relation_name(subject->relid));
+	appendStringInfoString(&buf, ", \"tables\": [");
+	foreach(lc, tables)
+	{
+		EraseTable *t = lfirst(lc);
+
+		appendStringInfoString(&buf, foreach_current_index(lc) ? ", {\"name\": " : "{\"name\": ");
+		escape_json(&buf, t->name);
+		appendStringInfo(&buf, ", \"keys\": %s, \"concerned\": %s}",
+						 t->keys != NULL ? t->keys : "[]", t->concerned_keys != NULL ? t->concerned_keys : "[]");
+	}
+	appendStringInfoString(&buf, "], \"unlinked\": [");
+	foreach(lc, unlinked)
+	{
+		Unlinked   *u = lfirst(lc);
+
+		appendStringInfoString(&buf, foreach_current_index(lc) ? ", {\"name\": " : "{\"name\": ");
+		escape_json(&buf, u->table);
+		appendStringInfo(&buf, ", \"keys\": %s}", JsonbToCString(NULL, &u->keys->root, VARSIZE(u->keys)));
+	}
+	appendStringInfoString(&buf, "]}");
+	return buf.data;
+}
+
+/* The body of the signal "scrub" */
+static char *
+cluster_scrub_body(const GdprSubject *subject)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"kind\": ");
+	escape_json(&buf, subject->kind);
+	appendStringInfoString(&buf, ", \"key\": ");
+	escape_json(&buf, subject->key_text);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* The subtransaction a worker's erasure state was set in; see cluster_subxact_end */
+static SubTransactionId cluster_subid = InvalidSubTransactionId;
+
+/*
+ * Column col of row i of the signal's query: the oid of a relation it
+ * names, which must exist on this node
+ */
+static Oid
+cluster_relation(uint64 i, int col, const char *name)
+{
+	bool		isnull;
+	Datum		relid = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s of the coordinator's erasure does not exist on this node", name ? name : "(none)"),
+				 errhint("The nodes' metadata differs from the coordinator's: see citus_check_cluster_node_health().")));
+	return DatumGetObjectId(relid);
+}
+
+/*
+ * On a worker, the signal "erase": the erasure's state until its "scrub",
+ * the end of the transaction, or the rollback of the subtransaction that
+ * received it.  Kept in the transaction's memory.
+ */
+void
+gdpr_erase_cluster_begin(Jsonb *body)
+{
+	static bool callbacks = false;
+	Oid			argtypes[1] = {JSONBOID};
+	Datum		args[1] = {JsonbPGetDatum(body)};
+	MemoryContext old;
+	GdprSubject *s;
+	List	   *tables = NIL;
+	List	   *unlinked = NIL;
+	List	   *relids = NIL;
+	ListCell   *lc;
+	bool		isnull;
+
+	if (erasing_subject != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("an erasure is already running in this session of the node")));
+	if (!callbacks)
+	{
+		RegisterXactCallback(cluster_xact_end, NULL);
+		RegisterSubXactCallback(cluster_subxact_end, NULL);
+		callbacks = true;
+	}
+
+	if (SPI_execute_with_args("SELECT $1 OPERATOR(pg_catalog.->>) 'kind', $1 OPERATOR(pg_catalog.->>) 'key', "
+							  "       $1 OPERATOR(pg_catalog.->>) 'subject_table', "
+							  "       pg_catalog.to_regclass($1 OPERATOR(pg_catalog.->>) 'subject_table')::pg_catalog.oid",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: reading the signal");
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	s = palloc0(sizeof(GdprSubject));
+	s->kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	s->key_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	s->relid = cluster_relation(0, 4, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3));
+	s->key_type = InvalidOid;
+	MemoryContextSwitchTo(old);
+	if (s->kind == NULL || s->key_text == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the signal \"erase\" names no subject")));
+
+	/* a table that is not here (a local table of the coordinator) has no writes here */
+	if (SPI_execute_with_args("SELECT x OPERATOR(pg_catalog.->>) 'name', (x OPERATOR(pg_catalog.->) 'keys')::pg_catalog.text, "
+							  "       (x OPERATOR(pg_catalog.->) 'concerned')::pg_catalog.text, "
+							  "       pg_catalog.to_regclass(x OPERATOR(pg_catalog.->>) 'name')::pg_catalog.oid "
+							  "  FROM pg_catalog.jsonb_array_elements($1 OPERATOR(pg_catalog.->) 'tables') x "
+							  " WHERE pg_catalog.to_regclass(x OPERATOR(pg_catalog.->>) 'name') IS NOT NULL",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: reading the signal's tables");
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		EraseTable *t = palloc0(sizeof(EraseTable));
+
+		t->name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		t->relid = cluster_relation(i, 4, t->name);
+		t->keys = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		t->concerned_keys = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		tables = lappend(tables, t);
+	}
+	MemoryContextSwitchTo(old);
+
+	if (SPI_execute_with_args("SELECT x OPERATOR(pg_catalog.->>) 'name', x OPERATOR(pg_catalog.->) 'keys', "
+							  "       pg_catalog.to_regclass(x OPERATOR(pg_catalog.->>) 'name')::pg_catalog.oid "
+							  "  FROM pg_catalog.jsonb_array_elements($1 OPERATOR(pg_catalog.->) 'unlinked') x "
+							  " WHERE pg_catalog.to_regclass(x OPERATOR(pg_catalog.->>) 'name') IS NOT NULL",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: reading the signal's unlinked rows");
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Unlinked   *u = palloc0(sizeof(Unlinked));
+		Datum		keys = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+
+		u->table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		u->relid = cluster_relation(i, 3, u->table);
+		u->keys = isnull ? NULL : DatumGetJsonbPCopy(keys);
+		unlinked = lappend(unlinked, u);
+	}
+	MemoryContextSwitchTo(old);
+
+	/* the statements write to this node's shards of the tables */
+	foreach(lc, tables)
+	{
+		Oid			relid = ((EraseTable *) lfirst(lc))->relid;
+		List	   *shards = gdpr_citus_local_shards(relid);
+
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		relids = lappend_oid(relids, relid);
+		relids = list_concat(relids, shards);
+		MemoryContextSwitchTo(old);
+	}
+	erasing_subject = s;
+	erasing_tables = tables;
+	erasing_unlinked = unlinked;
+	erasing_relids = relids;
+	cluster_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * On a worker, the signal "scrub": this node's trail loses the subject's
+ * values (scrub_audit), records the erasure, and is checked to hold none of
+ * the subject's values any more.
+ * Only in the session that received the signal "erase" for the subject:
+ * elsewhere the erasure's events would not be visible to the scrub.
+ */
+void
+gdpr_erase_cluster_scrub(Jsonb *body)
+{
+	Oid			argtypes[1] = {JSONBOID};
+	Datum		args[1] = {JsonbPGetDatum(body)};
+	char	   *kind;
+	char	   *key;
+	Redacted	redacted = {0, 0, -1};
+	bool		left;
+	char	   *pseudonym;
+	int64		scrubbed;
+	StringInfoData detail;
+
+	if (SPI_execute_with_args("SELECT $1 OPERATOR(pg_catalog.->>) 'kind', $1 OPERATOR(pg_catalog.->>) 'key'",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: reading the signal");
+	kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (erasing_subject == NULL || kind == NULL || key == NULL ||
+		strcmp(kind, erasing_subject->kind) != 0 || strcmp(key, erasing_subject->key_text) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+				 errmsg("the erasure of subject %s of kind \"%s\" reached this node on more than one connection",
+						key ? key : "(none)", kind ? kind : "(none)"),
+				 errdetail("Its scrub cannot see the events that its statements wrote on another connection."),
+				 errhint("Nothing was changed or recorded.  Erase in a transaction of its own, or one that has not yet run a statement in parallel on the cluster.")));
+	pseudonym = gdpr_subject_pseudonym(kind, key);
+	scrubbed = scrub_audit(erasing_subject, pseudonym, erasing_tables, &redacted);
+	cluster_restrictions(kind, key);
+
+	/*
+	 * This node's chain needs its own ERASE event saying how many sealed
+	 * events the erasure redacted here (chain.c); the coordinator's event
+	 * holds the erasure's report.
+	 */
+	initStringInfo(&detail);
+	appendStringInfoString(&detail, "{\"status\": \"erased\", \"on\": \"worker\", \"subject\": {\"kind\": ");
+	escape_json(&detail, kind);
+	appendStringInfoString(&detail, ", \"pseudonym\": ");
+	escape_json(&detail, pseudonym);
+	appendStringInfo(&detail, "}, \"audit_events_scrubbed\": " INT64_FORMAT ", \"sealed_events_redacted\": " INT64_FORMAT "}",
+					 scrubbed, redacted.events);
+	gdpr_audit_event_until("ERASE", true, kind, pseudonym, NULL,
+						   DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))),
+						   redacted.keep_until);
+	/* the check sees the scrub: a trigger's active snapshot is its statement's */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetLatestSnapshot());
+	left = subject_in_trail(erasing_subject);
+	PopActiveSnapshot();
+	if (left)
+		ereport(ERROR,
+				(errcode(ERRCODE_GDPR_ERASE_IMPOSSIBLE),
+				 errmsg("the audit trail of this node still holds subject %s of kind \"%s\" after its scrub",
+						key, kind),
+				 errhint("Nothing was changed or recorded.  Erase again; if this persists, report it as a bug.")));
+	cluster_forget();
+}
+
+/*
+ * The restrictions of an erased subject on a worker, as finish_bookkeeping
+ * leaves them on the coordinator: none by key; one by pseudonym when the
+ * subject's row is kept, so that nothing new is written for it.
+ */
+static void
+cluster_restrictions(const char *kind, const char *key)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[3] = {CStringGetTextDatum(kind), CStringGetTextDatum(key),
+	CStringGetTextDatum(gdpr_subject_pseudonym(kind, key))};
+
+	if (gdpr_execute_as_owner(NULL, "DELETE FROM gdpr.restriction WHERE kind OPERATOR(pg_catalog.=) $1 "
+							  "   AND subject_id OPERATOR(pg_catalog.=) ANY (ARRAY[$2, $3])",
+							  3, argtypes, args, NULL, false, 0) != SPI_OK_DELETE ||
+		gdpr_execute_as_owner(NULL, "INSERT INTO gdpr.restriction (kind, subject_id, source, reason) "
+							  "SELECT $1, $3, 'erased', 'the subject was erased' FROM gdpr.subject_kind s "
+							  " WHERE s.kind OPERATOR(pg_catalog.=) $1 AND s.on_erase OPERATOR(pg_catalog.=) 'anonymize'",
+							  3, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: the erased subject's restrictions");
+	CacheInvalidateRelcacheByRelid(DatumGetObjectId(DirectFunctionCall1(to_regclass,
+																		CStringGetTextDatum("gdpr.restriction"))));
+}
+
+static void
+cluster_forget(void)
+{
+	erasing_subject = NULL;
+	erasing_tables = NIL;
+	erasing_unlinked = NIL;
+	erasing_relids = NIL;
+	cluster_subid = InvalidSubTransactionId;
+}
+
+/* The state lives in the transaction's memory, and ends with it */
+static void
+cluster_xact_end(XactEvent event, void *arg)
+{
+	if (cluster_subid != InvalidSubTransactionId &&
+		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		 event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT))
+		cluster_forget();
+}
+
+/*
+ * A rolled-back savepoint (a dry run, gdpr_can_erase) takes the state with
+ * it when it was set in that subtransaction or one it started: those have
+ * later ids.
+ */
+static void
+cluster_subxact_end(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+					void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && cluster_subid != InvalidSubTransactionId &&
+		cluster_subid >= mySubid)
+		cluster_forget();
 }
 
 /* Locks the subject's row against concurrent erasure and inserts; false if there is none */
@@ -864,11 +1204,11 @@ gdpr_erasure_running(void)
  * map does not know.  The erasure stops before it records anything.
  */
 void
-gdpr_erasure_check_row(Relation rel, const char *kind, char **oldkeys, char **newkeys,
+gdpr_erasure_check_row(Oid table, const char *kind, char **oldkeys, char **newkeys,
 					   int nkeys, Jsonb *rowkey)
 {
 	const GdprSubject *s = erasing_subject;
-	Oid			root = gdpr_root_relid(RelationGetRelid(rel));
+	Oid			root = gdpr_root_relid(table);
 	ListCell   *lc;
 
 	if (s == NULL)
@@ -1764,7 +2104,14 @@ subject_in_trail(const GdprSubject *subject)
 							  "        OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[$2]) LIMIT 1",
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed");
-	return SPI_processed > 0;
+	if (SPI_processed > 0)
+		return true;
+	if (!gdpr_citus_cluster())
+		return false;
+	if (gdpr_execute_as_owner(NULL, "SELECT gdpr._workers_hold_subject($1, $2)",
+							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: gdpr._workers_hold_subject");
+	return strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
 }
 
 /* The large objects the planned rows of t reference (see lo_columns) */
@@ -2206,6 +2553,7 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
+	bool		cluster;
 
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	if ((!again &&
@@ -2236,8 +2584,19 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "erasure bookkeeping failed");
 	gdpr_leave_role(save_userid, save_sec_context, nest);
-	if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed");
+	/* on a cluster, the workers made the same change on the signal "scrub" */
+	cluster = gdpr_citus_cluster();
+	gdpr_cluster_hold_sync(cluster);
+	PG_TRY();
+	{
+		if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed");
+	}
+	PG_FINALLY();
+	{
+		gdpr_cluster_hold_sync(false);
+	}
+	PG_END_TRY();
 }
 
 /* Runs a query whose one column is a count, with the subject key as $1 */
@@ -2353,7 +2712,7 @@ holds_jsonb(List *held)
 static Jsonb *
 report_jsonb(const char *status, const GdprSubject *subject, const char *pseudonym, List *unlinked,
 			 List *refreshed, List *tables,
-			 int64 scrubbed, int64 redacted)
+			 int64 scrubbed, const Redacted *redacted)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -2411,7 +2770,9 @@ report_jsonb(const char *status, const GdprSubject *subject, const char *pseudon
 		appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT "}", u->rows);
 	}
 	appendStringInfo(&buf, "], \"audit_events_scrubbed\": " INT64_FORMAT
-					 ", \"sealed_events_redacted\": " INT64_FORMAT, scrubbed, redacted);
+					 ", \"sealed_events_redacted\": " INT64_FORMAT, scrubbed, redacted->events);
+	if (redacted->workers >= 0)
+		appendStringInfo(&buf, ", \"workers_scrubbed\": %d", redacted->workers);
 	if (refreshed != NIL)
 		append_names(&buf, "refreshed_views", refreshed);
 	unrefreshed = materialized_views(tables, false);

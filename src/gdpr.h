@@ -195,6 +195,7 @@ extern Oid	gdpr_relation_owner(Oid relid);
 
 /* anonymize.c */
 extern char *gdpr_pseudonym(const char *seed, size_t len);
+extern char *gdpr_hmac_hex(const char *key, const char *data, size_t len);
 extern char *gdpr_subject_pseudonym(const char *kind, const char *key);
 extern char *gdpr_anonymize_expr(Form_pg_attribute att, const char *strategy, const char *seed,
 								 const char **error);
@@ -204,8 +205,10 @@ extern void gdpr_anonymize_invalidate(Oid relid);
 extern bool gdpr_erasure_exempt(Oid relid);
 extern Jsonb *gdpr_erasure_record(const GdprSubject *subject);	/* SPI */
 extern bool gdpr_erasure_running(void);
+extern void gdpr_erase_cluster_begin(Jsonb *body);	/* SPI */
+extern void gdpr_erase_cluster_scrub(Jsonb *body);	/* SPI */
 extern const char *gdpr_erasing_key(const char *kind);
-extern void gdpr_erasure_check_row(Relation rel, const char *kind, char **oldkeys,
+extern void gdpr_erasure_check_row(Oid table, const char *kind, char **oldkeys,
 								   char **newkeys, int nkeys, Jsonb *rowkey);
 
 /* chain.c */
@@ -301,6 +304,11 @@ extern Oid	gdpr_citus_shard_table(Oid relid, bool *recorded_here);	/* SPI */
 extern void gdpr_cluster_map_changed(void);	/* SPI */
 extern bool gdpr_cluster_catch_up(void);	/* SPI */
 extern void gdpr_citus_check(const char *function, bool cluster_ready);	/* SPI */
+extern bool gdpr_citus_cluster(void);	/* SPI */
+extern void gdpr_citus_sequential(void);
+extern void gdpr_cluster_hold_sync(bool hold);
+extern int	gdpr_citus_signal(const char *op, const char *body);	/* SPI */
+extern List *gdpr_citus_local_shards(Oid table);	/* SPI */
 
 /* reads.c */
 extern int	gdpr_read_audit_max_subjects;

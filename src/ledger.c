@@ -98,7 +98,6 @@ static bool verified_read = false;
 static const char *checked_directory(bool *unreachable);
 static bool path_within(const char *path, const char *dir);
 static char *chain_key(void);
-static char *chain_hash(const char *key, const char *data, size_t len);
 static bool append_line(const LedgerNote *note, const char *entry, bool quiet);
 static bool read_last_line(int fd, off_t size, int64 *seq, char *prev_hash, off_t *keep);
 static void run_archive_command(const char *directory, const char *identity);
@@ -211,28 +210,6 @@ chain_key(void)
 	static const char seed[] = "ledger\x1f" "chain";
 
 	return gdpr_pseudonym(seed, sizeof(seed) - 1);
-}
-
-/* HMAC-SHA256 of data under key, in hex */
-static char *
-chain_hash(const char *key, const char *data, size_t len)
-{
-	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-	char	   *hex = palloc(HASH_HEX_LEN + 1);
-
-	if (ctx == NULL ||
-		pg_hmac_init(ctx, (const uint8 *) key, strlen(key)) < 0 ||
-		pg_hmac_update(ctx, (const uint8 *) data, len) < 0 ||
-		pg_hmac_final(ctx, digest, sizeof(digest)) < 0)
-	{
-		pg_hmac_free(ctx);
-		elog(ERROR, "could not compute HMAC-SHA256");
-	}
-	pg_hmac_free(ctx);
-	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
-		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
-	return hex;
 }
 
 /*
@@ -541,7 +518,7 @@ append_line(const LedgerNote *note, const char *entry, bool quiet)
 					 UINT64_FORMAT "\",\"timeline\":%u,\"database_oid\":%u,\"prev\":\"%s\"",
 					 U64FromFullTransactionId(GetTopFullTransactionIdIfAny()), lsn,
 					 GetSystemIdentifier(), GetWALInsertionTimeLine(), MyDatabaseId, prev);
-	appendStringInfo(&line, ",\"hash\":\"%s\"}\n", chain_hash(note->chain_key, line.data, line.len));
+	appendStringInfo(&line, ",\"hash\":\"%s\"}\n", gdpr_hmac_hex(note->chain_key, line.data, line.len));
 
 	if (pwrite(fd, line.data, line.len, keep) != line.len || pg_fsync(fd) != 0)
 		goto failed;
@@ -763,7 +740,7 @@ gdpr_ledger_read(PG_FUNCTION_ARGS)
 		mark = strstr(line, ",\"hash\":\"");
 		if (mark == NULL || strlen(mark) != strlen(",\"hash\":\"\"}") + HASH_HEX_LEN)
 			problem = "it does not end with its hash";
-		else if (strncmp(mark + 9, chain_hash(key, line, mark - line), HASH_HEX_LEN) != 0)
+		else if (strncmp(mark + 9, gdpr_hmac_hex(key, line, mark - line), HASH_HEX_LEN) != 0)
 			problem = "its hash does not match its content (edited, or written with another key)";
 		else if (!scan_field(line, "seq", field, sizeof(field)) || strtoi64(field, NULL, 10) != seq + 1)
 			problem = psprintf("its sequence number is not " INT64_FORMAT " (a line before it is missing)", seq + 1);

@@ -195,7 +195,10 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
     TO gdpr_admin;
 -- The cluster bus (citus.sql) is written and read only as the extension's owner, by the C code of
 -- _map_changed and of the capture: _cluster_sync, _cluster_map, _cluster_apply,
--- _cluster_apply_map, _cluster_catch_up and _cluster_forget have no grant.
+-- _cluster_apply_map, _cluster_catch_up, _cluster_forget and _workers_hold_subject have no grant.
+-- Which node this is, the rights functions ask as their caller, and so does an erasure's signal
+-- on the workers (gdpr.cluster_signal, which gdpr_admin may insert into, signed).
+GRANT EXECUTE ON FUNCTION gdpr._citus_node() TO PUBLIC;
 
 -- Verification and digests read the whole trail: auditors and gdpr_admin.
 REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;
