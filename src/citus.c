@@ -76,7 +76,7 @@ gdpr_citus_shard_table(Oid relid, bool *recorded_here)
 		"  FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p "
 		"       ON p.logicalrelid OPERATOR(pg_catalog.=) s.logicalrelid "
 		" WHERE s.shardid OPERATOR(pg_catalog.=) $1 "
-		"   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid)) "
+		"   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) "
 		"       OPERATOR(pg_catalog.=) $2::pg_catalog.regclass";
 	Oid			argtypes[2] = {INT8OID, OIDOID};
 	Datum		args[2];
@@ -376,7 +376,7 @@ gdpr_citus_local_shards(Oid table)
 
 	if (!citus_installed())
 		return NIL;
-	if (SPI_execute_with_args("SELECT r FROM (SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid))::pg_catalog.oid r "
+	if (SPI_execute_with_args("SELECT r FROM (SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))::pg_catalog.oid r "
 							  "                 FROM pg_catalog.pg_dist_shard s "
 							  "                WHERE s.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) x "
 							  " WHERE r IS NOT NULL",

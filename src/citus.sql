@@ -43,6 +43,23 @@ BEGIN
 END
 $$;
 
+-- Whether a table is distributed by a column (sharded), not a reference or Citus local table.
+CREATE FUNCTION gdpr._citus_distributed(tbl pg_catalog.regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1 AND partmethod = ''h'')'
+        INTO found USING tbl;
+    RETURN found;
+END
+$$;
+
 -- Citus creates triggers on its tables only under citus.enable_unsafe_triggers: the trigger
 -- then fires on the node that holds the shard, which is where the capture has to run.  Set for
 -- the registration's own statements, and put back as it was.
@@ -113,6 +130,13 @@ BEGIN
                         pg_catalog.jsonb_build_object('relid', gdpr._qualified(c.relid))), '[]')
                       FROM gdpr.column_class c WHERE c.relid = ANY (tables)),
         'restrictions', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]') FROM gdpr.restriction x),
+        -- retention runs on the nodes that hold the rows, which need the policies and the holds
+        'retention', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.||)
+                          pg_catalog.jsonb_build_object('relid', gdpr._qualified(p.relid))), '[]')
+                        FROM gdpr.retention_policy p WHERE p.relid = ANY (tables)),
+        'holds', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(h) OPERATOR(pg_catalog.||)
+                      pg_catalog.jsonb_build_object('relid', gdpr._qualified(h.relid))), '[]')
+                    FROM gdpr.legal_hold h WHERE h.relid = ANY (tables)),
         'pseudonym_key', (SELECT pg_catalog.encode(s.value, 'hex') FROM gdpr.secret s
                            WHERE s.name = 'pseudonym_key' ORDER BY s.made_at LIMIT 1),
         'signal_key', (SELECT pg_catalog.encode(s.value, 'hex') FROM gdpr.secret s
@@ -220,7 +244,8 @@ CREATE FUNCTION gdpr._cluster_apply_map(m jsonb) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM gdpr.subject_kind;		-- and, by their foreign keys, tables, paths, steps, columns
+    DELETE FROM gdpr.subject_kind;		-- and, by their foreign keys, tables, paths, steps, columns,
+                                        -- retention policies and legal holds
     INSERT INTO gdpr.subject_kind (kind, relid, key_column, key_type, on_erase, registered_at)
     SELECT k.kind, k.relid::regclass, k.key_column, k.key_type::regtype, k.on_erase, k.registered_at
       FROM pg_catalog.jsonb_to_recordset(m -> 'kinds')
@@ -246,6 +271,14 @@ BEGIN
     SELECT c.relid::regclass, c.column_name, c.category, c.erase
       FROM pg_catalog.jsonb_to_recordset(m -> 'columns')
            AS c(relid text, column_name name, category text, erase text);
+    INSERT INTO gdpr.retention_policy (relid, time_column, keep, action, condition, created_at)
+    SELECT p.relid::regclass, p.time_column, p.keep, p.action, p.condition, p.created_at
+      FROM pg_catalog.jsonb_to_recordset(COALESCE(m -> 'retention', '[]'))
+           AS p(relid text, time_column name, keep interval, action text, condition text, created_at timestamptz);
+    INSERT INTO gdpr.legal_hold (hold_id, relid, condition, reason, created_at) OVERRIDING SYSTEM VALUE
+    SELECT h.hold_id, h.relid::regclass, h.condition, h.reason, h.created_at
+      FROM pg_catalog.jsonb_to_recordset(COALESCE(m -> 'holds', '[]'))
+           AS h(hold_id int, relid text, condition text, reason text, created_at timestamptz);
     DELETE FROM gdpr.restriction;
     INSERT INTO gdpr.restriction (kind, subject_id, source, reason, restricted_at)
     SELECT x.kind, x.subject_id, x.source, x.reason, x.restricted_at
@@ -317,6 +350,27 @@ BEGIN
         END IF;
     END LOOP;
     RETURN false;
+END
+$$;
+
+-- What a retention pass of this node works on for a policy's table: the table itself, or, for a
+-- distributed table, its shards on this node (none on a coordinator that holds none).
+CREATE FUNCTION gdpr._retention_targets(tbl pg_catalog.regclass) RETURNS pg_catalog.regclass[]
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    shards regclass[];
+BEGIN
+    IF NOT gdpr._citus_table(tbl) THEN
+        RETURN ARRAY[tbl];
+    END IF;
+    EXECUTE 'SELECT COALESCE(pg_catalog.array_agg(r ORDER BY r::text), ''{}'') FROM (
+                 SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) r
+                   FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid = $1) x
+              WHERE r IS NOT NULL'
+       INTO shards USING tbl;
+    RETURN shards;
 END
 $$;
 

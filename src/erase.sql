@@ -115,6 +115,7 @@ BEGIN
     RETURNING hold_id INTO id;
     PERFORM gdpr._log_map('MAP_HOLD_ADDED', tbl,
         jsonb_build_object('hold_id', id, 'condition', condition, 'reason', reason));
+    PERFORM gdpr._map_changed(tbl);		-- on a Citus coordinator, retention on every node keeps it
     RETURN id;
 END
 $$;
@@ -133,6 +134,7 @@ BEGIN
     END IF;
     PERFORM gdpr._log_map('MAP_HOLD_DROPPED', h.relid,
         jsonb_build_object('hold_id', h.hold_id, 'condition', h.condition, 'reason', h.reason));
+    PERFORM gdpr._map_changed(h.relid);
 END
 $$;
 

@@ -35,6 +35,12 @@
  * The callers decide the transactions: gdpr_enforce_retention runs its
  * batches in the caller's, the background worker (worker.c) each in its own.
  *
+ * On a Citus cluster each node purges its own shards of a distributed
+ * table (gdpr._retention_targets): a batch is given a shard and works with
+ * its table's policy, map and holds, naming the shard in its statements.
+ * The shard's capture then sees the batch's own statement, as on one
+ * server.  Shards keep no progress mark: the policy's is one for the table.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -47,6 +53,7 @@
 #include "gdpr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -89,13 +96,15 @@ typedef struct BatchPlan
 	int64		epoch;			/* the policy's progress epoch the plan was made in */
 	bool		anonymize;
 	Oid			owner;
+	Oid			table;			/* the registered table (relid, or the table of the shard relid) */
+	bool		shard;			/* relid is a Citus shard of table */
 } BatchPlan;
 
 static BatchPlan retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
 					   BatchPlan *plan, BlockNumber *last);
 static void record_progress(Oid relid, const BatchPlan *plan);
-static int64 run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs,
+static int64 run_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs,
 						   Datum *args, bool read_only);
 
 /*
@@ -129,8 +138,8 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 	 * A pass that leaves nothing to anonymize in its range moves the mark to
 	 * its cutoff.  Not read-only: the count must see the batch's own changes.
 	 */
-	if (!dry_run && plan.anonymize && n < batch_size &&
-		run_statement(relid, true, plan.owner, plan.rest, 0, NULL, false) == 0)
+	if (!dry_run && plan.anonymize && !plan.shard && n < batch_size &&
+		run_statement(relid, &plan, plan.rest, 0, NULL, false) == 0)
 		record_progress(relid, &plan);
 	if (!dry_run && n == batch_size && last != InvalidBlockNumber)
 	{
@@ -138,7 +147,7 @@ gdpr_retention_batch(PG_FUNCTION_ARGS)
 		resume_block = last;
 	}
 	if (!dry_run && n > 0)
-		gdpr_audit_event("RETENTION", true, NULL, NULL, gdpr_relation_name(relid),
+		gdpr_audit_event("RETENTION", true, NULL, NULL, gdpr_relation_name(plan.table),
 						 DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 															CStringGetDatum(psprintf("{\"rows\": " INT64_FORMAT ", \"action\": \"%s\"}",
 																					 n, plan.anonymize ? "anonymize" : "delete")))));
@@ -159,7 +168,7 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, BatchPla
 	Datum		locked = (Datum) 0;
 
 	*plan = retention_sql(relid, batch_size, dry_run, start);
-	n = run_statement(relid, plan->anonymize, plan->owner, plan->sql, 0, NULL, dry_run);
+	n = run_statement(relid, plan, plan->sql, 0, NULL, dry_run);
 	if (SPI_tuptable->tupdesc->natts > 1)
 	{
 		Datum		tid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
@@ -180,7 +189,7 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, BatchPla
 	 * twice.
 	 */
 	if (locked != (Datum) 0 && plan->again != NULL)
-		n += run_statement(relid, plan->anonymize, plan->owner, plan->again, 1, &locked, false);
+		n += run_statement(relid, plan, plan->again, 1, &locked, false);
 	return n;
 }
 
@@ -218,7 +227,7 @@ gdpr_retention_exempt(Oid relid, int event_class)
 
 /* Runs a statement of the batch as the table's owner; returns its first column */
 static int64
-run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, Datum *args,
+run_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs, Datum *args,
 			  bool read_only)
 {
 	Oid			argtypes[1] = {TIDARRAYOID};
@@ -226,16 +235,24 @@ run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, 
 	int			ret;
 	bool		isnull;
 	Datum		n;
+	int			nest = -1;
 
 	Assert(nargs <= 1);
 	retaining_relid = relid;
-	retaining_event = anonymize ? GDPR_EV_UPDATE : GDPR_EV_DELETE;
+	retaining_event = plan->anonymize ? GDPR_EV_UPDATE : GDPR_EV_DELETE;
 	/* the batch's own statement is no read; the table's triggers it fires are (reads.c) */
 	outer = gdpr_internal_sql;
 	gdpr_internal_sql = sql;
+	/* Citus refuses writes to a shard by name unless told they are meant */
+	if (plan->shard)
+	{
+		nest = NewGUCNestLevel();
+		(void) set_config_option("citus.enable_manual_changes_to_shards", "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
 	PG_TRY();
 	{
-		ret = gdpr_execute_as_role(owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 1);
+		ret = gdpr_execute_as_role(plan->owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 1);
 	}
 	PG_FINALLY();
 	{
@@ -243,6 +260,8 @@ run_statement(Oid relid, bool anonymize, Oid owner, const char *sql, int nargs, 
 		gdpr_internal_sql = outer;
 	}
 	PG_END_TRY();
+	if (nest >= 0)
+		AtEOXact_GUC(true, nest);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute failed: %d", ret);
 	n = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -275,6 +294,25 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	bool		by_ctid;
 	char	   *batch;
 	char	   *change;
+	const char *from;
+
+	/* a shard of a distributed table works with its table's policy */
+	plan.table = relid;
+	if (SPI_execute_with_args("SELECT FROM gdpr.retention_policy WHERE relid::pg_catalog.oid = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed");
+	if (SPI_processed == 0)
+	{
+		bool		recorded_here;
+		Oid			table = gdpr_citus_shard_table(relid, &recorded_here);
+
+		if (OidIsValid(table))
+		{
+			plan.table = table;
+			plan.shard = true;
+			args[0] = ObjectIdGetDatum(table);
+		}
+	}
 
 	if (SPI_execute_with_args("SELECT time_column::pg_catalog.text, keep::pg_catalog.text, action, condition, "
 							  "       CASE WHEN swept_at OPERATOR(pg_catalog.>) (pg_catalog.now() "
@@ -293,21 +331,22 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	action = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
 	plan.anonymize = strcmp(action, "anonymize") == 0;
 	condition = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
-	mark = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+	mark = plan.shard ? NULL : SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
 	plan.epoch = pg_strtoint64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6));
 	/* the cutoff expired_rows compares with, as this pass computes it */
 	plan.cutoff = keep != NULL
 		? psprintf("pg_catalog.now() OPERATOR(pg_catalog.-) %s::pg_catalog.interval", quote_literal_cstr(keep))
 		: "pg_catalog.now()";
 
-	map = gdpr_load_table_map(relid, CurrentMemoryContext);
+	map = gdpr_load_table_map(plan.table, CurrentMemoryContext);
 	if (map == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("table with OID %u is not registered", relid)));
+				 errmsg("table with OID %u is not registered", plan.table)));
+	from = plan.shard ? gdpr_relation_name(relid) : map->qualified_name;
 
 	initStringInfo(&where);
-	expired_rows(relid, map, time_column, keep, condition, &where);
+	expired_rows(plan.table, map, time_column, keep, condition, &where);
 
 	rel = table_open(relid, AccessShareLock);
 	plan.owner = rel->rd_rel->relowner;
@@ -340,24 +379,24 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 
 	if (dry_run)
 	{
-		plan.sql = psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", map->qualified_name, where.data);
+		plan.sql = psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", from, where.data);
 		return plan;
 	}
 	if (plan.anonymize)
 		plan.rest = psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s t WHERE %s LIMIT 1) r",
-							 map->qualified_name, where.data);
+							 from, where.data);
 	if (!by_ctid)
 	{
 		batch = psprintf("SELECT t.tableoid, %s FROM %s t WHERE %s LIMIT %d FOR UPDATE SKIP LOCKED",
-						 pk, map->qualified_name, where.data, batch_size);
+						 pk, from, where.data, batch_size);
 		if (set.len > 0)
 			plan.sql = psprintf("WITH u AS (UPDATE %s t SET %s WHERE (t.tableoid, %s) IN (%s) RETURNING 1) "
 								"SELECT pg_catalog.count(*) FROM u",
-								map->qualified_name, set.data, pk, batch);
+								from, set.data, pk, batch);
 		else
 			plan.sql = psprintf("WITH d AS (DELETE FROM %s WHERE (tableoid, %s) IN (%s) RETURNING 1) "
 								"SELECT pg_catalog.count(*) FROM d",
-								map->qualified_name, pk_outer, batch);
+								from, pk_outer, batch);
 		return plan;
 	}
 
@@ -366,13 +405,13 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	 * batch starts, and all of them are returned when some were not changed.
 	 */
 	batch = psprintf("SELECT t.ctid FROM ONLY %s t WHERE %s%s LIMIT %d FOR UPDATE SKIP LOCKED",
-					 map->qualified_name, where.data,
+					 from, where.data,
 					 start > 0 ? psprintf(" AND t.ctid OPERATOR(pg_catalog.>=) '(%u,0)'::pg_catalog.tid", start) : "",
 					 batch_size);
 	if (set.len > 0)
-		change = psprintf("UPDATE ONLY %s t SET %s", map->qualified_name, set.data);
+		change = psprintf("UPDATE ONLY %s t SET %s", from, set.data);
 	else
-		change = psprintf("DELETE FROM ONLY %s", map->qualified_name);
+		change = psprintf("DELETE FROM ONLY %s", from);
 	plan.again = psprintf("WITH c AS (%s WHERE ctid OPERATOR(pg_catalog.=) ANY ($1) RETURNING 1) "
 						  "SELECT pg_catalog.count(*) FROM c", change);
 	plan.sql = psprintf("WITH b AS (%s), "

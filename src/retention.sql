@@ -109,11 +109,16 @@ BEGIN
         RAISE EXCEPTION 'table % is not registered', COALESCE(gdpr._qualified(tbl), 'NULL')
             USING ERRCODE = '42704', HINT = 'Retention applies to registered tables; register it with gdpr.register_table().';
     END IF;
-    IF gdpr._citus_table(tbl) THEN
-        -- its rows are purged on the workers, where the purge would be recorded as deletions
-        RAISE EXCEPTION 'retention does not cover Citus tables yet: % is one', gdpr._qualified(tbl)
+    IF gdpr._citus_node() = 'worker' THEN
+        RAISE EXCEPTION 'set_retention runs on the coordinator of a Citus cluster, not on a worker'
+            USING ERRCODE = '0A000', HINT = 'A worker''s map is the coordinator''s: set the policy there.';
+    END IF;
+    -- each node purges its own shards (gdpr._retention_targets); a copy of a reference table is on
+    -- every node, changed only through the coordinator
+    IF gdpr._citus_table(tbl) AND NOT gdpr._citus_distributed(tbl) THEN
+        RAISE EXCEPTION 'retention does not cover Citus reference or local tables: % is one', gdpr._qualified(tbl)
             USING ERRCODE = '0A000',
-                  HINT = 'Changes to Citus tables are captured on every node; retention is not enforced there yet (see README, "Scaling out").';
+                  HINT = 'Retention runs on the shards of distributed tables, on the nodes that hold them; purge a reference table through the coordinator (see README, "Scaling out").';
     END IF;
     t := gdpr._check_column(tbl, time_column);
     IF t NOT IN ('date'::regtype, 'timestamp without time zone'::regtype, 'timestamp with time zone'::regtype) THEN
@@ -140,6 +145,7 @@ BEGIN
            condition = EXCLUDED.condition;
     PERFORM gdpr._log_map('MAP_RETENTION', tbl, jsonb_strip_nulls(jsonb_build_object(
         'time_column', time_column, 'keep', keep::text, 'action', action, 'condition', condition)));
+    PERFORM gdpr._map_changed(tbl);		-- on a Citus coordinator, the policy reaches every node
 END
 $$;
 
@@ -154,6 +160,7 @@ BEGIN
             USING ERRCODE = '42704';
     END IF;
     PERFORM gdpr._log_map('MAP_RETENTION_DROPPED', tbl, NULL);
+    PERFORM gdpr._map_changed(tbl);
 END
 $$;
 
@@ -259,7 +266,7 @@ CREATE FUNCTION public.gdpr_enforce_retention(dry_run boolean DEFAULT false, bat
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p       gdpr.retention_policy;
+    p       record;
     started timestamptz := clock_timestamp();
     n       bigint;
     total   bigint;
@@ -267,16 +274,20 @@ BEGIN
     IF dry_run IS NULL OR batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'dry_run must be given and batch_size be at least 1' USING ERRCODE = '22023';
     END IF;
-    FOR p IN SELECT * FROM gdpr.retention_policy ORDER BY gdpr._qualified(relid) LOOP
-        table_name := gdpr._qualified(p.relid);
+    -- a distributed table's policy works on the shards this node holds, each on its own
+    FOR p IN SELECT r.action, t AS target
+               FROM gdpr.retention_policy r, pg_catalog.unnest(gdpr._retention_targets(r.relid)) t
+              ORDER BY t::text LOOP
+        -- a shard by its own name (Citus hides shards from catalog queries such as _qualified's)
+        table_name := p.target::text;
         total := 0;
         error := NULL;
         BEGIN
             IF dry_run THEN
-                total := gdpr._retention_batch(p.relid, batch_size, true);
+                total := gdpr._retention_batch(p.target, batch_size, true);
             ELSE
                 LOOP
-                    n := gdpr._retention_batch(p.relid, batch_size, false);
+                    n := gdpr._retention_batch(p.target, batch_size, false);
                     total := total + n;
                     EXIT WHEN n < batch_size;
                 END LOOP;

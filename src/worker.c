@@ -790,9 +790,11 @@ run_pass(void)
 		record(started, "gdpr.audit_log", 0, 0, error);
 
 	/* tables dropped behind the event triggers' back have no pg_class row */
-	policies = list_of_rows("SELECT p.relid::pg_catalog.oid, gdpr._qualified(p.relid), p.action "
+	/* a distributed table's policy works on this node's shards, each on its own */
+	policies = list_of_rows("SELECT t::pg_catalog.oid, t::pg_catalog.text, p.action "
 							"  FROM gdpr.retention_policy p "
-							"  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid "
+							"  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid, "
+							"       pg_catalog.unnest(gdpr._retention_targets(p.relid)) t "
 							" ORDER BY 2", 3);
 	foreach(lc, policies)
 	{

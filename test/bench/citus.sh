@@ -6,14 +6,17 @@
 #   one server; prints both gdpr/unaudited ratios and their difference (target: within 0.1);
 # - export: mean latency of gdpr_export of a subject with about a thousand colocated rows (1
 #   client), on the cluster and on the one server, before and after ten times more rows of other
-#   subjects (targets: cluster at most 2x the one server; growth at most 1.2x).
-#   bash test/bench/citus.sh [seconds-per-run] [rounds] [exports-per-run]
+#   subjects (targets: cluster at most 2x the one server; growth at most 1.2x);
+# - erasure: mean latency of gdpr_erase of a subject with a thousand colocated rows, each in its
+#   own transaction (two-phase commit on the cluster), with the same targets.
+#   bash test/bench/citus.sh [seconds-per-run] [rounds] [exports-per-run] [erasures-per-run]
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-8}
 ROUNDS=${2:-5}
 EXPORTS=${3:-40}
+ERASES=${4:-5}
 . "$ROOT/test/lib.sh"
 gdpr_install_deps
 gdpr_build_install >/dev/null
@@ -142,13 +145,37 @@ measure_exports() {		# measure_exports <label>
 		done
 	done
 }
+# Subjects to erase, a thousand orders each: a run erases ERASES of them, one per transaction.
+declare -A ELAT
+to_erase() {		# to_erase <first subject>
+	echo "INSERT INTO orders SELECT c, g, g, 'order ' || g FROM generate_series($1, $1 + $ROUNDS * $ERASES - 1) c, generate_series(1, 1000) g;"
+	echo "VACUUM ANALYZE orders;"
+}
+measure_erasures() {		# measure_erasures <label> <first subject>
+	local r n first out
+	for r in $(seq "$ROUNDS"); do
+		first=$(($2 + (r - 1) * ERASES))
+		for n in coord single; do
+			out=$( { echo '\timing on'; for i in $(seq "$first" $((first + ERASES - 1))); do
+				echo "SELECT gdpr_erase($i) ->> 'status';"; done; } | on $n -At)
+			[ "$(printf '%s\n' "$out" | grep -c '^erased$')" = "$ERASES" ] || { echo "an erasure failed on $n: $out"; exit 1; }
+			ELAT[$1,$n]+="$(printf '%s\n' "$out" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{s += $1} END {printf "%.1f", s / NR}') "
+		done
+	done
+}
 orders yes 2 201 | on coord >/dev/null
 orders no 2 201 | on single >/dev/null
+to_erase 5001 | on coord >/dev/null
+to_erase 5001 | on single >/dev/null
 rows=$(on coord -At -c "SELECT gdpr_export(1)->'total_rows'")
 measure_exports small
+measure_erasures small 5001
 orders yes 202 2001 | on coord >/dev/null
 orders no 202 2001 | on single >/dev/null
+to_erase 6001 | on coord >/dev/null
+to_erase 6001 | on single >/dev/null
 measure_exports large
+measure_erasures large 6001
 echo "export of one subject ($rows rows, 1 client, $EXPORTS exports x $ROUNDS rounds, median of mean latency)"
 printf '%-28s %14s %14s %8s\n' setup "201 subjects" "2001 subjects" growth
 for n in coord single; do
@@ -159,5 +186,18 @@ for n in coord single; do
 done
 awk -v cs="$(median "${LAT[small,coord]}")" -v cl="$(median "${LAT[large,coord]}")" \
 	-v ss="$(median "${LAT[small,single]}")" -v sl="$(median "${LAT[large,single]}")" \
+	'BEGIN { printf "cluster / one server: %.2f and %.2f (target: at most 2: %s); growth on the cluster %.2f (target: at most 1.2: %s)\n",
+	         cs / ss, cl / sl, (cs / ss <= 2 && cl / sl <= 2) ? "met" : "not met", cl / cs, (cl / cs <= 1.2) ? "met" : "not met" }'
+echo
+echo "erasure of one subject (1,001 rows: 1,000 orders and the customer row; $ERASES erasures x $ROUNDS rounds, one transaction each, median of mean latency)"
+printf '%-28s %14s %14s %8s\n' setup "201 subjects" "2001 subjects" growth
+for n in coord single; do
+	label="Citus, coordinator + 2 workers"
+	[ $n = single ] && label="one server"
+	awk -v l="$label" -v a="$(median "${ELAT[small,$n]}")" -v b="$(median "${ELAT[large,$n]}")" \
+		'BEGIN { printf "%-28s %11.1f ms %11.1f ms %8.2f\n", l, a, b, b / a }'
+done
+awk -v cs="$(median "${ELAT[small,coord]}")" -v cl="$(median "${ELAT[large,coord]}")" \
+	-v ss="$(median "${ELAT[small,single]}")" -v sl="$(median "${ELAT[large,single]}")" \
 	'BEGIN { printf "cluster / one server: %.2f and %.2f (target: at most 2: %s); growth on the cluster %.2f (target: at most 1.2: %s)\n",
 	         cs / ss, cl / sl, (cs / ss <= 2 && cl / sl <= 2) ? "met" : "not met", cl / cs, (cl / cs <= 1.2) ? "met" : "not met" }'

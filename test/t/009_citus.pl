@@ -186,8 +186,11 @@ like($err, qr/gdpr_export runs on the coordinator of a Citus cluster, not on a w
 like($err, qr/gdpr_erase runs on the coordinator of a Citus cluster, not on a worker/, 'on a worker, erasure is refused');
 ($ok, $out, $err) = $coord->psql('postgres', q{SELECT gdpr.set_read_audit('customer')});
 like($err, qr/read auditing does not cover Citus tables yet/, 'read auditing of a Citus table is refused');
-($ok, $out, $err) = $coord->psql('postgres', q{ALTER TABLE orders ADD COLUMN at timestamptz; SELECT gdpr.set_retention('orders', 'at', '1 year')});
-like($err, qr/retention does not cover Citus tables yet: public.orders is one/, 'so is retention');
+($ok, $out, $err) = $coord->psql('postgres', q{ALTER TABLE address ADD COLUMN at timestamptz; SELECT gdpr.set_retention('address', 'at', '1 year')});
+like($err, qr/retention does not cover Citus reference or local tables: public.address is one/,
+	'retention of a reference table, a copy on every node, is refused');
+($ok, $out, $err) = $w1->psql('postgres', q{SELECT gdpr.set_retention('orders', 'id', '1 year')});
+like($err, qr/set_retention runs on the coordinator of a Citus cluster, not on a worker/, 'and a policy set on a worker');
 ($ok, $out, $err) = $coord->psql('postgres', q{
     SELECT gdpr.add_purpose('newsletter', 'the newsletter', 'consent');
     SELECT gdpr.require_consent('orders', 'customer_id', 'newsletter')});
@@ -342,6 +345,47 @@ for my $node (@nodes)
 	$dumped{$_} ||= index($dump, $_) >= 0 for @others;
 }
 is(join(',', grep { !$dumped{$_} } @others), '', 'while the values of the subject next to it are in the dumps');
+
+# The coordinator's views of the map see the distributed tables (Citus hides the shards).
+is($coord->safe_psql('postgres', q{SELECT string_agg(table_name::text || '.' || column_name, ',' ORDER BY table_name::text, column_name) FROM gdpr.coverage_gaps
+                                    WHERE column_name IS NOT NULL}),
+	'address.street,customer.name', 'gdpr.coverage_gaps on the coordinator names the unclassified columns of distributed and reference tables');
+like($coord->safe_psql('postgres', q{SELECT gdpr_processing_record()}), qr/"public\.customer",\s*"public\.memo",\s*"public\.orders"/,
+	'and the Art. 30 record lists distributed, reference-path and local tables alike');
+
+# --- Retention: each node purges the shards it holds ------------------------------------------
+$coord->safe_psql('postgres', q{
+    ALTER TABLE orders ADD COLUMN placed_at timestamptz;
+    INSERT INTO orders (id, customer_id, note, placed_at)
+    SELECT 1000 + g, (ARRAY[1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])[1 + g % 18],
+           'old order ' || g, now() - interval '3 years'
+      FROM generate_series(1, 40) g;
+    INSERT INTO orders (id, customer_id, note, placed_at) VALUES (2000, 1, 'recent order', now());
+});
+my $old = q{SELECT count(*) FROM orders WHERE note LIKE 'old order %'};
+is($coord->safe_psql('postgres', $old), '40', 'old orders of several subjects, on every worker');
+$coord->safe_psql('postgres', q{
+    SELECT gdpr.set_retention('orders', 'placed_at', '2 years');
+    SELECT gdpr.add_legal_hold('orders', $$note = 'old order 5'$$, 'disputed delivery');
+    SELECT gdpr_restrict(15, 'kept for a legal claim');
+});
+is(on_all(q{SELECT count(*) FROM gdpr.retention_policy WHERE relid = 'orders'::regclass}), '1|1|1|1',
+	'a policy set on the coordinator is on every node');
+is(on_all(q{SELECT count(*) FROM gdpr.legal_hold WHERE relid = 'orders'::regclass}), '2|2|2|2', 'and so are the holds');
+$_->safe_psql('postgres', q{SELECT count(*) FROM gdpr_enforce_retention()}) for @nodes;
+is($coord->safe_psql('postgres', q{SELECT string_agg(note, ',' ORDER BY note) FROM orders WHERE note LIKE 'old order %'}),
+	'old order 12,old order 30,old order 5',
+	'each worker purged its expired orders, but the held one and the restricted subject\'s');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE note = 'recent order'}), '1', 'and nothing recent');
+is(on_all(q{SELECT count(*) FROM gdpr.audit_log WHERE event = 'DELETE' AND old_values::text LIKE '%old order%'}),
+	'0|0|0|0', 'the purge leaves no copy of the rows in any node\'s trail');
+my @retained = map { $_->safe_psql('postgres', q{SELECT COALESCE(sum((detail->>'rows')::int), 0) FROM gdpr.audit_log
+                                                  WHERE event = 'RETENTION' AND table_name = 'public.orders'}) } @nodes;
+my $purged = 0;
+$purged += $_ for @retained;
+is($purged, 37, 'each batch is one RETENTION event of its node, under the distributed table\'s name');
+cmp_ok(scalar(grep { $_ > 0 } @retained), '>=', 2, 'recorded by the nodes that hold the shards');
+$coord->safe_psql('postgres', q{SELECT gdpr_unrestrict(15)});
 
 # A worker killed in the middle of an erasure: the erasure fails, and no node changes.
 my $holder9 = $coord->safe_psql('postgres', q{
