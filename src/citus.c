@@ -392,6 +392,23 @@ gdpr_citus_local_shards(Oid table)
 	return shards;
 }
 
+/* Whether a table is a Citus table distributed by a column (sharded) */
+bool
+gdpr_citus_distributed(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+
+	if (!citus_installed())
+		return false;
+	if (SPI_execute_with_args("SELECT FROM pg_catalog.pg_dist_partition p "
+							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+							  "   AND p.partmethod OPERATOR(pg_catalog.=) 'h'",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: looking the table up in pg_dist_partition");
+	return SPI_processed > 0;
+}
+
 /* Compares two signatures in time that does not depend on where they differ */
 static bool
 same_signature(const char *a, const char *b)

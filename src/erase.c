@@ -94,6 +94,8 @@ typedef struct EraseTable
 	char	   *owned_where;	/* with one owner path: the condition that selects the rows */
 	char	   *concerned;		/* query of rows only about the subject, or NULL */
 	char	   *shared;			/* condition: row t is also used by someone else, or NULL */
+	char	   *route;			/* " AND <owned_where>" for a Citus distributed table, whose
+								 * statements it routes to the subject's shard, or "" */
 	bool		delete;			/* delete the owned rows, else rewrite them */
 	char	   *set;			/* SET list that anonymizes an owned row, or NULL */
 	char	   *concerned_set;	/* SET list for the columns about the subject, or NULL */
@@ -1504,6 +1506,18 @@ plan_tables(const GdprSubject *subject, bool keep_subject_row)
 		t->lo_columns = lo_columns(t, rel);
 		t->owned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_OWNER);
 		set_owned_join(t);
+
+		/*
+		 * Citus cannot tell which shard holds rows named by a list of keys,
+		 * and runs such a statement on every shard, one after the other;
+		 * the owner path's own condition, true of every row planned, names
+		 * the shard.  The statements and their checks act on the planned
+		 * rows that are still the subject's: a row a concurrent writer gave
+		 * to another subject meanwhile is that subject's, and stays.
+		 */
+		t->route = "";
+		if (t->owned_where != NULL && t->owned_from[0] == '\0' && gdpr_citus_distributed(t->relid))
+			t->route = psprintf(" AND (%s)", t->owned_where);
 		t->concerned = gdpr_path_rows_sql(t->map, t->pk, GDPR_PATHS_CONCERNED);
 		if (!t->delete)
 			t->set = anonymize_set(t, rel, subject, NIL, &t->set_check);
@@ -2229,12 +2243,12 @@ execute_table(EraseTable *t, const GdprSubject *subject)
 	char	   *concerned = planned_rows(t, t->concerned_keys);
 
 	if (owned != NULL && t->delete)
-		t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t%s RETURNING 1) "
-										 "SELECT pg_catalog.count(*) FROM d", t->from, owned),
+		t->deleted = exec_count(psprintf("WITH d AS (DELETE FROM %s t%s%s RETURNING 1) "
+										 "SELECT pg_catalog.count(*) FROM d", t->from, owned, t->route),
 								subject, false);
 	else if (owned != NULL && t->set != NULL)
-		t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s RETURNING 1) "
-											"SELECT pg_catalog.count(*) FROM u", t->from, t->set, owned),
+		t->anonymized = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s%s RETURNING 1) "
+											"SELECT pg_catalog.count(*) FROM u", t->from, t->set, owned, t->route),
 								   subject, false);
 	if (concerned != NULL)
 		t->concerned_rows = exec_count(psprintf("WITH u AS (UPDATE %s t SET %s%s RETURNING 1) "
@@ -2268,15 +2282,15 @@ verify_erasure(List *tables, const GdprSubject *subject)
 		int64		n;
 		if (t->delete && planned != NULL)
 		{
-			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s", t->from, planned),
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s%s", t->from, planned, t->route),
 						   subject, false);
 			if (n > 0)
 				refuse_unverified(t, subject, n, "deleted rows are still there");
 		}
 		else if (!t->delete && planned != NULL && t->set_check != NULL)
 		{
-			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s AND %s", t->from,
-									planned, t->set_check),
+			n = exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s t%s%s AND %s", t->from,
+									planned, t->route, t->set_check),
 						   subject, false);
 			if (n > 0)
 				refuse_unverified(t, subject, n, "anonymized rows still hold other values");

@@ -309,6 +309,7 @@ extern void gdpr_citus_sequential(void);
 extern void gdpr_cluster_hold_sync(bool hold);
 extern int	gdpr_citus_signal(const char *op, const char *body);	/* SPI */
 extern List *gdpr_citus_local_shards(Oid table);	/* SPI */
+extern bool gdpr_citus_distributed(Oid relid);	/* SPI */
 
 /* reads.c */
 extern int	gdpr_read_audit_max_subjects;
