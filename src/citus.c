@@ -18,10 +18,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "commands/trigger.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "gdpr.h"
@@ -36,6 +36,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(gdpr_cluster_forget);
@@ -269,10 +270,11 @@ gdpr_cluster_forget(PG_FUNCTION_ARGS)
  *
  * gdpr_admin may insert into the table (every role that may erase must), so
  * a signal carries an HMAC under a key that only the extension's owner
- * reads, over its operation, time and body: only an erasure running on the
- * coordinator makes one.  A worker refuses signals
- * older than SIGNAL_MAX_AGE_SECS.  (Within that time, a role that may insert
- * and saw a signal's text could send it again: see README, "Scaling out".)
+ * reads, over its operation, time, Citus's distributed transaction, a
+ * nonce and its body: only an erasure running on the coordinator makes one,
+ * and a worker takes it only in that distributed transaction, once, and
+ * within SIGNAL_MAX_AGE_SECS.  Citus's own log of remote commands is off
+ * while a signal is sent: the signal's text is not shown to the eraser.
  */
 
 /*
@@ -281,9 +283,10 @@ gdpr_cluster_forget(PG_FUNCTION_ARGS)
  * made on the coordinator and sent to the workers with the map.
  */
 static char *
-signal_signature(const char *op, const char *sent_at, const char *body)
+signal_signature(const char *op, const char *sent_at, const char *txn, const char *nonce,
+				 const char *body)
 {
-	char	   *seed = psprintf("%s\x1f%s\x1f%s", op, sent_at, body);
+	char	   *seed = psprintf("%s\x1f%s\x1f%s\x1f%s\x1f%s", op, sent_at, txn, nonce, body);
 	char	   *key;
 
 	if (gdpr_execute_as_owner(NULL, "SELECT pg_catalog.encode(value, 'hex') FROM gdpr.secret "
@@ -297,6 +300,37 @@ signal_signature(const char *op, const char *sent_at, const char *body)
 				 errhint("The coordinator sends it with the map: change the map there (gdpr._map_changed('gdpr.restriction') resends it).")));
 	key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	return gdpr_hmac_hex(key, seed, strlen(seed));
+}
+
+/*
+ * Citus's distributed transaction of this backend, as text that does not
+ * depend on the session's settings, or NULL while it has none.
+ */
+static char *
+distributed_transaction(void)
+{
+	char	   *txn;
+
+	if (SPI_execute("SELECT CASE WHEN t.transaction_number OPERATOR(pg_catalog.<>) 0 THEN "
+					"       pg_catalog.concat_ws('/', t.initiator_node_identifier, t.transaction_number, "
+					"           (pg_catalog.extract('epoch', t.transaction_stamp) "
+					"            OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8) END "
+					"  FROM pg_catalog.get_current_transaction_id() t", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: reading Citus's distributed transaction");
+	txn = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	return txn;
+}
+
+/* The nonces of the signals this backend took in its transaction */
+static List *received_nonces = NIL;
+
+static void
+forget_nonces(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		received_nonces = NIL;	/* freed with the transaction's memory */
 }
 
 /*
@@ -339,21 +373,55 @@ gdpr_citus_signal(const char *op, const char *body)
 	Jsonb	   *canonical = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
 	char	   *body_text = JsonbToCString(NULL, &canonical->root, VARSIZE(canonical));
 	const char *sent_at = timestamptz_to_str(GetCurrentTimestamp());
+	char	   *txn;
+	uint8		random[16];
+	char		nonce[33];
 	StringInfoData payload;
 	Oid			argtypes[2] = {TEXTOID, JSONBOID};
 	Datum		args[2];
 	bool		isnull;
+	int			nest;
+	int			ret;
+
+	nest = NewGUCNestLevel();
+	(void) set_config_option("citus.log_remote_commands", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * Citus gives the transaction its distributed identity at its first
+	 * statement on another node; until then a signal without effect, which
+	 * needs no signature, opens it.
+	 */
+	txn = distributed_transaction();
+	if (txn == NULL)
+	{
+		if (SPI_execute("INSERT INTO gdpr.cluster_signal (op, payload) VALUES ('open', '{}')", false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute failed: opening the distributed transaction");
+		txn = distributed_transaction();
+		if (txn == NULL)
+			elog(ERROR, "Citus gave the transaction no distributed identity");
+	}
+	if (!pg_strong_random(random, sizeof(random)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random nonce")));
+	for (int i = 0; i < (int) sizeof(random); i++)
+		snprintf(nonce + 2 * i, 3, "%02x", random[i]);
 
 	initStringInfo(&payload);
 	appendStringInfoString(&payload, "{\"sent_at\": ");
 	escape_json(&payload, sent_at);
-	appendStringInfoString(&payload, ", \"sig\": ");
-	escape_json(&payload, signal_signature(op, sent_at, body_text));
+	appendStringInfoString(&payload, ", \"txn\": ");
+	escape_json(&payload, txn);
+	appendStringInfo(&payload, ", \"nonce\": \"%s\", \"sig\": ", nonce);
+	escape_json(&payload, signal_signature(op, sent_at, txn, nonce, body_text));
 	appendStringInfo(&payload, ", \"body\": %s}", body_text);
 	args[0] = CStringGetTextDatum(op);
 	args[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(payload.data));
-	if (SPI_execute_with_args("INSERT INTO gdpr.cluster_signal (op, payload) VALUES ($1, $2)",
-							  2, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+	ret = SPI_execute_with_args("INSERT INTO gdpr.cluster_signal (op, payload) VALUES ($1, $2)",
+								2, argtypes, args, NULL, false, 0);
+	AtEOXact_GUC(true, nest);
+	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: sending the cluster signal \"%s\"", op);
 	if (SPI_execute("SELECT pg_catalog.count(*)::pg_catalog.int4 FROM pg_catalog.pg_dist_placement p "
 					"  JOIN pg_catalog.pg_dist_shard s ON s.shardid OPERATOR(pg_catalog.=) p.shardid "
@@ -427,12 +495,14 @@ same_signature(const char *a, const char *b)
 static char *
 jsonb_field(Jsonb *object, const char *key)
 {
-	Datum		value;
+	JsonbValue *v;
 
 	if (!JB_ROOT_IS_OBJECT(object))
 		return NULL;
-	value = DirectFunctionCall2(jsonb_object_field_text, JsonbPGetDatum(object), CStringGetTextDatum(key));
-	return value == (Datum) 0 ? NULL : TextDatumGetCString(value);
+	v = getKeyJsonValueFromContainer(&object->root, key, strlen(key), NULL);
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
 }
 
 /*
@@ -453,9 +523,14 @@ gdpr_cluster_receive(PG_FUNCTION_ARGS)
 	Jsonb	   *payload;
 	Jsonb	   *body;
 	char	   *sent_at;
+	char	   *txn;
+	char	   *nonce;
 	char	   *sig;
 	char	   *body_text;
+	char	   *own_txn;
 	TimestampTz sent;
+	ListCell   *lc;
+	static bool callback = false;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
@@ -474,27 +549,41 @@ gdpr_cluster_receive(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 
+	if (desc->natts != 2 || TupleDescAttr(desc, 0)->atttypid != TEXTOID ||
+		TupleDescAttr(desc, 1)->atttypid != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("gdpr._cluster_receive() is the trigger of gdpr.cluster_signal (op text, payload jsonb)")));
 	op = SPI_getvalue(tuple, desc, 1);
+	/* opens the distributed transaction, and does nothing else */
+	if (op != NULL && strcmp(op, "open") == 0)
+	{
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
 	d = SPI_getbinval(tuple, desc, 2, &isnull);
 	payload = isnull ? NULL : DatumGetJsonbP(d);
 	body = NULL;
-	sent_at = sig = NULL;
+	sent_at = txn = nonce = sig = NULL;
 	if (payload != NULL && JB_ROOT_IS_OBJECT(payload))
 	{
-		Datum		b = DirectFunctionCall2(jsonb_object_field, JsonbPGetDatum(payload),
-										   CStringGetTextDatum("body"));
+		JsonbValue *b = getKeyJsonValueFromContainer(&payload->root, "body", 4, NULL);
 
-		body = b == (Datum) 0 ? NULL : DatumGetJsonbP(b);
+		if (b != NULL && b->type == jbvBinary)
+			body = JsonbValueToJsonb(b);
 		sent_at = jsonb_field(payload, "sent_at");
+		txn = jsonb_field(payload, "txn");
+		nonce = jsonb_field(payload, "nonce");
 		sig = jsonb_field(payload, "sig");
 	}
-	if (op == NULL || body == NULL || !JB_ROOT_IS_OBJECT(body) || sent_at == NULL || sig == NULL)
+	if (op == NULL || body == NULL || !JB_ROOT_IS_OBJECT(body) || sent_at == NULL || txn == NULL ||
+		nonce == NULL || sig == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a cluster signal needs an operation and a signed body"),
 				 errhint("Signals are sent by gdpr_erase() on the coordinator; nothing else writes gdpr.cluster_signal.")));
 	body_text = JsonbToCString(NULL, &body->root, VARSIZE(body));
-	if (!same_signature(sig, signal_signature(op, sent_at, body_text)))
+	if (!same_signature(sig, signal_signature(op, sent_at, txn, nonce, body_text)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("cluster signal \"%s\" is not signed by this cluster's gdpr", op),
@@ -508,6 +597,30 @@ gdpr_cluster_receive(PG_FUNCTION_ARGS)
 				 errmsg("cluster signal \"%s\" was sent at %s, more than %d seconds from this node's time",
 						op, sent_at, SIGNAL_MAX_AGE_SECS),
 				 errhint("A signal is sent once, by a running erasure.  If the nodes' clocks differ that much, synchronize them.")));
+	own_txn = distributed_transaction();
+	if (own_txn == NULL || strcmp(own_txn, txn) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cluster signal \"%s\" belongs to another distributed transaction", op),
+				 errhint("A signal is taken only in the transaction of the erasure that sent it.")));
+	foreach(lc, received_nonces)
+		if (strcmp(lfirst(lc), nonce) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cluster signal \"%s\" was received before", op),
+					 errhint("A signal is taken once.")));
+	if (!callback)
+	{
+		RegisterXactCallback(forget_nonces, NULL);
+		callback = true;
+	}
+	/* kept to the end of the transaction, whatever savepoint is rolled back */
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		received_nonces = lappend(received_nonces, pstrdup(nonce));
+		MemoryContextSwitchTo(old);
+	}
 	if (strcmp(op, "erase") == 0)
 		gdpr_erase_cluster_begin(body);
 	else if (strcmp(op, "scrub") == 0)

@@ -129,7 +129,18 @@ BEGIN
         'columns', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.||)
                         pg_catalog.jsonb_build_object('relid', gdpr._qualified(c.relid))), '[]')
                       FROM gdpr.column_class c WHERE c.relid = ANY (tables)),
-        'restrictions', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]') FROM gdpr.restriction x),
+        -- by pseudonym, without their reasons: the bus keeps the latest map on every node, and an
+        -- erasure does not rewrite it (see gdpr_erase in citus.c); the capture and retention on a
+        -- worker look restrictions up by key and by pseudonym alike
+        'restrictions', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                             'kind', x.kind,
+                             'subject_id', CASE WHEN x.source = 'erased' THEN x.subject_id
+                                                ELSE gdpr._pseudonym('subject' OPERATOR(pg_catalog.||) E'\x1f'
+                                                         OPERATOR(pg_catalog.||) x.kind OPERATOR(pg_catalog.||) E'\x1f'
+                                                         OPERATOR(pg_catalog.||) x.subject_id) END,
+                             'source', x.source, 'reason', 'restricted on the coordinator',
+                             'restricted_at', x.restricted_at)), '[]')
+                           FROM gdpr.restriction x),
         -- retention runs on the nodes that hold the rows, which need the policies and the holds
         'retention', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.||)
                           pg_catalog.jsonb_build_object('relid', gdpr._qualified(p.relid))), '[]')
@@ -337,8 +348,10 @@ BEGIN
         RETURN false;
     END IF;
     FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
-               USING pg_catalog.format('SELECT EXISTS (SELECT FROM gdpr.audit_log WHERE subject_kind = %L '
-                                       '   AND (subject_id = %L OR related_subject_ids @> ARRAY[%L]))',
+               -- run on the workers as the owner, under their database's search_path: nothing resolved there
+               USING pg_catalog.format('SELECT EXISTS (SELECT FROM gdpr.audit_log WHERE subject_kind OPERATOR(pg_catalog.=) %L::pg_catalog.text '
+                                       '   AND (subject_id OPERATOR(pg_catalog.=) %L::pg_catalog.text '
+                                       '        OR related_subject_ids OPERATOR(pg_catalog.@>) ARRAY[%L::pg_catalog.text]))',
                                        kind, subject, subject) LOOP
         IF NOT r.success THEN
             RAISE EXCEPTION 'the audit trail of node %:% cannot be read', r.nodename, r.nodeport
@@ -373,6 +386,43 @@ BEGIN
     RETURN shards;
 END
 $$;
+
+-- Whether a subject is restricted by hand (Art. 18(1)(c)), by key or, on a worker, whose copy of
+-- the restrictions holds pseudonyms, by pseudonym: for retention batches on a worker's shards, which
+-- run as the table's owner.  It tells what gdpr.restriction's public columns tell on the
+-- coordinator, nothing more.
+CREATE FUNCTION gdpr._restricted_by_hand(kind text, subject text) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM gdpr.restriction r
+                    WHERE r.kind = $1 AND r.source = 'manual'
+                      AND r.subject_id = ANY (ARRAY[$2, gdpr._pseudonym('subject' || E'\x1f' || $1 || E'\x1f' || $2)]))
+$$;
+
+-- Holds, retention policies and restrictions reach the workers with the map, whichever way they
+-- change (gdpr_admin may also write these tables directly).  On a worker only the map's
+-- application and an erasure's scrub, as the extension's owner, change them: anything else would
+-- be undone by the next map, or hide a hold from retention meanwhile.
+CREATE FUNCTION gdpr._cluster_resync() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF gdpr._citus_node() = 'worker' AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION '% of a Citus worker is the coordinator''s', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+            USING ERRCODE = '0A000', HINT = 'Change it on the coordinator, which sends it to every node.';
+    END IF;
+    PERFORM gdpr._map_changed(TG_RELID::regclass);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER cluster_resync AFTER INSERT OR UPDATE OR DELETE ON gdpr.legal_hold
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr._cluster_resync();
+CREATE TRIGGER cluster_resync AFTER INSERT OR DELETE OR UPDATE OF relid, time_column, keep, action, condition ON gdpr.retention_policy
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr._cluster_resync();
+CREATE TRIGGER cluster_resync AFTER INSERT OR UPDATE OR DELETE ON gdpr.restriction
+    FOR EACH STATEMENT EXECUTE FUNCTION gdpr._cluster_resync();
 
 -- The trigger of gdpr.cluster_signal: on a worker, an erasure's signal (citus.c)
 CREATE FUNCTION gdpr._cluster_receive() RETURNS trigger

@@ -434,9 +434,21 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	}
 	else
 	{
-		if (request_id != NULL)
-			gdpr_complete_request(*request_id, subject, "erasure", "erased");
-		finish_bookkeeping(subject, pseudonym, keep_subject_row, erased, report);
+		/* on a cluster, the workers made the same change of the restrictions on the signal "scrub" */
+		bool		cluster = gdpr_citus_cluster();
+
+		gdpr_cluster_hold_sync(cluster);
+		PG_TRY();
+		{
+			if (request_id != NULL)
+				gdpr_complete_request(*request_id, subject, "erasure", "erased");
+			finish_bookkeeping(subject, pseudonym, keep_subject_row, erased, report);
+		}
+		PG_FINALLY();
+		{
+			gdpr_cluster_hold_sync(false);
+		}
+		PG_END_TRY();
 		/* an erasure found again is in the ledger already, a replayed one too */
 		report = with_ledger(report, subject->kind, pseudonym, erased || replay != NULL
 							 ? NULL : gdpr_ledger_note("erase", subject->kind, pseudonym, NULL),
@@ -2567,7 +2579,6 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
-	bool		cluster;
 
 	nest = gdpr_become_audit_owner(&save_userid, &save_sec_context);
 	if ((!again &&
@@ -2598,19 +2609,8 @@ finish_bookkeeping(const GdprSubject *subject, const char *pseudonym, bool keep_
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "erasure bookkeeping failed");
 	gdpr_leave_role(save_userid, save_sec_context, nest);
-	/* on a cluster, the workers made the same change on the signal "scrub" */
-	cluster = gdpr_citus_cluster();
-	gdpr_cluster_hold_sync(cluster);
-	PG_TRY();
-	{
-		if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute failed");
-	}
-	PG_FINALLY();
-	{
-		gdpr_cluster_hold_sync(false);
-	}
-	PG_END_TRY();
+	if (SPI_execute("SELECT gdpr._map_changed('gdpr.restriction')", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
 }
 
 /* Runs a query whose one column is a count, with the subject key as $1 */

@@ -200,7 +200,7 @@ GRANT EXECUTE ON FUNCTION gdpr.register_subject(pg_catalog.regclass, name, text,
 -- _cluster_apply_map, _cluster_catch_up, _cluster_forget and _workers_hold_subject have no grant.
 -- Which node this is, the rights functions ask as their caller, and so does an erasure's signal
 -- on the workers (gdpr.cluster_signal, which gdpr_admin may insert into, signed).
-GRANT EXECUTE ON FUNCTION gdpr._citus_node() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION gdpr._citus_node(), gdpr._restricted_by_hand(text, text) TO PUBLIC;
 
 -- Verification and digests read the whole trail: auditors and gdpr_admin.
 REVOKE EXECUTE ON FUNCTION public.gdpr_verify_audit(jsonb), public.gdpr_audit_digest() FROM PUBLIC;

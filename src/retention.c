@@ -83,7 +83,7 @@ static Oid	resume_relid = InvalidOid;
 static BlockNumber resume_block = 0;
 
 static void expired_rows(Oid relid, const GdprTableMap *map, const char *time_column,
-						 const char *keep, const char *condition, StringInfo where);
+						 const char *keep, const char *condition, bool shard, StringInfo where);
 static char *anonymize_set(const GdprTableMap *map, TupleDesc desc, const char *pk, StringInfo set);
 /* What one statement of a batch is, and what the batch needs to know after it */
 typedef struct BatchPlan
@@ -346,7 +346,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	from = plan.shard ? gdpr_relation_name(relid) : map->qualified_name;
 
 	initStringInfo(&where);
-	expired_rows(plan.table, map, time_column, keep, condition, &where);
+	expired_rows(plan.table, map, time_column, keep, condition, plan.shard, &where);
 
 	rel = table_open(relid, AccessShareLock);
 	plan.owner = rel->rd_rel->relowner;
@@ -431,7 +431,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
  */
 static void
 expired_rows(Oid relid, const GdprTableMap *map, const char *time_column, const char *keep,
-			 const char *condition, StringInfo where)
+			 const char *condition, bool shard, StringInfo where)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -460,9 +460,13 @@ expired_rows(Oid relid, const GdprTableMap *map, const char *time_column, const 
 	/*
 	 * Art. 18(1)(c): a subject may have their data kept past its time for
 	 * legal claims.  Erased subjects' kept rows and subjects awaiting
-	 * erasure are no reason to keep anything.
+	 * erasure are no reason to keep anything.  A Citus worker's copy of the
+	 * restrictions names subjects by pseudonym (citus.sql).
 	 */
-	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
+	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner && shard)
+		appendStringInfo(where, " AND NOT gdpr._restricted_by_hand(%s, %s)",
+						 quote_literal_cstr(map->kind), gdpr_subject_sql(map, linitial(map->paths), "t"));
+	else if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)
 		appendStringInfo(where,
 						 " AND NOT EXISTS (SELECT FROM gdpr.restriction r WHERE r.kind = %s "
 						 "AND r.subject_id = %s AND r.source = 'manual')",

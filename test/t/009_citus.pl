@@ -11,6 +11,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Digest::SHA qw(hmac_sha256_hex);
 
 my $pkglibdir = `pg_config --pkglibdir`;
 chomp $pkglibdir;
@@ -309,9 +310,45 @@ for my $op ('erase', 'scrub')
 {
 	($ok, $out, $err) = as_eraser(qq{INSERT INTO gdpr.cluster_signal VALUES ('$op', jsonb_build_object(
         'body', jsonb_build_object('kind', 'default', 'key', '9', 'subject_table', 'public.customer', 'tables', '[]'::jsonb, 'unlinked', '[]'::jsonb),
-        'sent_at', now()::text, 'sig', gdpr._pseudonym('$op')))});
+        'sent_at', now()::text, 'txn', '0/1/1', 'nonce', '00', 'sig', gdpr._pseudonym('$op')))});
 	like($err, qr/cluster signal "$op" is not signed by this cluster's gdpr/, "a forged signal \"$op\" is refused, even signed with the pseudonym key");
 }
+# A signal signed with the right key (as someone who read one would have it) is taken only in its
+# own distributed transaction, and only once there.
+my $signal_key = $coord->safe_psql('postgres', q{SELECT encode(value, 'hex') FROM gdpr.secret WHERE name = 'cluster_signal_key'});
+sub signal_sql
+{
+	my ($op, $txn) = @_;
+	my $body = $coord->safe_psql('postgres', q{SELECT jsonb_build_object('kind', 'default', 'key', '9')::text});
+	my $sent = $coord->safe_psql('postgres', q{SELECT now()::text});
+	my $nonce = 'a' x 32;
+	my $sig = hmac_sha256_hex(join("\x1f", $op, $sent, $txn, $nonce, $body), $signal_key);
+	return qq{INSERT INTO gdpr.cluster_signal VALUES ('$op', jsonb_build_object('sent_at', '$sent', 'txn', '$txn',
+        'nonce', '$nonce', 'sig', '$sig', 'body', '$body'::jsonb))};
+}
+my $txn_sql = q{SELECT concat_ws('/', initiator_node_identifier, transaction_number,
+                                 (extract(epoch FROM transaction_stamp) * 1000000)::int8) FROM get_current_transaction_id()};
+my $session = $coord->background_psql('postgres', on_error_stop => 0);
+# the error of one statement of the session, cleared for the next
+my $session_error = sub {
+	$session->query($_[0]);
+	my $e = $session->{stderr};
+	$session->{stderr} = '';
+	return $e;
+};
+$session->query_safe('BEGIN');
+$session->query_safe('SELECT id FROM customer WHERE id = 9 FOR UPDATE');
+my $txn = $session->query_safe($txn_sql);
+($ok, $out, $err) = $coord->psql('postgres', signal_sql('scrub', $txn));
+like($err, qr/cluster signal "scrub" belongs to another distributed transaction/, 'a signal of another transaction is refused');
+$session->query_safe('SAVEPOINT s');
+like($session_error->(signal_sql('erase', $txn)), qr/table \(none\) of the coordinator's erasure does not exist on this node/,
+	'the same signal in its own transaction is taken (and its body checked)');
+$session->query_safe('ROLLBACK TO SAVEPOINT s');
+like($session_error->(signal_sql('erase', $txn)), qr/cluster signal "erase" was received before/,
+	'but only once, whatever savepoint was rolled back since');
+$session->query_safe('ROLLBACK');
+$session->quit;
 ($ok, $out, $err) = $coord->psql('postgres', q{SET ROLE mallory; INSERT INTO gdpr.cluster_signal VALUES ('scrub', '{}')});
 like($err, qr/permission denied for table cluster_signal/, 'a role outside gdpr_admin cannot send one');
 is(on_all(q{SELECT count(*) FROM gdpr.cluster_signal}), '0|0|0|0', 'no signal is ever kept');
@@ -330,6 +367,9 @@ is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM orders WHERE cus
 is($coord->safe_psql('postgres', q{SELECT email IS NULL FROM customer WHERE id = 8}), 't', 'its customer row is kept, anonymized');
 is(on_all(q{SELECT count(*) FROM gdpr.audit_log WHERE subject_id = '8' OR related_subject_ids @> ARRAY['8']}),
 	'0|0|0|0', 'no node\'s trail names the subject');
+is(on_all(q{SELECT count(*) FROM gdpr.cluster_bus WHERE payload::text ~ '"subject_id": "8"|disputed'}), '0|0|0|0',
+	'the map the bus keeps on every node names no restricted subject by key, nor the reason');
+is(on_all(q{SELECT count(*) FROM gdpr.restriction WHERE subject_id = '8'}), '0|0|0|0', 'and no node\'s restrictions do');
 ($ok, $out, $err) = $coord->psql('postgres', q{UPDATE customer SET name = 'again' WHERE id = 8});
 like($err, qr/subject 8 of kind "default" was erased/, 'the worker refuses new writes about the erased subject');
 my %dumped;
@@ -386,6 +426,12 @@ $purged += $_ for @retained;
 is($purged, 37, 'each batch is one RETENTION event of its node, under the distributed table\'s name');
 cmp_ok(scalar(grep { $_ > 0 } @retained), '>=', 2, 'recorded by the nodes that hold the shards');
 $coord->safe_psql('postgres', q{SELECT gdpr_unrestrict(15)});
+
+# Holds written directly (gdpr_admin may) reach the workers too; on a worker they are the map's.
+$coord->safe_psql('postgres', q{INSERT INTO gdpr.legal_hold (relid, condition, reason) VALUES ('orders', 'id = 2000', 'written by hand')});
+is(on_all(q{SELECT count(*) FROM gdpr.legal_hold WHERE reason = 'written by hand'}), '1|1|1|1', 'a hold inserted directly reaches every node');
+($ok, $out, $err) = $w1->psql('postgres', q{DELETE FROM gdpr.legal_hold}, extra_params => [ '-U', 'eraser' ]);
+like($err, qr/gdpr.legal_hold of a Citus worker is the coordinator's/, 'and cannot be taken away on a worker');
 
 # A worker killed in the middle of an erasure: the erasure fails, and no node changes.
 my $holder9 = $coord->safe_psql('postgres', q{
