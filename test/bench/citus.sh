@@ -176,28 +176,23 @@ to_erase 6001 | on coord >/dev/null
 to_erase 6001 | on single >/dev/null
 measure_exports large
 measure_erasures large 6001
-echo "export of one subject ($rows rows, 1 client, $EXPORTS exports x $ROUNDS rounds, median of mean latency)"
-printf '%-28s %14s %14s %8s\n' setup "201 subjects" "2001 subjects" growth
-for n in coord single; do
-	label="Citus, coordinator + 2 workers"
-	[ $n = single ] && label="one server"
-	awk -v l="$label" -v a="$(median "${LAT[small,$n]}")" -v b="$(median "${LAT[large,$n]}")" \
-		'BEGIN { printf "%-28s %11.1f ms %11.1f ms %8.2f\n", l, a, b, b / a }'
-done
-awk -v cs="$(median "${LAT[small,coord]}")" -v cl="$(median "${LAT[large,coord]}")" \
-	-v ss="$(median "${LAT[small,single]}")" -v sl="$(median "${LAT[large,single]}")" \
-	'BEGIN { printf "cluster / one server: %.2f and %.2f (target: at most 2: %s); growth on the cluster %.2f (target: at most 1.2: %s)\n",
-	         cs / ss, cl / sl, (cs / ss <= 2 && cl / sl <= 2) ? "met" : "not met", cl / cs, (cl / cs <= 1.2) ? "met" : "not met" }'
+# report <title> <name of the latencies' array>: both setups, both sizes, and the targets
+report() {
+	local -n lat=$2
+	local n label
+	echo "$1"
+	printf '%-28s %14s %14s %8s\n' setup "201 subjects" "2001 subjects" growth
+	for n in coord single; do
+		label="Citus, coordinator + 2 workers"
+		[ $n = single ] && label="one server"
+		awk -v l="$label" -v a="$(median "${lat[small,$n]}")" -v b="$(median "${lat[large,$n]}")" \
+			'BEGIN { printf "%-28s %11.1f ms %11.1f ms %8.2f\n", l, a, b, b / a }'
+	done
+	awk -v cs="$(median "${lat[small,coord]}")" -v cl="$(median "${lat[large,coord]}")" \
+		-v ss="$(median "${lat[small,single]}")" -v sl="$(median "${lat[large,single]}")" \
+		'BEGIN { printf "cluster / one server: %.2f and %.2f (target: at most 2: %s); growth on the cluster %.2f (target: at most 1.2: %s)\n",
+		         cs / ss, cl / sl, (cs / ss <= 2 && cl / sl <= 2) ? "met" : "not met", cl / cs, (cl / cs <= 1.2) ? "met" : "not met" }'
+}
+report "export of one subject ($rows rows, 1 client, $EXPORTS exports x $ROUNDS rounds, median of mean latency)" LAT
 echo
-echo "erasure of one subject (1,001 rows: 1,000 orders and the customer row; $ERASES erasures x $ROUNDS rounds, one transaction each, median of mean latency)"
-printf '%-28s %14s %14s %8s\n' setup "201 subjects" "2001 subjects" growth
-for n in coord single; do
-	label="Citus, coordinator + 2 workers"
-	[ $n = single ] && label="one server"
-	awk -v l="$label" -v a="$(median "${ELAT[small,$n]}")" -v b="$(median "${ELAT[large,$n]}")" \
-		'BEGIN { printf "%-28s %11.1f ms %11.1f ms %8.2f\n", l, a, b, b / a }'
-done
-awk -v cs="$(median "${ELAT[small,coord]}")" -v cl="$(median "${ELAT[large,coord]}")" \
-	-v ss="$(median "${ELAT[small,single]}")" -v sl="$(median "${ELAT[large,single]}")" \
-	'BEGIN { printf "cluster / one server: %.2f and %.2f (target: at most 2: %s); growth on the cluster %.2f (target: at most 1.2: %s)\n",
-	         cs / ss, cl / sl, (cs / ss <= 2 && cl / sl <= 2) ? "met" : "not met", cl / cs, (cl / cs <= 1.2) ? "met" : "not met" }'
+report "erasure of one subject (1,001 rows: 1,000 orders and the customer row; $ERASES erasures x $ROUNDS rounds, one transaction each, median of mean latency)" ELAT
