@@ -1255,7 +1255,7 @@ gdpr_erasure_check_row(Oid table, const char *kind, char **oldkeys, char **newke
 	{
 		Unlinked   *u = lfirst(lc);
 
-		if (u->relid == root && rowkey != NULL && contains_key(u->keys, rowkey))
+		if (u->relid == root && rowkey != NULL && u->keys != NULL && contains_key(u->keys, rowkey))
 			return;
 	}
 	ereport(ERROR,
