@@ -460,6 +460,62 @@ gdpr_citus_local_shards(Oid table)
 	return shards;
 }
 
+/* Whether this node is a Citus worker.  SPI must be connected. */
+bool
+gdpr_citus_worker(void)
+{
+	bool		isnull;
+	Datum		group;
+
+	if (!citus_installed())
+		return false;
+	if (SPI_execute("SELECT groupid FROM pg_catalog.pg_dist_local_group", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: reading pg_dist_local_group");
+	if (SPI_processed != 1)
+		return false;
+	group = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull && DatumGetInt32(group) != 0;
+}
+
+/*
+ * On a worker: whether the subject has an active consent for the purpose,
+ * as the coordinator, which keeps the consents, answers.  Asked as the
+ * extension's owner (applications may not read consents), on a connection
+ * of its own: a consent counts once committed.  A coordinator that cannot
+ * answer refuses the row rather than let it pass unchecked.  SPI must be
+ * connected.
+ */
+bool
+gdpr_citus_consent(const char *kind, const char *subject, const char *purpose)
+{
+	/* run there under that database's search_path: every name and operator is qualified */
+	char	   *command = psprintf("SELECT EXISTS (SELECT FROM gdpr.consent c "
+								   " WHERE c.purpose OPERATOR(pg_catalog.=) %s::pg_catalog.text "
+								   "   AND c.subject_id OPERATOR(pg_catalog.=) %s::pg_catalog.text "
+								   "   AND c.kind OPERATOR(pg_catalog.=) %s::pg_catalog.text "
+								   "   AND c.withdrawn_at IS NULL)",
+								   quote_literal_cstr(purpose), quote_literal_cstr(subject),
+								   quote_literal_cstr(kind));
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(command)};
+	char	   *success;
+	char	   *result;
+
+	if (gdpr_execute_as_owner(NULL, "SELECT success::pg_catalog.text, result "
+							  "  FROM pg_catalog.run_command_on_coordinator($1)",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: asking the coordinator for a consent");
+	success = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (success == NULL || strcmp(success, "true") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("cannot check the consent of subject %s to \"%s\": the coordinator did not answer", subject, purpose),
+				 result != NULL ? errdetail("%s", result) : 0,
+				 errhint("Consents are kept on the coordinator; the row is refused until it can be checked.")));
+	return result != NULL && strcmp(result, "t") == 0;
+}
+
 /* Whether a table is a Citus table distributed by a column (sharded) */
 bool
 gdpr_citus_distributed(Oid relid)

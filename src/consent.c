@@ -11,7 +11,9 @@
  * start.  Its columns (purpose, subject_id, kind) all use the "C" collation,
  * so the scan keys compare as the index does.  The trigger runs once per
  * written row and uses a kept SPI plan; both read gdpr.consent as the
- * extension, since applications may not read consents themselves.
+ * extension, since applications may not read consents themselves.  On a
+ * Citus worker, which holds no consents, the trigger asks the coordinator
+ * (gdpr_citus_consent in citus.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -51,6 +53,7 @@ typedef struct ConsentLookup
 } ConsentLookup;
 
 static ConsentLookup *consent_lookup(FunctionCallInfo fcinfo);
+static void refuse(TriggerData *trigdata, const char *subject);
 
 /* Prepared on first use; the plan cache replans it when gdpr.consent changes */
 static SPIPlanPtr consent_plan = NULL;
@@ -189,6 +192,13 @@ gdpr_consent_check(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	if (gdpr_citus_worker())
+	{
+		if (!gdpr_citus_consent(trigger->tgargs[0], subject, trigger->tgargs[2]))
+			refuse(trigdata, subject);
+		SPI_finish();
+		return PointerGetDatum(row);
+	}
 	if (consent_plan == NULL)
 	{
 		Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
@@ -207,13 +217,22 @@ gdpr_consent_check(PG_FUNCTION_ARGS)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %d", ret);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_GDPR_CONSENT_REQUIRED),
-				 errmsg("subject %s of kind \"%s\" has not consented to \"%s\"", subject,
-						trigger->tgargs[0], trigger->tgargs[2]),
-				 errdetail("Table \"%s\" holds data only for subjects who consented to \"%s\".",
-						   RelationGetRelationName(trigdata->tg_relation), trigger->tgargs[2]),
-				 errhint("Record the consent with gdpr_grant_consent() first, or do not write the row.")));
+		refuse(trigdata, subject);
 	SPI_finish();
 	return PointerGetDatum(row);
+}
+
+/* The refusal of a row whose subject has not consented */
+static void
+refuse(TriggerData *trigdata, const char *subject)
+{
+	Trigger    *trigger = trigdata->tg_trigger;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_GDPR_CONSENT_REQUIRED),
+			 errmsg("subject %s of kind \"%s\" has not consented to \"%s\"", subject,
+					trigger->tgargs[0], trigger->tgargs[2]),
+			 errdetail("Table \"%s\" holds data only for subjects who consented to \"%s\".",
+					   RelationGetRelationName(trigdata->tg_relation), trigger->tgargs[2]),
+			 errhint("Record the consent with gdpr_grant_consent() first, or do not write the row.")));
 }

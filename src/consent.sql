@@ -228,20 +228,20 @@ CREATE FUNCTION gdpr.require_consent(tbl pg_catalog.regclass, subject_column nam
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p  gdpr.purpose := gdpr._purpose(purpose);
+    p  gdpr.purpose;
     k  text;
     tg name;
+    was text;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM gdpr._check_column(tbl, subject_column);
-    IF gdpr._citus_table(tbl) THEN
-        -- the check would run on the workers, whose consent records are empty
-        RAISE EXCEPTION 'consent requirements do not cover Citus tables yet: % is one', gdpr._qualified(tbl)
-            USING ERRCODE = '0A000',
-                  HINT = 'Check consent in the application, with gdpr_has_consent() on the coordinator (see README, "Scaling out").';
+    IF gdpr._citus_node() = 'worker' THEN
+        RAISE EXCEPTION 'require_consent runs on the coordinator of a Citus cluster, not on a worker'
+            USING ERRCODE = '0A000', HINT = 'Consents are kept on the coordinator: require them there.';
     END IF;
+    p := gdpr._purpose(purpose);
     IF p.legal_basis <> 'consent' THEN
         RAISE EXCEPTION 'purpose "%" rests on %, not on consent', p.name, p.legal_basis USING ERRCODE = '22023';
     END IF;
@@ -257,8 +257,11 @@ BEGIN
             USING ERRCODE = '42710';
     END IF;
     tg := 'gdpr_consent_' || left(md5(p.name), 12);
+    -- on a Citus table the check fires on the node that holds the row (consent.c)
+    was := gdpr._citus_triggers(true);
     EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION gdpr.consent_check(%L, %L, %L)',
                    tg, subject_column, tbl, k, subject_column, p.name);
+    PERFORM gdpr._citus_triggers(was = 'on');
     INSERT INTO gdpr.consent_requirement (relid, subject_column, purpose, kind, trigger_name)
     VALUES (tbl, subject_column, p.name, k, tg);
     PERFORM gdpr._log_map('MAP_REQUIRE_CONSENT', tbl,

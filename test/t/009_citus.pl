@@ -192,10 +192,26 @@ like($err, qr/retention does not cover Citus reference or local tables: public.a
 	'retention of a reference table, a copy on every node, is refused');
 ($ok, $out, $err) = $w1->psql('postgres', q{SELECT gdpr.set_retention('orders', 'id', '1 year')});
 like($err, qr/set_retention runs on the coordinator of a Citus cluster, not on a worker/, 'and a policy set on a worker');
-($ok, $out, $err) = $coord->psql('postgres', q{
+
+# A consent requirement on a distributed table is checked on the worker that holds the row,
+# against the consents the coordinator keeps.
+$coord->safe_psql('postgres', q{
     SELECT gdpr.add_purpose('newsletter', 'the newsletter', 'consent');
-    SELECT gdpr.require_consent('orders', 'customer_id', 'newsletter')});
-like($err, qr/consent requirements do not cover Citus tables yet/, 'and a consent requirement');
+    CREATE TABLE subscription (customer_id bigint PRIMARY KEY, topic text);
+    SELECT create_distributed_table('subscription', 'customer_id', colocate_with => 'customer');
+    SELECT gdpr.register_table('subscription', subject_column => 'customer_id');
+    SELECT gdpr.require_consent('subscription', 'customer_id', 'newsletter');
+});
+($ok, $out, $err) = $coord->psql('postgres', q{INSERT INTO subscription VALUES (3, 'news')});
+like($err, qr/subject 3 of kind "default" has not consented to "newsletter"/, 'a row of a subject without consent is refused on its worker');
+$coord->safe_psql('postgres', q{SELECT gdpr_grant_consent(3, 'newsletter', 'v1')});
+is($coord->safe_psql('postgres', q{INSERT INTO subscription VALUES (3, 'news') RETURNING customer_id}), '3',
+	'once the subject consented on the coordinator, it is written');
+$coord->safe_psql('postgres', q{SELECT gdpr_withdraw_consent(3, 'newsletter')});
+($ok, $out, $err) = $coord->psql('postgres', q{UPDATE subscription SET customer_id = 3 WHERE customer_id = 3});
+like($err, qr/has not consented to "newsletter"/, 'and refused again once it is withdrawn');
+($ok, $out, $err) = $w1->psql('postgres', q{SELECT gdpr.require_consent('orders', 'customer_id', 'newsletter')});
+like($err, qr/require_consent runs on the coordinator of a Citus cluster, not on a worker/, 'a requirement is set on the coordinator only');
 
 # A table that only looks like a shard is not one: its trigger records nothing as the table.
 $coord->safe_psql('postgres', q{CREATE ROLE mallory LOGIN; CREATE SCHEMA evil AUTHORIZATION mallory});
@@ -269,7 +285,7 @@ is($w3->safe_psql('postgres', $citus_map), $w1->safe_psql('postgres', $citus_map
 # As a role of gdpr_admin, which Citus connects to the workers as itself.
 $coord->safe_psql('postgres', q{
     CREATE ROLE eraser LOGIN IN ROLE gdpr_admin;
-    GRANT ALL ON customer, orders, address, memo TO eraser;
+    GRANT ALL ON customer, orders, address, memo, subscription TO eraser;
     INSERT INTO address VALUES (8, 8, 'Side Street 8'), (9, 9, 'Side Street 9'), (10, 10, 'Side Street 10');
     INSERT INTO memo VALUES (8, 8, 'memo of 8'), (9, 9, 'memo of 9'), (10, 10, 'memo of 10');
     UPDATE customer SET email = 'mail' || id::text || '@example.org' WHERE id BETWEEN 8 AND 12;
