@@ -190,6 +190,8 @@ static int64 scrub_audit(const GdprSubject *subject, const char *pseudonym, List
 static List *scrub_latest(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
 static List *scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args);
 static bool subject_in_trail(const GdprSubject *subject);
+static void finish_erasure(const GdprSubject *subject, const char *pseudonym, bool keep_subject_row,
+						   bool again, Jsonb *report, const int64 *request_id);
 static void finish_bookkeeping(const GdprSubject *subject, const char *pseudonym,
 							   bool keep_subject_row, bool again, Jsonb *report);
 static Jsonb *report_jsonb(const char *status, const GdprSubject *subject, const char *pseudonym,
@@ -434,21 +436,7 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	}
 	else
 	{
-		/* on a cluster, the workers made the same change of the restrictions on the signal "scrub" */
-		bool		cluster = gdpr_citus_cluster();
-
-		gdpr_cluster_hold_sync(cluster);
-		PG_TRY();
-		{
-			if (request_id != NULL)
-				gdpr_complete_request(*request_id, subject, "erasure", "erased");
-			finish_bookkeeping(subject, pseudonym, keep_subject_row, erased, report);
-		}
-		PG_FINALLY();
-		{
-			gdpr_cluster_hold_sync(false);
-		}
-		PG_END_TRY();
+		finish_erasure(subject, pseudonym, keep_subject_row, erased, report, request_id);
 		/* an erasure found again is in the ledger already, a replayed one too */
 		report = with_ledger(report, subject->kind, pseudonym, erased || replay != NULL
 							 ? NULL : gdpr_ledger_note("erase", subject->kind, pseudonym, NULL),
@@ -2562,6 +2550,29 @@ scrub(List *list, const char *sql, int nargs, Oid *argtypes, Datum *args)
 		list = lappend(list, id);
 	}
 	return list;
+}
+
+/*
+ * The request the erasure completes, and its bookkeeping.  On a cluster the
+ * workers made the same change of the restrictions on the signal "scrub":
+ * the map is not sent again meanwhile (citus.c).
+ */
+static void
+finish_erasure(const GdprSubject *subject, const char *pseudonym, bool keep_subject_row,
+			   bool again, Jsonb *report, const int64 *request_id)
+{
+	gdpr_cluster_hold_sync(gdpr_citus_cluster());
+	PG_TRY();
+	{
+		if (request_id != NULL)
+			gdpr_complete_request(*request_id, subject, "erasure", "erased");
+		finish_bookkeeping(subject, pseudonym, keep_subject_row, again, report);
+	}
+	PG_FINALLY();
+	{
+		gdpr_cluster_hold_sync(false);
+	}
+	PG_END_TRY();
 }
 
 /*

@@ -235,7 +235,7 @@ run_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs, Datu
 	int			ret;
 	bool		isnull;
 	Datum		n;
-	int			nest = -1;
+	volatile int nest = -1;
 
 	Assert(nargs <= 1);
 	retaining_relid = relid;
