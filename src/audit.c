@@ -736,9 +736,13 @@ check_restrictions(Relation rel, HeapTuple oldtup, HeapTuple newtup)
 	d = acquire_row_plan(rel);
 	PG_TRY();
 	{
-		if (d->owned && oldtup != NULL)
+		/*
+		 * A reference table's copies change together: the copy whose
+		 * changes are recorded checks them, for every copy.
+		 */
+		if (d->owned && !d->elsewhere && oldtup != NULL)
 			check_restriction(d, subject_keys(d, oldtup, desc)[0], false);
-		if (d->owned && newtup != NULL)
+		if (d->owned && !d->elsewhere && newtup != NULL)
 			check_restriction(d, subject_keys(d, newtup, desc)[0], true);
 	}
 	PG_FINALLY();

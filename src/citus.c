@@ -516,21 +516,38 @@ gdpr_citus_consent(const char *kind, const char *subject, const char *purpose)
 	return result != NULL && strcmp(result, "t") == 0;
 }
 
-/* Whether a table is a Citus table distributed by a column (sharded) */
-bool
-gdpr_citus_distributed(Oid relid)
+/* Whether relid is a Citus table of partition method method */
+static bool
+citus_partmethod(Oid relid, const char *method)
 {
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2] = {ObjectIdGetDatum(relid), CStringGetTextDatum(method)};
 
 	if (!citus_installed())
 		return false;
 	if (SPI_execute_with_args("SELECT FROM pg_catalog.pg_dist_partition p "
 							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
-							  "   AND p.partmethod OPERATOR(pg_catalog.=) 'h'",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+							  "   AND p.partmethod::pg_catalog.text OPERATOR(pg_catalog.=) $2",
+							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: looking the table up in pg_dist_partition");
 	return SPI_processed > 0;
+}
+
+/* Whether a table is a Citus table distributed by a column (sharded) */
+bool
+gdpr_citus_distributed(Oid relid)
+{
+	return citus_partmethod(relid, "h");
+}
+
+/*
+ * Whether a table is a Citus reference or local table: one shard, whose
+ * copies (one per node, or the coordinator's alone) one statement changes.
+ */
+bool
+gdpr_citus_copied(Oid relid)
+{
+	return citus_partmethod(relid, "n");
 }
 
 /* Compares two signatures in time that does not depend on where they differ */

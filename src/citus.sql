@@ -367,7 +367,8 @@ END
 $$;
 
 -- What a retention pass of this node works on for a policy's table: the table itself, or, for a
--- distributed table, its shards on this node (none on a coordinator that holds none).
+-- distributed table, its shards on this node (none on a coordinator that holds none).  A
+-- reference or Citus local table is the coordinator's: one statement there changes every copy.
 CREATE FUNCTION gdpr._retention_targets(tbl pg_catalog.regclass) RETURNS pg_catalog.regclass[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -377,6 +378,9 @@ DECLARE
 BEGIN
     IF NOT gdpr._citus_table(tbl) THEN
         RETURN ARRAY[tbl];
+    END IF;
+    IF NOT gdpr._citus_distributed(tbl) THEN
+        RETURN CASE WHEN gdpr._citus_node() = 'coordinator' THEN ARRAY[tbl] ELSE '{}' END;
     END IF;
     EXECUTE 'SELECT COALESCE(pg_catalog.array_agg(r ORDER BY r::text), ''{}'') FROM (
                  SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) r

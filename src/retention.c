@@ -40,11 +40,19 @@
  * its table's policy, map and holds, naming the shard in its statements.
  * The shard's capture then sees the batch's own statement, as on one
  * server.  Shards keep no progress mark: the policy's is one for the table.
+ * A reference table has a copy on every node and a Citus local table one on
+ * the coordinator; Citus runs a statement on each copy by itself, so a
+ * batch that picked its rows there (LIMIT, SKIP LOCKED) could pick other
+ * rows on each copy.  The coordinator picks the keys from its own copy and
+ * deletes them by key, with the conditions checked again, on every copy
+ * in one distributed transaction.  Only the coordinator's copy records its
+ * changes (audit.c): the exemption covers it.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/sysattr.h"
 #include "access/table.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -56,6 +64,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 
 PG_FUNCTION_INFO_V1(gdpr_retention_batch);
 
@@ -67,6 +76,7 @@ PG_FUNCTION_INFO_V1(gdpr_retention_batch);
  * as an application trigger writing another table, is audited as usual.
  */
 static Oid	retaining_relid = InvalidOid;
+static List *retaining_copies = NIL;	/* this node's copies of a Citus table */
 static int	retaining_event = 0;
 
 /*
@@ -83,7 +93,7 @@ static Oid	resume_relid = InvalidOid;
 static BlockNumber resume_block = 0;
 
 static void expired_rows(Oid relid, const GdprTableMap *map, const char *time_column,
-						 const char *keep, const char *condition, bool shard, StringInfo where);
+						 const char *keep, const char *condition, bool on_nodes, StringInfo where);
 static char *anonymize_set(const GdprTableMap *map, TupleDesc desc, const char *pk, StringInfo set);
 /* What one statement of a batch is, and what the batch needs to know after it */
 typedef struct BatchPlan
@@ -98,12 +108,20 @@ typedef struct BatchPlan
 	Oid			owner;
 	Oid			table;			/* the registered table (relid, or the table of the shard relid) */
 	bool		shard;			/* relid is a Citus shard of table */
+	List	   *copies;			/* relid is a Citus reference or local table: its copies here */
+	int			nkeys;			/* copies: the primary key's columns, */
+	Oid		   *keytypes;		/* and the types of their arrays */
 } BatchPlan;
 
 static BatchPlan retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start);
+static void copies_sql(BatchPlan *plan, Relation rel, const char *from, const char *where,
+					   int32 batch_size);
 static int64 run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start,
 					   BatchPlan *plan, BlockNumber *last);
 static void record_progress(Oid relid, const BatchPlan *plan);
+static int64 run_copies_batch(Oid relid, const BatchPlan *plan);
+static int	exec_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs,
+						   Oid *argtypes, Datum *args, bool read_only);
 static int64 run_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs,
 						   Datum *args, bool read_only);
 
@@ -168,6 +186,8 @@ run_batch(Oid relid, int32 batch_size, bool dry_run, BlockNumber start, BatchPla
 	Datum		locked = (Datum) 0;
 
 	*plan = retention_sql(relid, batch_size, dry_run, start);
+	if (plan->copies != NIL && !dry_run)
+		return run_copies_batch(relid, plan);
 	n = run_statement(relid, plan, plan->sql, 0, NULL, dry_run);
 	if (SPI_tuptable->tupdesc->natts > 1)
 	{
@@ -222,7 +242,33 @@ bool
 gdpr_retention_exempt(Oid relid, int event_class)
 {
 	return OidIsValid(retaining_relid) && event_class == retaining_event &&
-		gdpr_root_relid(relid) == retaining_relid;
+		(gdpr_root_relid(relid) == retaining_relid || list_member_oid(retaining_copies, relid));
+}
+
+/*
+ * A batch of a Citus reference or local table: the keys of the expired rows
+ * of the coordinator's copy, then one DELETE of those keys, conditions
+ * checked again, that Citus runs on every copy.
+ */
+static int64
+run_copies_batch(Oid relid, const BatchPlan *plan)
+{
+	Datum	   *keys = palloc(sizeof(Datum) * plan->nkeys);
+	bool		isnull;
+
+	if (exec_statement(relid, plan, plan->sql, 0, NULL, NULL, false) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: picking the keys of a retention batch");
+	for (int i = 0; i < plan->nkeys; i++)
+	{
+		keys[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &isnull);
+		if (isnull)
+			return 0;			/* no expired row */
+		keys[i] = PointerGetDatum(PG_DETOAST_DATUM_COPY(keys[i]));
+	}
+	if (exec_statement(relid, plan, plan->again, plan->nkeys, plan->keytypes, keys, false) != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute failed: deleting a retention batch");
+	return (int64) SPI_processed;
 }
 
 /* Runs a statement of the batch as the table's owner; returns its first column */
@@ -231,14 +277,33 @@ run_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs, Datu
 			  bool read_only)
 {
 	Oid			argtypes[1] = {TIDARRAYOID};
-	const char *outer;
 	int			ret;
 	bool		isnull;
 	Datum		n;
-	volatile int nest = -1;
 
 	Assert(nargs <= 1);
+	ret = exec_statement(relid, plan, sql, nargs, argtypes, args, read_only);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: %d", ret);
+	n = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(n);
+}
+
+/*
+ * Runs a statement of the batch as the table's owner, its writes exempt
+ * from the trail and the restrictions (see retaining_relid); returns what
+ * SPI returned.
+ */
+static int
+exec_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs, Oid *argtypes,
+			   Datum *args, bool read_only)
+{
+	const char *outer;
+	int			ret;
+	volatile int nest = -1;
+
 	retaining_relid = relid;
+	retaining_copies = plan->copies;
 	retaining_event = plan->anonymize ? GDPR_EV_UPDATE : GDPR_EV_DELETE;
 	/* the batch's own statement is no read; the table's triggers it fires are (reads.c) */
 	outer = gdpr_internal_sql;
@@ -252,20 +317,18 @@ run_statement(Oid relid, const BatchPlan *plan, const char *sql, int nargs, Datu
 	}
 	PG_TRY();
 	{
-		ret = gdpr_execute_as_role(plan->owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 1);
+		ret = gdpr_execute_as_role(plan->owner, NULL, sql, nargs, argtypes, args, NULL, read_only, 0);
 	}
 	PG_FINALLY();
 	{
 		retaining_relid = InvalidOid;
+		retaining_copies = NIL;
 		gdpr_internal_sql = outer;
 	}
 	PG_END_TRY();
 	if (nest >= 0)
 		AtEOXact_GUC(true, nest);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "SPI_execute failed: %d", ret);
-	n = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetInt64(n);
+	return ret;
 }
 
 /*
@@ -344,9 +407,29 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table with OID %u is not registered", plan.table)));
 	from = plan.shard ? gdpr_relation_name(relid) : map->qualified_name;
+	if (!plan.shard && gdpr_citus_copied(relid))
+	{
+		if (gdpr_citus_worker())
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("retention of %s runs on the coordinator, not on a worker", map->qualified_name),
+					 errhint("A reference or Citus local table is purged through the coordinator, on every copy at once.")));
+		plan.copies = gdpr_citus_local_shards(relid);
+		if (plan.copies == NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the coordinator holds no copy of %s", map->qualified_name),
+					 errdetail("Only the node that records a reference table's changes may purge it without leaving them in the trail."),
+					 errhint("Add the coordinator to the cluster's metadata: SELECT citus_set_coordinator_host(...).")));
+		if (plan.anonymize)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("retention cannot anonymize Citus reference or local tables: %s is one", map->qualified_name),
+					 errhint("Purge its rows (action => 'delete').")));
+	}
 
 	initStringInfo(&where);
-	expired_rows(plan.table, map, time_column, keep, condition, plan.shard, &where);
+	expired_rows(plan.table, map, time_column, keep, condition, plan.shard || plan.copies != NIL, &where);
 
 	rel = table_open(relid, AccessShareLock);
 	plan.owner = rel->rd_rel->relowner;
@@ -375,6 +458,8 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	initStringInfo(&set);
 	if (plan.anonymize)
 		appendStringInfo(&where, " AND (%s)", anonymize_set(map, desc, pk, &set));
+	if (plan.copies != NIL)
+		copies_sql(&plan, rel, from, where.data, batch_size);
 	table_close(rel, NoLock);
 
 	if (dry_run)
@@ -382,6 +467,8 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 		plan.sql = psprintf("SELECT pg_catalog.count(*) FROM %s t WHERE %s", from, where.data);
 		return plan;
 	}
+	if (plan.copies != NIL)
+		return plan;
 	if (plan.anonymize)
 		plan.rest = psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s t WHERE %s LIMIT 1) r",
 							 from, where.data);
@@ -425,13 +512,61 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 }
 
 /*
+ * The two statements of a batch of a Citus reference or local table (see
+ * run_copies_batch): plan->sql gives an array of each primary key column,
+ * and plan->again deletes the rows of those keys that are still expired,
+ * the arrays its parameters.
+ */
+static void
+copies_sql(BatchPlan *plan, Relation rel, const char *from, const char *where, int32 batch_size)
+{
+	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData aggs;
+	StringInfoData cols;
+	StringInfoData unnest;
+	int			attno = -1;
+
+	initStringInfo(&aggs);
+	initStringInfo(&cols);
+	initStringInfo(&unnest);
+	plan->keytypes = palloc(sizeof(Oid) * Max(bms_num_members(pkattrs), 1));
+	plan->nkeys = 0;
+	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1);
+		const char *name = quote_identifier(NameStr(att->attname));
+		const char *sep = plan->nkeys > 0 ? ", " : "";
+		Oid			arraytype = get_array_type(att->atttypid);
+
+		if (!OidIsValid(arraytype))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("retention cannot purge %s by key: its key column \"%s\" has a type without arrays",
+							gdpr_relation_name(RelationGetRelid(rel)), NameStr(att->attname))));
+		appendStringInfo(&aggs, "%spg_catalog.array_agg(k.%s)", sep, name);
+		appendStringInfo(&cols, "%st.%s", sep, name);
+		appendStringInfo(&unnest, "%spg_catalog.unnest($%d)", sep, plan->nkeys + 1);
+		plan->keytypes[plan->nkeys++] = arraytype;
+	}
+	if (plan->nkeys == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has no primary key", gdpr_relation_name(RelationGetRelid(rel)))));
+	plan->sql = psprintf("SELECT %s FROM (SELECT %s FROM %s t WHERE %s LIMIT %d) k",
+						 aggs.data, cols.data, from, where, batch_size);
+	plan->again = psprintf("DELETE FROM %s t WHERE (%s) IN (SELECT * FROM ROWS FROM (%s)) AND %s",
+						   from, cols.data, unnest.data, where);
+}
+
+/*
  * The rows of a policy's table whose time has come: expired, not excluded
  * by the policy's condition, held by no legal hold, and of no subject who
  * asked for them to be kept.
  */
 static void
 expired_rows(Oid relid, const GdprTableMap *map, const char *time_column, const char *keep,
-			 const char *condition, bool shard, StringInfo where)
+			 const char *condition, bool on_nodes, StringInfo where)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -461,9 +596,10 @@ expired_rows(Oid relid, const GdprTableMap *map, const char *time_column, const 
 	 * Art. 18(1)(c): a subject may have their data kept past its time for
 	 * legal claims.  Erased subjects' kept rows and subjects awaiting
 	 * erasure are no reason to keep anything.  A Citus worker's copy of the
-	 * restrictions names subjects by pseudonym (citus.sql).
+	 * restrictions names subjects by pseudonym (citus.sql): a statement that
+	 * runs on the nodes asks gdpr._restricted_by_hand, which knows both.
 	 */
-	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner && shard)
+	if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner && on_nodes)
 		appendStringInfo(where, " AND NOT gdpr._restricted_by_hand(%s, %s)",
 						 quote_literal_cstr(map->kind), gdpr_subject_sql(map, linitial(map->paths), "t"));
 	else if (map->paths != NIL && ((GdprPath *) linitial(map->paths))->owner)

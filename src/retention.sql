@@ -113,12 +113,12 @@ BEGIN
         RAISE EXCEPTION 'set_retention runs on the coordinator of a Citus cluster, not on a worker'
             USING ERRCODE = '0A000', HINT = 'A worker''s map is the coordinator''s: set the policy there.';
     END IF;
-    -- each node purges its own shards (gdpr._retention_targets); a copy of a reference table is on
-    -- every node, changed only through the coordinator
-    IF gdpr._citus_table(tbl) AND NOT gdpr._citus_distributed(tbl) THEN
-        RAISE EXCEPTION 'retention does not cover Citus reference or local tables: % is one', gdpr._qualified(tbl)
+    -- each node purges its own shards (gdpr._retention_targets); the copies of a reference or
+    -- Citus local table are changed together, through the coordinator, by key (retention.c)
+    IF action = 'anonymize' AND gdpr._citus_table(tbl) AND NOT gdpr._citus_distributed(tbl) THEN
+        RAISE EXCEPTION 'retention cannot anonymize Citus reference or local tables: % is one', gdpr._qualified(tbl)
             USING ERRCODE = '0A000',
-                  HINT = 'Retention runs on the shards of distributed tables, on the nodes that hold them; purge a reference table through the coordinator (see README, "Scaling out").';
+                  HINT = 'Purge its rows (action => ''delete''), or distribute the table (see README, "Scaling out").';
     END IF;
     t := gdpr._check_column(tbl, time_column);
     IF t NOT IN ('date'::regtype, 'timestamp without time zone'::regtype, 'timestamp with time zone'::regtype) THEN

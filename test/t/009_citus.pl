@@ -3,9 +3,10 @@
 # reference and local tables are each captured once, on the node that holds the row, attributed
 # to their subject; restrictions hold on the workers; export and erasure on the coordinator cover
 # every node, an erasure as one distributed transaction (a legal hold, a forged signal or a worker
-# killed in its middle leave every node as it was); what is not covered yet (read auditing,
-# retention, consent requirements) is refused, not half done.  Skipped where Citus is not installed (test/run builds it
-# from its source archive when it finds one).
+# killed in its middle leave every node as it was); retention purges every node's shards, and a
+# reference table's copies together; what is not covered yet (read auditing) is refused, not
+# half done.  Skipped where Citus is not installed (test/run builds it from its source archive
+# when it finds one).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -187,9 +188,9 @@ like($err, qr/gdpr_export runs on the coordinator of a Citus cluster, not on a w
 like($err, qr/gdpr_erase runs on the coordinator of a Citus cluster, not on a worker/, 'on a worker, erasure is refused');
 ($ok, $out, $err) = $coord->psql('postgres', q{SELECT gdpr.set_read_audit('customer')});
 like($err, qr/read auditing does not cover Citus tables yet/, 'read auditing of a Citus table is refused');
-($ok, $out, $err) = $coord->psql('postgres', q{ALTER TABLE address ADD COLUMN at timestamptz; SELECT gdpr.set_retention('address', 'at', '1 year')});
-like($err, qr/retention does not cover Citus reference or local tables: public.address is one/,
-	'retention of a reference table, a copy on every node, is refused');
+($ok, $out, $err) = $coord->psql('postgres', q{ALTER TABLE address ADD COLUMN at timestamptz; SELECT gdpr.set_retention('address', 'at', '1 year', 'anonymize')});
+like($err, qr/retention cannot anonymize Citus reference or local tables: public.address is one/,
+	'anonymizing retention of a reference table, a copy on every node, is refused');
 ($ok, $out, $err) = $w1->psql('postgres', q{SELECT gdpr.set_retention('orders', 'id', '1 year')});
 like($err, qr/set_retention runs on the coordinator of a Citus cluster, not on a worker/, 'and a policy set on a worker');
 
@@ -441,6 +442,33 @@ my $purged = 0;
 $purged += $_ for @retained;
 is($purged, 37, 'each batch is one RETENTION event of its node, under the distributed table\'s name');
 cmp_ok(scalar(grep { $_ > 0 } @retained), '>=', 2, 'recorded by the nodes that hold the shards');
+
+# A reference table is purged through the coordinator, every copy by the same keys, in one
+# distributed transaction; a worker's pass leaves its copy to the coordinator.
+$coord->safe_psql('postgres', q{
+    INSERT INTO address (id, customer_id, street, at) VALUES
+        (601, 15, 'Claim Street 15', now() - interval '3 years'),
+        (602, 16, 'Leaving Street 16', now() - interval '3 years'),
+        (603, 17, 'Old Street 17', now() - interval '3 years'),
+        (604, 18, 'Held Street 18', now() - interval '3 years'),
+        (605, 19, 'New Street 19', now()),
+        (606, 20, 'Old Street 20', now() - interval '3 years');
+    SELECT gdpr.set_retention('address', 'at', '2 years');
+    SELECT gdpr.add_legal_hold('address', $$street LIKE 'Held %'$$, 'disputed delivery');
+    SELECT gdpr_request_erasure(16);
+});
+my $copy = 'address_' . $coord->safe_psql('postgres', q{SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'address'::regclass});
+my $copies = qq{SELECT string_agg(id::text, ',' ORDER BY id) FROM $copy WHERE id > 600};
+$_->safe_psql('postgres', q{SELECT count(*) FROM gdpr_enforce_retention()}) for reverse @nodes;
+is(on_all($copies), join('|', ('601,604,605') x 4),
+	'every copy lost the same expired rows, but the held one, the restricted subject\'s and the recent one');
+is(on_all(q{SELECT count(*) FROM gdpr.audit_log WHERE event = 'DELETE' AND table_name = 'public.address' AND (row_key->>'id')::int > 600}),
+	'0|0|0|0', 'no copy left a DELETE event in its node\'s trail');
+is(on_all(q{SELECT COALESCE(sum((detail->>'rows')::int), 0) FROM gdpr.audit_log WHERE event = 'RETENTION' AND table_name = 'public.address'}),
+	'3|0|0|0', 'the purge is a RETENTION event of the coordinator, which records the table\'s changes');
+($ok, $out, $err) = $w1->psql('postgres', q{SELECT gdpr._retention_batch('address', 10, false)});
+like($err, qr/retention of public.address runs on the coordinator, not on a worker/, 'a worker does not purge its copy alone');
+$coord->safe_psql('postgres', q{SELECT gdpr_cancel_erasure(16)});
 $coord->safe_psql('postgres', q{SELECT gdpr_unrestrict(15)});
 
 # Holds written directly (gdpr_admin may) reach the workers too; on a worker they are the map's.
