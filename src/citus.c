@@ -325,12 +325,40 @@ distributed_transaction(void)
 /* The nonces of the signals this backend took in its transaction */
 static List *received_nonces = NIL;
 
+/*
+ * On a worker, the subtransaction in which an erasure's signal "rights"
+ * arrived, until its "scrub" (or "done", when it had nothing to erase) or
+ * the rollback of that subtransaction: the statements the coordinator sends
+ * meanwhile are the erasure's own, not reads (reads.c).
+ */
+static SubTransactionId rights_subid = InvalidSubTransactionId;
+
 static void
 forget_nonces(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
 		received_nonces = NIL;	/* freed with the transaction's memory */
+		rights_subid = InvalidSubTransactionId;
+	}
+}
+
+static void
+forget_rights(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && rights_subid != InvalidSubTransactionId && rights_subid >= mySubid)
+		rights_subid = InvalidSubTransactionId;
+}
+
+/*
+ * On a worker: whether the statements arriving now are a running erasure's
+ * (see rights_subid).
+ */
+bool
+gdpr_citus_erasure_statements(void)
+{
+	return rights_subid != InvalidSubTransactionId;
 }
 
 /*
@@ -685,6 +713,7 @@ gdpr_cluster_receive(PG_FUNCTION_ARGS)
 	if (!callback)
 	{
 		RegisterXactCallback(forget_nonces, NULL);
+		RegisterSubXactCallback(forget_rights, NULL);
 		callback = true;
 	}
 	/* kept to the end of the transaction, whatever savepoint is rolled back */
@@ -694,10 +723,17 @@ gdpr_cluster_receive(PG_FUNCTION_ARGS)
 		received_nonces = lappend(received_nonces, pstrdup(nonce));
 		MemoryContextSwitchTo(old);
 	}
-	if (strcmp(op, "erase") == 0)
+	if (strcmp(op, "rights") == 0)
+		rights_subid = GetCurrentSubTransactionId();
+	else if (strcmp(op, "done") == 0)
+		rights_subid = InvalidSubTransactionId;
+	else if (strcmp(op, "erase") == 0)
 		gdpr_erase_cluster_begin(body);
 	else if (strcmp(op, "scrub") == 0)
+	{
 		gdpr_erase_cluster_scrub(body);
+		rights_subid = InvalidSubTransactionId;
+	}
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

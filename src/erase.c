@@ -339,13 +339,19 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	bool		keep_subject_row;
 	bool		found;
 	bool		erased;
+	bool		cluster;
 	int64		scrubbed = 0;
 	Redacted	redacted = {0, 0, -1};
 	ListCell   *lc;
 
 	pseudonym = gdpr_subject_pseudonym(subject->kind, subject->key_text);
-	if (gdpr_citus_cluster())
+	cluster = gdpr_citus_cluster();
+	if (cluster)
+	{
 		gdpr_citus_sequential();
+		/* what the erasure reads on the workers is its own, from its first statement there */
+		(void) gdpr_citus_signal("rights", "{}");
+	}
 
 	/*
 	 * The lock comes first: a concurrent erasure of the same subject, and a
@@ -395,6 +401,9 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 		gdpr_push_key(&state, "erasure");
 		gdpr_push_jsonb(&state, record);
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+		/* the workers' part ends without a scrub: what the transaction reads next is read */
+		if (cluster)
+			(void) gdpr_citus_signal("done", "{}");
 		PopActiveSnapshot();
 		return with_ledger(JsonbValueToJsonb(v), subject->kind, pseudonym, NULL, replay);
 	}

@@ -131,6 +131,14 @@ static int	n_own_calls = 0;
 static int	nesting = 0;
 
 /*
+ * Whether the statement that started last at each executor level is a
+ * rights function's own: Citus runs parts of an own statement as
+ * statements one level down (see own_statement).
+ */
+#define MAX_OWN_NESTING 64
+static bool own_at[MAX_OWN_NESTING];
+
+/*
  * Registered tables of this database, or NULL when they must be read again.
  * Any catalog access can process an invalidation that frees them: an entry
  * is never held across one.
@@ -229,7 +237,8 @@ static void gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags);
 static void gdpr_ExecutorRun(GDPR_EXECUTOR_RUN_ARGS);
 static void gdpr_ExecutorFinish(QueryDesc *queryDesc);
 static void gdpr_ExecutorEnd(QueryDesc *queryDesc);
-static bool own_statement(void);
+static bool own_statement(QueryDesc *queryDesc);
+static bool shards_only(PlannedStmt *stmt);
 static void gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 								ProcessUtilityContext context, ParamListInfo params,
 								QueryEnvironment *queryEnv, DestReceiver *dest,
@@ -315,11 +324,56 @@ gdpr_reads_abort(SubTransactionId mySubid)
 		nesting = 0;
 }
 
-/* Whether the statement starting now is a rights function's own (see own_calls) */
+/*
+ * Whether the statement starting now is a rights function's own (see
+ * own_calls).  On a Citus cluster, so are the statements Citus makes of an
+ * own statement: one level down, a subplan (Citus gives it no text) or the
+ * part of the shards this node holds (local execution); and, on a worker,
+ * the statements an erasure sends, which arrive at the top level once its
+ * signal "rights" did (citus.c).  A trigger they fire has text of its own
+ * and names tables, not shards: it is a read like any other.  An export
+ * sends no signal: its reads on the workers are recorded there (README,
+ * "Scaling out").
+ */
 static bool
-own_statement(void)
+own_statement(QueryDesc *queryDesc)
 {
-	return n_own_calls > 0 && own_calls[n_own_calls - 1].level == nesting;
+	bool		own;
+
+	if (n_own_calls > 0 && own_calls[n_own_calls - 1].level == nesting)
+		own = true;
+	else if (nesting > 0 && nesting <= MAX_OWN_NESTING && own_at[nesting - 1])
+		own = (queryDesc->sourceText != NULL && queryDesc->sourceText[0] == '\0') ||
+			shards_only(queryDesc->plannedstmt);
+	else
+		own = nesting == 0 && gdpr_citus_erasure_statements();
+	if (nesting < MAX_OWN_NESTING)
+		own_at[nesting] = own;
+	return own;
+}
+
+/* Whether every relation a statement names is a Citus shard (or a copy of a reference table) */
+static bool
+shards_only(PlannedStmt *stmt)
+{
+	bool		any = false;
+	ListCell   *lc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	foreach(lc, stmt->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+		bool		recorded_here;
+
+		if (rte->rtekind != RTE_RELATION)
+			continue;
+		any = OidIsValid(gdpr_citus_shard_table(rte->relid, &recorded_here));
+		if (!any)
+			break;
+	}
+	SPI_finish();
+	return any;
 }
 
 void
@@ -349,6 +403,8 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	else
 		standard_ExecutorStart(queryDesc, eflags);
 
+	if (nesting < MAX_OWN_NESTING)
+		own_at[nesting] = false;	/* until own_statement says otherwise */
 	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) || IsParallelWorker() ||
 		queryDesc->plannedstmt == NULL || queryDesc->estate == NULL || !IsTransactionState())
 		return;
@@ -359,7 +415,7 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	if (!gdpr_audit_superusers && superuser_arg(userid))
 		return;
 	/* the writer's own lookups of subjects, and a rights function's own statements, are not reads */
-	if (gdpr_queue_writer || own_statement())
+	if (gdpr_queue_writer || own_statement(queryDesc))
 		return;
 	if ((gdpr_internal_sql != NULL && queryDesc->sourceText == gdpr_internal_sql) ||
 		is_key_check(queryDesc))
@@ -762,8 +818,10 @@ emit(const char *head, const char *rows, bool aborted)
 
 /*
  * The registered table a relation's rows belong to: itself, the root of its
- * partition tree, or a registered ancestor by inheritance (whose export and
- * erasure include it); the relation's own OID where there is none.
+ * partition tree, a registered ancestor by inheritance (whose export and
+ * erasure include it), or the Citus table of a shard (on a worker, Citus
+ * reads a distributed table's rows as scans of its shards); the relation's
+ * own OID where there is none.
  */
 static Oid
 registered_root(Oid relid)
@@ -784,6 +842,18 @@ registered_root(Oid relid)
 			root = up;
 			break;
 		}
+	if (!is_registered(root))
+	{
+		bool		recorded_here;	/* a copy's reads are recorded where they are made */
+		Oid			table;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		table = gdpr_citus_shard_table(relid, &recorded_here);
+		SPI_finish();
+		if (OidIsValid(table) && is_registered(table))
+			root = table;
+	}
 	/* looked up again: the scans above may have processed an invalidation */
 	if (registered != NULL)
 	{

@@ -4,9 +4,9 @@
 # to their subject; restrictions hold on the workers; export and erasure on the coordinator cover
 # every node, an erasure as one distributed transaction (a legal hold, a forged signal or a worker
 # killed in its middle leave every node as it was); retention purges every node's shards, and a
-# reference table's copies together; what is not covered yet (read auditing) is refused, not
-# half done.  Skipped where Citus is not installed (test/run builds it from its source archive
-# when it finds one).
+# reference table's copies together; reads are recorded by the node that made them, an erasure's
+# own statements on the workers are not reads.  Skipped where Citus is not installed (test/run
+# builds it from its source archive when it finds one).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -186,8 +186,6 @@ like($err, qr/gdpr_export runs on the coordinator of a Citus cluster, not on a w
 # On a worker, erasure is refused too: only the coordinator has the whole map.
 ($ok, $out, $err) = $w1->psql('postgres', q{SELECT gdpr_erase(7)});
 like($err, qr/gdpr_erase runs on the coordinator of a Citus cluster, not on a worker/, 'on a worker, erasure is refused');
-($ok, $out, $err) = $coord->psql('postgres', q{SELECT gdpr.set_read_audit('customer')});
-like($err, qr/read auditing does not cover Citus tables yet/, 'read auditing of a Citus table is refused');
 ($ok, $out, $err) = $coord->psql('postgres', q{ALTER TABLE address ADD COLUMN at timestamptz; SELECT gdpr.set_retention('address', 'at', '1 year', 'anonymize')});
 like($err, qr/retention cannot anonymize Citus reference or local tables: public.address is one/,
 	'anonymizing retention of a reference table, a copy on every node, is refused');
@@ -510,6 +508,49 @@ is($coord->safe_psql('postgres', q{SELECT count(*) FROM gdpr.erasure}), '1', 'no
 is($out, 'erased', 'the same erasure succeeds once the worker is back');
 is(on_all(q{SELECT count(*) FROM gdpr.audit_log WHERE subject_id = '9' OR related_subject_ids @> ARRAY['9']}),
 	'0|0|0|0', 'and no node\'s trail names that subject any more');
+
+# --- Read auditing: the node that reads a row records whose it was ----------------------------
+$coord->safe_psql('postgres', q{
+    SELECT gdpr.set_read_audit('customer');
+    SELECT gdpr.set_read_audit('orders');
+    SELECT gdpr.set_read_audit('address');
+    CREATE ROLE reader LOGIN;
+    GRANT SELECT ON customer, orders, address TO reader;
+});
+is(on_all(q{SELECT string_agg(gdpr._qualified(relid), ',' ORDER BY relid::text) FROM gdpr.registered_table WHERE read_audit}),
+	join('|', ('public.address,public.customer,public.orders') x 4), 'read auditing set on the coordinator is on every node');
+my $holder_of = sub {
+	my ($table, $key) = @_;
+	my $port = $coord->safe_psql('postgres', qq{
+        SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = get_shard_id_for_distribution_column('$table', $key)});
+	my ($node) = grep { $_->port == $port } @nodes;
+	return $node;
+};
+# each node's queue written out: its READ events are in its trail
+my $flushed = sub {
+	$_->poll_query_until('postgres', q{SELECT used_bytes = 0 FROM gdpr.event_queue}) for @nodes;
+};
+my $reads_by = q{SELECT COALESCE(string_agg(table_name || ':' || array_to_string(related_subject_ids, ','), ' ' ORDER BY table_name), '')
+                   FROM gdpr.audit_log WHERE event = 'READ' AND effective_role = '%s'};
+$coord->safe_psql('postgres', q{SELECT email FROM customer WHERE id = 11; SELECT street FROM address WHERE customer_id = 10},
+	extra_params => [ '-U', 'reader' ]);
+my $w11 = $holder_of->('customer', 11);
+ok($w11->poll_query_until('postgres', q{SELECT count(*) > 0 FROM gdpr.audit_log WHERE event = 'READ' AND effective_role = 'reader'}),
+	'a read of a distributed table is recorded by the worker that holds the row');
+$flushed->();
+is($w11->safe_psql('postgres', sprintf($reads_by, 'reader')), 'public.customer:11', 'attributed to its subject, under the table\'s name');
+is($coord->safe_psql('postgres', sprintf($reads_by, 'reader')), 'public.address:10', 'a reference table\'s row, by the node whose copy was read');
+
+# An erasure's own statements on the workers are not reads; a read after it, in its transaction, is.
+($ok, $out, $err) = as_eraser(q{BEGIN; SELECT gdpr_erase(4)->>'status'; SELECT gdpr_erase(8)->>'status';
+                                  SELECT note FROM orders WHERE customer_id = 13; COMMIT;});
+like($out, qr/^erased\nalready_erased\n/, 'an erasure with read auditing on, then one with nothing left to erase');
+my $w13 = $holder_of->('orders', 13);
+ok($w13->poll_query_until('postgres', q{SELECT count(*) > 0 FROM gdpr.audit_log WHERE event = 'READ' AND effective_role = 'eraser'}),
+	'the read after it is recorded');
+$flushed->();
+is(on_all(sprintf($reads_by, 'eraser')), join('|', map { $_ == $w13 ? 'public.orders:13' : '' } @nodes),
+	'and it is the only read of the eraser\'s transaction on any node: the erasure\'s statements are its own');
 
 # Each node's trail is its own chain, and verifies.
 is(on_all(q{SELECT gdpr.seal_audit() >= 0 AND (gdpr_verify_audit()->>'ok')::boolean}), 't|t|t|t', 'every node\'s trail seals and verifies');
