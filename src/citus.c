@@ -203,42 +203,26 @@ gdpr_cluster_catch_up_main(Datum main_arg)
 
 /*
  * The rights functions on a cluster.  They run on the coordinator, which
- * alone has the whole map and reaches every node: on a worker, refused.
- * A function that does not cover the workers yet (cluster_ready false) is
- * refused on the coordinator too, rather than report a success it could
- * not check.  Both only once a Citus table is registered.  SPI must be
- * connected.
+ * alone has the whole map and reaches every node: on a worker, refused,
+ * once a Citus table is registered.  SPI must be connected.
  */
 void
-gdpr_citus_check(const char *function, bool cluster_ready)
+gdpr_citus_check(const char *function)
 {
-	char	   *table;
-	bool		worker;
-
 	if (!citus_installed())
 		return;
-	if (SPI_execute("SELECT pg_catalog.min(gdpr._qualified(r.relid)), gdpr._citus_node() OPERATOR(pg_catalog.=) 'worker' "
-					"  FROM gdpr.registered_table r "
-					" WHERE r.relid::pg_catalog.oid IN (SELECT p.logicalrelid::pg_catalog.oid "
-					"                                    FROM pg_catalog.pg_dist_partition p)",
+	if (SPI_execute("SELECT gdpr._citus_node() OPERATOR(pg_catalog.=) 'worker' "
+					"   AND EXISTS (SELECT FROM gdpr.registered_table r "
+					"                WHERE r.relid::pg_catalog.oid IN (SELECT p.logicalrelid::pg_catalog.oid "
+					"                                                   FROM pg_catalog.pg_dist_partition p))",
 					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "SPI_execute failed: listing the registered Citus tables");
-	table = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (table == NULL)
-		return;
-	worker = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
-	if (worker)
+		elog(ERROR, "SPI_execute failed: looking for registered Citus tables");
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s runs on the coordinator of a Citus cluster, not on a worker", function),
 				 errdetail("A worker's map and trail cover the rows it holds, not the subject's."),
 				 errhint("Connect to the coordinator and call %s there.", function)));
-	if (!cluster_ready)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s does not cover Citus tables yet", function),
-				 errdetail("Table %s is a Citus table.", table),
-				 errhint("See README, \"Scaling out\", for what runs on a Citus cluster.")));
 }
 
 /*

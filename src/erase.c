@@ -247,7 +247,7 @@ gdpr_erase(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_check("gdpr_erase", true);
+	gdpr_citus_check("gdpr_erase");
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
 	report = erase_subject(subject, dry_run, PG_ARGISNULL(3) ? NULL : &(int64) {PG_GETARG_INT64(3)},
 						   NULL);
@@ -350,7 +350,8 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	{
 		gdpr_citus_sequential();
 		/* what the erasure reads on the workers is its own, from its first statement there */
-		(void) gdpr_citus_signal("rights", "{}");
+		if (gdpr_read_audit_any())
+			(void) gdpr_citus_signal("rights", "{}");
 	}
 
 	/*
@@ -402,7 +403,7 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 		gdpr_push_jsonb(&state, record);
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 		/* the workers' part ends without a scrub: what the transaction reads next is read */
-		if (cluster)
+		if (cluster && gdpr_read_audit_any())
 			(void) gdpr_citus_signal("done", "{}");
 		PopActiveSnapshot();
 		return with_ledger(JsonbValueToJsonb(v), subject->kind, pseudonym, NULL, replay);
@@ -528,6 +529,7 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	Jsonb	   *plan = NULL;
 	ErrorData  *refusal = NULL;
 	List	   *held;
+	int			nest = -1;
 	bool		erased;
 	bool		trial;
 
@@ -535,8 +537,25 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_check("gdpr_can_erase", true);
+	gdpr_citus_check("gdpr_can_erase");
 	subject = gdpr_resolve_subject(fcinfo, 0, kind, callercxt);
+
+	/*
+	 * The trial erasure finds what only doing it finds (a constraint that
+	 * refuses an erased value); it needs a transaction that can write.  On
+	 * a standby or in a read-only transaction the answer is the holds' and
+	 * the past erasure's alone: false, or unknown (null), never a yes that
+	 * was not checked.  On a cluster with read auditing, where it can write,
+	 * its reads on the workers are its own from the first (see
+	 * gdpr_citus_erasure_statements); its sequential mode ends with it.
+	 */
+	trial = !RecoveryInProgress() && !XactReadOnly;
+	if (trial && gdpr_read_audit_any() && gdpr_citus_cluster())
+	{
+		nest = NewGUCNestLevel();
+		gdpr_citus_sequential();
+		(void) gdpr_citus_signal("rights", "{}");
+	}
 	erased = subject_erased(subject, &record);
 	if (!erased && !gdpr_subject_exists(subject))
 		ereport(ERROR,
@@ -544,15 +563,6 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 				 errmsg("subject %s of kind \"%s\" does not exist", subject->key_text, subject->kind),
 				 errhint("Check the key: there is nothing to erase.")));
 	held = holds(subject);
-
-	/*
-	 * The trial erasure finds what only doing it finds (a constraint that
-	 * refuses an erased value); it needs a transaction that can write.  On
-	 * a standby or in a read-only transaction the answer is the holds' and
-	 * the past erasure's alone: false, or unknown (null), never a yes that
-	 * was not checked.
-	 */
-	trial = !RecoveryInProgress() && !XactReadOnly;
 	if (held == NIL && !erased && trial)
 		refusal = try_erasure(subject, &plan);
 
@@ -607,6 +617,11 @@ gdpr_can_erase(PG_FUNCTION_ARGS)
 	gdpr_record_event("ERASE_CHECK", subject->kind,
 					  erased ? gdpr_subject_pseudonym(subject->kind, subject->key_text) : subject->key_text,
 					  NULL, result);
+	if (nest >= 0)
+	{
+		(void) gdpr_citus_signal("done", "{}");
+		AtEOXact_GUC(true, nest);
+	}
 	MemoryContextSwitchTo(callercxt);
 	result = DatumGetJsonbPCopy(JsonbPGetDatum(result));
 	gdpr_own_reads_end();

@@ -141,7 +141,7 @@ gdpr_export(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_check("gdpr_export", true);
+	gdpr_citus_check("gdpr_export");
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{
@@ -312,7 +312,7 @@ gdpr_export_rows(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	gdpr_own_reads_begin();
-	gdpr_citus_check("gdpr_export_rows", true);
+	gdpr_citus_check("gdpr_export_rows");
 	subject = export_subject(fcinfo, kind, callercxt, &erasure);
 	if (erasure != NULL)
 	{

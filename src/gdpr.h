@@ -303,7 +303,7 @@ extern int64 gdpr_record_event(const char *event, const char *kind, const char *
 extern Oid	gdpr_citus_shard_table(Oid relid, bool *recorded_here);	/* SPI */
 extern void gdpr_cluster_map_changed(void);	/* SPI */
 extern bool gdpr_cluster_catch_up(void);	/* SPI */
-extern void gdpr_citus_check(const char *function, bool cluster_ready);	/* SPI */
+extern void gdpr_citus_check(const char *function);	/* SPI */
 extern bool gdpr_citus_cluster(void);	/* SPI */
 extern void gdpr_citus_sequential(void);
 extern void gdpr_cluster_hold_sync(bool hold);
@@ -320,6 +320,7 @@ extern int	gdpr_read_audit_max_subjects;
 extern const char *gdpr_internal_sql;
 extern void gdpr_install_read_hook(void);
 extern void gdpr_reads_invalidate(Oid relid);
+extern bool gdpr_read_audit_any(void);
 extern void gdpr_own_reads_begin(void);
 extern void gdpr_own_reads_end(void);
 extern void gdpr_reads_abort(SubTransactionId mySubid);

@@ -376,6 +376,13 @@ shards_only(PlannedStmt *stmt)
 	return any;
 }
 
+/* Whether a registered table of this database is read-audited */
+bool
+gdpr_read_audit_any(void)
+{
+	return (registered != NULL || load_registered()) && any_read_audit;
+}
+
 void
 gdpr_reads_invalidate(Oid relid)
 {

@@ -541,16 +541,20 @@ $flushed->();
 is($w11->safe_psql('postgres', sprintf($reads_by, 'reader')), 'public.customer:11', 'attributed to its subject, under the table\'s name');
 is($coord->safe_psql('postgres', sprintf($reads_by, 'reader')), 'public.address:10', 'a reference table\'s row, by the node whose copy was read');
 
-# An erasure's own statements on the workers are not reads; a read after it, in its transaction, is.
+# The rights functions' own statements on the workers are not reads; a read after them, in their
+# transaction, is.
+($ok, $out, $err) = as_eraser(q{BEGIN; SELECT gdpr_can_erase(12)->>'can_erase'; SELECT gdpr_can_erase(14)->>'can_erase';
+                                  SELECT note FROM orders WHERE customer_id = 13; COMMIT;});
+like($out, qr/^false\ntrue\n/, 'with read auditing on: a check refused by a hold, a check with its trial erasure');
 ($ok, $out, $err) = as_eraser(q{BEGIN; SELECT gdpr_erase(4)->>'status'; SELECT gdpr_erase(8)->>'status';
                                   SELECT note FROM orders WHERE customer_id = 13; COMMIT;});
-like($out, qr/^erased\nalready_erased\n/, 'an erasure with read auditing on, then one with nothing left to erase');
+like($out, qr/^erased\nalready_erased\n/, 'an erasure, and one with nothing left to erase');
 my $w13 = $holder_of->('orders', 13);
-ok($w13->poll_query_until('postgres', q{SELECT count(*) > 0 FROM gdpr.audit_log WHERE event = 'READ' AND effective_role = 'eraser'}),
-	'the read after it is recorded');
+ok($w13->poll_query_until('postgres', q{SELECT count(*) > 1 FROM gdpr.audit_log WHERE event = 'READ' AND effective_role = 'eraser'}),
+	'the reads after them are recorded');
 $flushed->();
-is(on_all(sprintf($reads_by, 'eraser')), join('|', map { $_ == $w13 ? 'public.orders:13' : '' } @nodes),
-	'and it is the only read of the eraser\'s transaction on any node: the erasure\'s statements are its own');
+is(on_all(sprintf($reads_by, 'eraser')), join('|', map { $_ == $w13 ? 'public.orders:13 public.orders:13' : '' } @nodes),
+	'and they are the only reads of the eraser\'s transactions on any node: the rights functions\' statements are their own');
 
 # Each node's trail is its own chain, and verifies.
 is(on_all(q{SELECT gdpr.seal_audit() >= 0 AND (gdpr_verify_audit()->>'ok')::boolean}), 't|t|t|t', 'every node\'s trail seals and verifies');
