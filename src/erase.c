@@ -1379,6 +1379,11 @@ holds(const GdprSubject *subject)
  * rows are found as the caller; the condition, which the table's owner
  * wrote (condition.c), runs with the owner's rights over those rows only,
  * whoever erases: never with the caller's, which may be a superuser's.
+ *
+ * On a Citus table the owner does not read the table again: Citus refuses
+ * a statement of another role on placements the transaction changed (an
+ * erasure before this one, a trial erasure), so the caller's statement
+ * brings the rows themselves, and the condition runs over them here.
  */
 static int64
 held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *subject)
@@ -1391,14 +1396,26 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 	char	   *sql;
 	Relation	rel;
 	bool		isnull;
+	bool		citus;
 	const char *outer;
 	int			ret;
 
 	rel = table_open(map->relid, AccessShareLock);
 	rows = gdpr_path_rows_sql(map, gdpr_pk_list(rel, "t."), GDPR_PATHS_OWNER);
-	sql = rows == NULL ? NULL :
-		psprintf("SELECT pg_catalog.array_agg(tableoid), pg_catalog.array_agg(ctid) FROM %s "
-				 " WHERE (%s) IN (%s)", map->from_name, gdpr_pk_list(rel, ""), rows);
+	citus = gdpr_citus_distributed(map->relid) || gdpr_citus_copied(map->relid);
+	if (citus)
+	{
+		argtypes[0] = get_array_type(rel->rd_rel->reltype);
+		sql = rows == NULL || !OidIsValid(argtypes[0]) ? NULL :
+			psprintf("SELECT pg_catalog.array_agg(x) FROM %s x WHERE (%s) IN (%s)",
+					 map->from_name, gdpr_pk_list(rel, "x."), rows);
+		if (rows != NULL && !OidIsValid(argtypes[0]))
+			elog(ERROR, "table %s has no array type of its rows", map->qualified_name);
+	}
+	else
+		sql = rows == NULL ? NULL :
+			psprintf("SELECT pg_catalog.array_agg(tableoid), pg_catalog.array_agg(ctid) FROM %s "
+					 " WHERE (%s) IN (%s)", map->from_name, gdpr_pk_list(rel, ""), rows);
 	table_close(rel, NoLock);
 	if (sql == NULL)
 		return 0;
@@ -1408,20 +1425,24 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 	args[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		return 0;
-	args[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-
-	sql = psprintf("SELECT pg_catalog.count(*) FROM %s h "
-				   " WHERE EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(o, c) "
-				   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
-				   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
-				   "   AND (\n%s\n)", map->from_name, condition);
+	if (citus)
+		sql = psprintf("SELECT pg_catalog.count(*) FROM pg_catalog.unnest($1) h WHERE (\n%s\n)", condition);
+	else
+	{
+		args[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		sql = psprintf("SELECT pg_catalog.count(*) FROM %s h "
+					   " WHERE EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(o, c) "
+					   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
+					   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
+					   "   AND (\n%s\n)", map->from_name, condition);
+	}
 	/* a count, not a read; what the condition runs in turn is (reads.c) */
 	outer = gdpr_internal_sql;
 	gdpr_internal_sql = sql;
 	PG_TRY();
 	{
-		ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, 2, argtypes, args,
-								   NULL, true, 0);
+		ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, citus ? 1 : 2, argtypes,
+								   args, NULL, true, 0);
 	}
 	PG_FINALLY();
 	{

@@ -509,6 +509,16 @@ is($out, 'erased', 'the same erasure succeeds once the worker is back');
 is(on_all(q{SELECT count(*) FROM gdpr.audit_log WHERE subject_id = '9' OR related_subject_ids @> ARRAY['9']}),
 	'0|0|0|0', 'and no node\'s trail names that subject any more');
 
+# Several erasures in one transaction, as gdpr.run_due_erasures() runs them, with legal holds to
+# check: the holds are evaluated as the tables' owner over rows the eraser read, since Citus
+# refuses another role on placements the transaction changed.
+as_eraser(q{SELECT gdpr_request_erasure(2, interval '0'); SELECT gdpr_request_erasure(3, interval '0')});
+($ok, $out, $err) = as_eraser(q{SELECT string_agg(status, ',') FROM gdpr.run_due_erasures()});
+is($out, 'done,done', 'two due erasures in one transaction both succeed') or diag($err);
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE customer_id IN (2, 3)}), '0', 'and their rows are gone');
+($ok, $out, $err) = as_eraser(q{BEGIN; SELECT gdpr_erase(5)->>'status'; SELECT gdpr_can_erase(6)->>'can_erase'; COMMIT;});
+is($out, "erased\nfalse", 'a legal hold still refuses, checked after another erasure in the transaction') or diag($err);
+
 # --- Read auditing: the node that reads a row records whose it was ----------------------------
 $coord->safe_psql('postgres', q{
     SELECT gdpr.set_read_audit('customer');
