@@ -99,7 +99,7 @@ static char *anonymize_set(const GdprTableMap *map, TupleDesc desc, const char *
 typedef struct BatchPlan
 {
 	char	   *sql;			/* the statement */
-	char	   *again;			/* the change for rows found again by ctid ($1), or NULL */
+	char	   *again;			/* the change for rows found again by ctid ($1) or, copies, by key ($1...) */
 	char	   *rest;			/* anonymizing: whether a row is left in the range looked at */
 	bool		full_sweep;		/* anonymizing: the range is every expired row */
 	char	   *cutoff;			/* anonymizing: the expression of the pass's cutoff */
