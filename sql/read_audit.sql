@@ -279,6 +279,19 @@ SELECT ra.drained();
 SELECT tbl, subjects, rows_read, bulk FROM ra.reads();
 SELECT gdpr.unregister_table('ra.visit_log');
 
+-- a SQL-standard function (BEGIN ATOMIC: its statements have no text, as Citus's subplans have
+-- none) that an erasure's own statement runs, one level down, is user code: what it reads is read
+CREATE FUNCTION ra.items_seen() RETURNS bigint LANGUAGE sql STABLE
+BEGIN ATOMIC SELECT count(*) FROM ra.item WHERE id <= 2; END;
+ALTER TABLE ra.customer ADD CONSTRAINT seen CHECK (ra.items_seen() >= 0) NOT VALID;
+SELECT gdpr.classify_column('ra.customer', 'email', 'contact');   -- the erasure updates the row
+SELECT ra.mark();
+SELECT gdpr_erase(17, kind => 'ra') ->> 'status';
+SELECT ra.drained();
+SELECT tbl, subjects, rows_read, bulk FROM ra.reads();
+ALTER TABLE ra.customer DROP CONSTRAINT seen;
+DROP FUNCTION ra.items_seen();
+
 -- 11. Nothing else changed: the chain still verifies.
 SELECT v ->> 'ok' AS ok FROM gdpr_verify_audit() v;
 

@@ -528,38 +528,48 @@ gdpr_citus_consent(const char *kind, const char *subject, const char *purpose)
 	return result != NULL && strcmp(result, "t") == 0;
 }
 
-/* Whether relid is a Citus table of partition method method */
+/* Whether relid is a Citus table whose pg_dist_partition row satisfies condition */
 static bool
-citus_partmethod(Oid relid, const char *method)
+citus_partition(Oid relid, const char *condition)
 {
-	Oid			argtypes[2] = {OIDOID, TEXTOID};
-	Datum		args[2] = {ObjectIdGetDatum(relid), CStringGetTextDatum(method)};
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
 
 	if (!citus_installed())
 		return false;
-	if (SPI_execute_with_args("SELECT FROM pg_catalog.pg_dist_partition p "
-							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
-							  "   AND p.partmethod::pg_catalog.text OPERATOR(pg_catalog.=) $2",
-							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args(psprintf("SELECT FROM pg_catalog.pg_dist_partition p "
+									   " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+									   "   AND %s", condition),
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: looking the table up in pg_dist_partition");
 	return SPI_processed > 0;
+}
+
+/* Whether a table is a Citus table of any kind */
+bool
+gdpr_citus_table(Oid relid)
+{
+	return citus_partition(relid, "true");
 }
 
 /* Whether a table is a Citus table distributed by a column (sharded) */
 bool
 gdpr_citus_distributed(Oid relid)
 {
-	return citus_partmethod(relid, "h");
+	return citus_partition(relid, "p.partmethod OPERATOR(pg_catalog.=) 'h'");
 }
 
 /*
  * Whether a table is a Citus reference or local table: one shard, whose
  * copies (one per node, or the coordinator's alone) one statement changes.
+ * A single-shard distributed table has its one copy on some worker, as a
+ * distributed table has each of its shards.
  */
 bool
 gdpr_citus_copied(Oid relid)
 {
-	return citus_partmethod(relid, "n");
+	return citus_partition(relid, "p.partmethod OPERATOR(pg_catalog.=) 'n' "
+						   "AND (p.repmodel OPERATOR(pg_catalog.=) 't' OR p.colocationid OPERATOR(pg_catalog.=) 0)");
 }
 
 /* Compares two signatures in time that does not depend on where they differ */

@@ -43,6 +43,25 @@ BEGIN
 END
 $$;
 
+-- Whether a table is a Citus reference or local table, whose copies one statement changes (a
+-- single-shard distributed table is not: its one shard is on one node).
+CREATE FUNCTION gdpr._citus_copied(tbl pg_catalog.regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+                             WHERE logicalrelid = $1 AND partmethod = ''n'' AND (repmodel = ''t'' OR colocationid = 0))'
+        INTO found USING tbl;
+    RETURN found;
+END
+$$;
+
 -- Whether a table is distributed by a column (sharded), not a reference or Citus local table.
 CREATE FUNCTION gdpr._citus_distributed(tbl pg_catalog.regclass) RETURNS boolean
     LANGUAGE plpgsql STABLE
@@ -367,7 +386,8 @@ END
 $$;
 
 -- What a retention pass of this node works on for a policy's table: the table itself, or, for a
--- distributed table, its shards on this node (none on a coordinator that holds none).  A
+-- distributed table (a single-shard one too), its shards on this node (none on a coordinator that
+-- holds none).  A
 -- reference or Citus local table is the coordinator's: one statement there changes every copy.
 CREATE FUNCTION gdpr._retention_targets(tbl pg_catalog.regclass) RETURNS pg_catalog.regclass[]
     LANGUAGE plpgsql STABLE
@@ -379,7 +399,7 @@ BEGIN
     IF NOT gdpr._citus_table(tbl) THEN
         RETURN ARRAY[tbl];
     END IF;
-    IF NOT gdpr._citus_distributed(tbl) THEN
+    IF gdpr._citus_copied(tbl) THEN
         RETURN CASE WHEN gdpr._citus_node() = 'coordinator' THEN ARRAY[tbl] ELSE '{}' END;
     END IF;
     EXECUTE 'SELECT COALESCE(pg_catalog.array_agg(r ORDER BY r::text), ''{}'') FROM (

@@ -1402,7 +1402,7 @@ held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *sub
 
 	rel = table_open(map->relid, AccessShareLock);
 	rows = gdpr_path_rows_sql(map, gdpr_pk_list(rel, "t."), GDPR_PATHS_OWNER);
-	citus = gdpr_citus_distributed(map->relid) || gdpr_citus_copied(map->relid);
+	citus = gdpr_citus_table(map->relid);
 	if (citus)
 	{
 		argtypes[0] = get_array_type(rel->rd_rel->reltype);

@@ -311,6 +311,7 @@ extern int	gdpr_citus_signal(const char *op, const char *body);	/* SPI */
 extern List *gdpr_citus_local_shards(Oid table);	/* SPI */
 extern bool gdpr_citus_distributed(Oid relid);	/* SPI */
 extern bool gdpr_citus_copied(Oid relid);	/* SPI */
+extern bool gdpr_citus_table(Oid relid);	/* SPI */
 extern bool gdpr_citus_erasure_statements(void);
 extern bool gdpr_citus_worker(void);	/* SPI */
 extern bool gdpr_citus_consent(const char *kind, const char *subject, const char *purpose);	/* SPI */

@@ -144,10 +144,18 @@ static bool own_at[MAX_OWN_NESTING];
  * is never held across one.
  */
 static HTAB *registered = NULL;
-static HTAB *ancestors = NULL;	/* relid -> registered ancestor by inheritance, or itself */
+static HTAB *ancestors = NULL;	/* relid -> Ancestor */
 static MemoryContext registered_cxt = NULL;
 static uint64 registered_generation = 0;	/* counts the invalidations (load_registered) */
 static bool any_read_audit = false;
+
+/* The registered table a relation's rows belong to (see registered_root) */
+typedef struct Ancestor
+{
+	Oid			relid;			/* hash key */
+	Oid			root;
+	bool		elsewhere;		/* a reference table's copy whose changes another node records */
+} Ancestor;
 
 /* A set of strings, allocated in the statement's memory itself (see TableRead) */
 typedef struct KeyEntry
@@ -264,7 +272,7 @@ static void note_row(WrappedScan *w, TupleTableSlot *slot);
 static void finish_reads(PendingRead *pr, bool aborted, uint64 query_id);
 static void send_read(const GdprQueuedEvent *context, TableRead *r, uint64 query_id, bool aborted);
 static List *tables_read(PlannedStmt *stmt, List **written);
-static Oid	registered_root(Oid relid);
+static Oid	registered_root(Oid relid, bool *elsewhere);
 static Oid	inheritance_parent(Oid relid);
 static bool is_key_check(QueryDesc *queryDesc);
 static bool run_by_foreign_key(void);
@@ -327,8 +335,10 @@ gdpr_reads_abort(SubTransactionId mySubid)
 /*
  * Whether the statement starting now is a rights function's own (see
  * own_calls).  On a Citus cluster, so are the statements Citus makes of an
- * own statement: one level down, a subplan (Citus gives it no text) or the
- * part of the shards this node holds (local execution); and, on a worker,
+ * own statement: one level down, a subplan (Citus gives it no text and
+ * sends its rows on as COPY data; a SQL-standard function body has no text
+ * either, but its own receiver) or the part of the shards this node holds
+ * (local execution); and, on a worker,
  * the statements an erasure sends, which arrive at the top level once its
  * signal "rights" did (citus.c).  A trigger they fire has text of its own
  * and names tables, not shards: it is a read like any other.  An export
@@ -343,7 +353,8 @@ own_statement(QueryDesc *queryDesc)
 	if (n_own_calls > 0 && own_calls[n_own_calls - 1].level == nesting)
 		own = true;
 	else if (nesting > 0 && nesting <= MAX_OWN_NESTING && own_at[nesting - 1])
-		own = (queryDesc->sourceText != NULL && queryDesc->sourceText[0] == '\0') ||
+		own = (queryDesc->sourceText != NULL && queryDesc->sourceText[0] == '\0' &&
+			   queryDesc->dest != NULL && queryDesc->dest->mydest == DestCopyOut) ||
 			shards_only(queryDesc->plannedstmt);
 	else
 		own = nesting == 0 && gdpr_citus_erasure_statements();
@@ -424,8 +435,14 @@ gdpr_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	/* the writer's own lookups of subjects, and a rights function's own statements, are not reads */
 	if (gdpr_queue_writer || own_statement(queryDesc))
 		return;
-	if ((gdpr_internal_sql != NULL && queryDesc->sourceText == gdpr_internal_sql) ||
-		is_key_check(queryDesc))
+	if (gdpr_internal_sql != NULL && queryDesc->sourceText == gdpr_internal_sql)
+	{
+		/* what Citus makes of it is the extension's too (see own_statement) */
+		if (nesting < MAX_OWN_NESTING)
+			own_at[nesting] = true;
+		return;
+	}
+	if (is_key_check(queryDesc))
 		return;
 
 	/*
@@ -533,6 +550,8 @@ gdpr_ExecutorEnd(QueryDesc *queryDesc)
 		pending_reads = list_delete_ptr(pending_reads, pr);
 	}
 
+	if (nesting < MAX_OWN_NESTING)
+		own_at[nesting] = false;
 	if (prev_ExecutorEnd)
 		prev_ExecutorEnd(queryDesc);
 	else
@@ -558,7 +577,7 @@ gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		(gdpr_audit_superusers || !superuser_arg(GetUserId())))
 	{
 		Oid			relid = RangeVarGetRelid(((CopyStmt *) parsetree)->relation, NoLock, true);
-		Oid			root = OidIsValid(relid) ? registered_root(relid) : InvalidOid;
+		Oid			root = OidIsValid(relid) ? registered_root(relid, NULL) : InvalidOid;
 		RegisteredTable *t = OidIsValid(root) ? registered_table(root) : NULL;
 		bool		registered = t != NULL;
 		bool		audited = t != NULL && t->read_audit;	/* t is not held across a lookup */
@@ -580,6 +599,8 @@ gdpr_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		}
 	}
 
+	if (nesting < MAX_OWN_NESTING)
+		own_at[nesting] = false;	/* what it runs is no part of an earlier statement */
 	nesting++;
 	PG_TRY();
 	{
@@ -629,6 +650,7 @@ tables_read(PlannedStmt *stmt, List **written)
 		RangeTblEntry *rte = lfirst(lc);
 		Oid			root;
 		bool		write;
+		bool		elsewhere;
 
 		if (rte->rtekind != RTE_RELATION)
 			continue;
@@ -636,8 +658,11 @@ tables_read(PlannedStmt *stmt, List **written)
 			list_member_int(stmt->resultRelations, foreach_current_index(lc) + 1);
 		if (write && written == NULL)
 			continue;
-		root = registered_root(rte->relid);
+		root = registered_root(rte->relid, &elsewhere);
 		if (!is_registered(root))
+			continue;
+		/* a write reaches every copy of a reference table: the node that records it reads once */
+		if (elsewhere && stmt->commandType != CMD_SELECT)
 			continue;
 		if (write)
 			*written = list_append_unique_oid(*written, root);
@@ -831,18 +856,24 @@ emit(const char *head, const char *rows, bool aborted)
  * own OID where there is none.
  */
 static Oid
-registered_root(Oid relid)
+registered_root(Oid relid, bool *elsewhere)
 {
 	Oid			root = gdpr_root_relid(relid);
 	Oid			up = root;
-	Oid		   *cached;
-	bool		found;
+	bool		copy_elsewhere = false;
+	Ancestor   *cached;
 
+	if (elsewhere != NULL)
+		*elsewhere = false;
 	if (is_registered(root) || registered == NULL || !any_read_audit)
 		return root;
 	cached = hash_search(ancestors, &relid, HASH_FIND, NULL);
 	if (cached != NULL)
-		return cached[1];
+	{
+		if (elsewhere != NULL)
+			*elsewhere = cached->elsewhere;
+		return cached->root;
+	}
 	for (int depth = 0; depth < 32 && OidIsValid(up = inheritance_parent(up)); depth++)
 		if (is_registered(up))
 		{
@@ -851,7 +882,7 @@ registered_root(Oid relid)
 		}
 	if (!is_registered(root))
 	{
-		bool		recorded_here;	/* a copy's reads are recorded where they are made */
+		bool		recorded_here;
 		Oid			table;
 
 		if (SPI_connect() != SPI_OK_CONNECT)
@@ -859,14 +890,20 @@ registered_root(Oid relid)
 		table = gdpr_citus_shard_table(relid, &recorded_here);
 		SPI_finish();
 		if (OidIsValid(table) && is_registered(table))
+		{
 			root = table;
+			copy_elsewhere = !recorded_here;
+		}
 	}
 	/* looked up again: the scans above may have processed an invalidation */
 	if (registered != NULL)
 	{
-		cached = hash_search(ancestors, &relid, HASH_ENTER, &found);
-		cached[1] = root;
+		cached = hash_search(ancestors, &relid, HASH_ENTER, NULL);
+		cached->root = root;
+		cached->elsewhere = copy_elsewhere;
 	}
+	if (elsewhere != NULL)
+		*elsewhere = copy_elsewhere;
 	return root;
 }
 
@@ -950,7 +987,7 @@ load_registered(void)
 		ctl.hcxt = cxt;
 		set = hash_create("gdpr registered tables", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = 2 * sizeof(Oid);
+		ctl.entrysize = sizeof(Ancestor);
 		ctl.hcxt = cxt;
 		anc = hash_create("gdpr inheritance ancestors", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
@@ -1158,7 +1195,7 @@ wrap_scan(ScanState *ss, PendingRead *pr)
 	/* a subplan used twice (a key in CASE and in format) is one node, visited twice */
 	if (rel == NULL || ss->ss_ScanTupleSlot == NULL || ss->ps.ExecProcNodeReal == capture_node)
 		return;
-	root = registered_root(RelationGetRelid(rel));
+	root = registered_root(RelationGetRelid(rel), NULL);
 	foreach(lc, pr->reads)
 		if (((TableRead *) lfirst(lc))->relid == root)
 			r = lfirst(lc);
@@ -1475,7 +1512,7 @@ plans_audited_table(PlannedStmt *stmt)
 
 	foreach(lc, stmt->relationOids)
 	{
-		RegisteredTable *t = registered_table(registered_root(lfirst_oid(lc)));
+		RegisteredTable *t = registered_table(registered_root(lfirst_oid(lc), NULL));
 
 		if (t != NULL && t->read_audit)
 			return true;
@@ -1498,7 +1535,7 @@ reads_audited_table(Node *node, void *context)
 			*(bool *) context = true;
 		if (rte->rtekind != RTE_RELATION)
 			return false;
-		t = registered_table(registered_root(rte->relid));
+		t = registered_table(registered_root(rte->relid, NULL));
 		return t != NULL && t->read_audit;
 	}
 	if (IsA(node, Query))
@@ -1527,7 +1564,7 @@ gdpr_get_relation_info(PlannerInfo *root, Oid relid, bool inhparent, RelOptInfo 
 		(!gdpr_audit_superusers && superuser_arg(GetUserId())) ||
 		!(registered != NULL || load_registered()) || !any_read_audit)
 		return;
-	table = registered_root(relid);
+	table = registered_root(relid, NULL);
 	t = registered_table(table);
 	if (t == NULL || !t->read_audit)
 		return;

@@ -407,6 +407,12 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table with OID %u is not registered", plan.table)));
 	from = plan.shard ? gdpr_relation_name(relid) : map->qualified_name;
+	if (plan.shard && gdpr_citus_copied(plan.table))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is a copy of %s, which retention purges through the coordinator",
+						gdpr_relation_name(relid), map->qualified_name),
+				 errhint("Run the table's retention on the coordinator: every copy loses the same rows.")));
 	if (!plan.shard && gdpr_citus_copied(relid))
 	{
 		if (gdpr_citus_worker())

@@ -115,7 +115,7 @@ BEGIN
     END IF;
     -- each node purges its own shards (gdpr._retention_targets); the copies of a reference or
     -- Citus local table are changed together, through the coordinator, by key (retention.c)
-    IF action = 'anonymize' AND gdpr._citus_table(tbl) AND NOT gdpr._citus_distributed(tbl) THEN
+    IF action = 'anonymize' AND gdpr._citus_copied(tbl) THEN
         RAISE EXCEPTION 'retention cannot anonymize Citus reference or local tables: % is one', gdpr._qualified(tbl)
             USING ERRCODE = '0A000',
                   HINT = 'Purge its rows (action => ''delete''), or distribute the table (see README, "Scaling out").';
@@ -270,6 +270,7 @@ DECLARE
     started timestamptz := clock_timestamp();
     n       bigint;
     total   bigint;
+    copies_purged boolean := false;
 BEGIN
     IF dry_run IS NULL OR batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'dry_run must be given and batch_size be at least 1' USING ERRCODE = '22023';
@@ -297,6 +298,7 @@ BEGIN
         END;
         deleted := CASE WHEN p.action = 'delete' THEN total ELSE 0 END;
         anonymized := CASE WHEN p.action = 'anonymize' THEN total ELSE 0 END;
+        copies_purged := copies_purged OR (NOT dry_run AND total > 0 AND gdpr._citus_copied(p.target));
         INSERT INTO gdpr.retention_history (started_at, table_name, deleted, anonymized, dry_run, error)
         VALUES (started, table_name, deleted, anonymized, dry_run, error);
         RETURN NEXT;
@@ -317,10 +319,17 @@ BEGIN
         INSERT INTO gdpr.retention_history (started_at, table_name, deleted) VALUES (started, table_name, deleted);
         RETURN NEXT;
         table_name := 'gdpr.erasure_request';
-        SELECT count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed')
-          INTO deleted, n FROM gdpr.run_due_erasures() r;
         anonymized := 0;
-        error := CASE WHEN n > 0 THEN format('%s erasure(s) failed: see gdpr.erasure_request', n) END;
+        IF copies_purged THEN
+            -- Citus lets one role only write the reference tables of a transaction: the purge's
+            -- (the tables' owners) and the erasures' signals (the caller) cannot share one
+            deleted := 0;
+            error := 'due erasures left to a transaction of their own: this one purged a Citus reference or local table; run gdpr.run_due_erasures()';
+        ELSE
+            SELECT count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed')
+              INTO deleted, n FROM gdpr.run_due_erasures() r;
+            error := CASE WHEN n > 0 THEN format('%s erasure(s) failed: see gdpr.erasure_request', n) END;
+        END IF;
         RETURN NEXT;
         DELETE FROM gdpr.retention_history h WHERE h.started_at < now() - interval '90 days';
     END IF;
