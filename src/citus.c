@@ -528,48 +528,47 @@ gdpr_citus_consent(const char *kind, const char *subject, const char *purpose)
 	return result != NULL && strcmp(result, "t") == 0;
 }
 
-/* Whether relid is a Citus table whose pg_dist_partition row satisfies condition */
-static bool
-citus_partition(Oid relid, const char *condition)
+/* What relid is to Citus (gdpr._citus_kind), or NULL.  SPI must be connected. */
+static char *
+citus_kind(Oid relid)
 {
-	Oid			argtypes[1] = {OIDOID};
+	Oid			argtypes[1] = {REGCLASSOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
 
 	if (!citus_installed())
-		return false;
-	if (SPI_execute_with_args(psprintf("SELECT FROM pg_catalog.pg_dist_partition p "
-									   " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
-									   "   AND %s", condition),
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: looking the table up in pg_dist_partition");
-	return SPI_processed > 0;
+		return NULL;
+	if (SPI_execute_with_args("SELECT gdpr._citus_kind($1)", 1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: gdpr._citus_kind");
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
 /* Whether a table is a Citus table of any kind */
 bool
 gdpr_citus_table(Oid relid)
 {
-	return citus_partition(relid, "true");
+	return citus_kind(relid) != NULL;
 }
 
-/* Whether a table is a Citus table distributed by a column (sharded) */
+/* Whether a table is a Citus table distributed by a column (sharded by hash) */
 bool
 gdpr_citus_distributed(Oid relid)
 {
-	return citus_partition(relid, "p.partmethod OPERATOR(pg_catalog.=) 'h'");
+	char	   *kind = citus_kind(relid);
+
+	return kind != NULL && strcmp(kind, "distributed") == 0;
 }
 
 /*
  * Whether a table is a Citus reference or local table: one shard, whose
  * copies (one per node, or the coordinator's alone) one statement changes.
- * A single-shard distributed table has its one copy on some worker, as a
- * distributed table has each of its shards.
  */
 bool
 gdpr_citus_copied(Oid relid)
 {
-	return citus_partition(relid, "p.partmethod OPERATOR(pg_catalog.=) 'n' "
-						   "AND (p.repmodel OPERATOR(pg_catalog.=) 't' OR p.colocationid OPERATOR(pg_catalog.=) 0)");
+	char	   *kind = citus_kind(relid);
+
+	return kind != NULL && strcmp(kind, "copied") == 0;
 }
 
 /* Compares two signatures in time that does not depend on where they differ */

@@ -26,58 +26,42 @@ BEGIN
 END
 $$;
 
--- Whether a table is a Citus table (distributed, reference, or local in the metadata).
+-- What a table is to Citus: 'distributed' by a column's hash; 'copied', a reference or Citus
+-- local table, whose copies (one per node, or the coordinator's alone) one statement changes;
+-- 'sharded' otherwise (a single-shard distributed table, whose one shard is on one node, or an
+-- append or range distributed one); NULL when it is not in Citus's metadata.
+CREATE FUNCTION gdpr._citus_kind(tbl pg_catalog.regclass) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kind text;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT CASE WHEN partmethod = ''n'' AND (repmodel = ''t'' OR colocationid = 0) THEN ''copied''
+                         WHEN partmethod = ''h'' THEN ''distributed'' ELSE ''sharded'' END
+               FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
+        INTO kind USING tbl;
+    RETURN kind;
+END
+$$;
+
 CREATE FUNCTION gdpr._citus_table(tbl pg_catalog.regclass) RETURNS boolean
-    LANGUAGE plpgsql STABLE
+    LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    found boolean;
-BEGIN
-    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
-        RETURN false;
-    END IF;
-    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)'
-        INTO found USING tbl;
-    RETURN found;
-END
-$$;
+AS $$ SELECT gdpr._citus_kind(tbl) IS NOT NULL $$;
 
--- Whether a table is a Citus reference or local table, whose copies one statement changes (a
--- single-shard distributed table is not: its one shard is on one node).
-CREATE FUNCTION gdpr._citus_copied(tbl pg_catalog.regclass) RETURNS boolean
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    found boolean;
-BEGIN
-    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
-        RETURN false;
-    END IF;
-    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
-                             WHERE logicalrelid = $1 AND partmethod = ''n'' AND (repmodel = ''t'' OR colocationid = 0))'
-        INTO found USING tbl;
-    RETURN found;
-END
-$$;
-
--- Whether a table is distributed by a column (sharded), not a reference or Citus local table.
 CREATE FUNCTION gdpr._citus_distributed(tbl pg_catalog.regclass) RETURNS boolean
-    LANGUAGE plpgsql STABLE
+    LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    found boolean;
-BEGIN
-    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
-        RETURN false;
-    END IF;
-    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1 AND partmethod = ''h'')'
-        INTO found USING tbl;
-    RETURN found;
-END
-$$;
+AS $$ SELECT gdpr._citus_kind(tbl) IS NOT DISTINCT FROM 'distributed' $$;
+
+CREATE FUNCTION gdpr._citus_copied(tbl pg_catalog.regclass) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$ SELECT gdpr._citus_kind(tbl) IS NOT DISTINCT FROM 'copied' $$;
 
 -- Citus creates triggers on its tables only under citus.enable_unsafe_triggers: the trigger
 -- then fires on the node that holds the shard, which is where the capture has to run.  Set for
