@@ -51,6 +51,7 @@ PG_FUNCTION_INFO_V1(gdpr_cluster_receive);
 PGDLLEXPORT void gdpr_cluster_catch_up_main(Datum main_arg);
 
 static bool citus_installed(void);
+static int64 shard_id(Oid relid);
 
 /*
  * The Citus table a shard on this node belongs to, or InvalidOid when relid
@@ -81,20 +82,14 @@ gdpr_citus_shard_table(Oid relid, bool *recorded_here)
 		"       OPERATOR(pg_catalog.=) $2::pg_catalog.regclass";
 	Oid			argtypes[2] = {INT8OID, OIDOID};
 	Datum		args[2];
-	char	   *name;
-	char	   *suffix;
+	int64		shardid = shard_id(relid);
 	bool		isnull;
 	Oid			table;
 
 	*recorded_here = true;
-	if (!citus_installed())
+	if (shardid < 0)
 		return InvalidOid;
-	name = get_rel_name(relid);
-	suffix = name != NULL ? strrchr(name, '_') : NULL;
-	if (suffix == NULL || suffix[1] == '\0' || strspn(suffix + 1, "0123456789") != strlen(suffix + 1) ||
-		strlen(suffix + 1) > 18)
-		return InvalidOid;
-	args[0] = Int64GetDatum(strtoi64(suffix + 1, NULL, 10));
+	args[0] = Int64GetDatum(shardid);
 	args[1] = ObjectIdGetDatum(relid);
 	if (SPI_execute_with_args(sql, 2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed for \"%s\"", sql);
@@ -110,6 +105,34 @@ gdpr_citus_shard_table(Oid relid, bool *recorded_here)
 		*recorded_here = isnull || DatumGetBool(here);
 	}
 	return table;
+}
+
+/*
+ * The shard id a relation's name ends with ("_<shard id>"), or -1: where
+ * Citus is not installed, or the name cannot be a shard's.  Catalog lookups
+ * only, no SPI: callers on hot paths ask this before gdpr_citus_shard_table.
+ */
+static int64
+shard_id(Oid relid)
+{
+	char	   *name;
+	char	   *suffix;
+
+	if (!citus_installed())
+		return -1;
+	name = get_rel_name(relid);
+	suffix = name != NULL ? strrchr(name, '_') : NULL;
+	if (suffix == NULL || suffix[1] == '\0' || strspn(suffix + 1, "0123456789") != strlen(suffix + 1) ||
+		strlen(suffix + 1) > 18)
+		return -1;
+	return strtoi64(suffix + 1, NULL, 10);
+}
+
+/* Whether a relation may be a Citus shard (see shard_id) */
+bool
+gdpr_citus_shard_name(Oid relid)
+{
+	return shard_id(relid) >= 0;
 }
 
 /*
@@ -541,13 +564,6 @@ citus_kind(Oid relid)
 		SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed: gdpr._citus_kind");
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-}
-
-/* Whether a table is a Citus table of any kind */
-bool
-gdpr_citus_table(Oid relid)
-{
-	return citus_kind(relid) != NULL;
 }
 
 /* Whether a table is a Citus table distributed by a column (sharded by hash) */

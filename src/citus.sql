@@ -371,8 +371,8 @@ $$;
 
 -- What a retention pass of this node works on for a policy's table: the table itself, or, for a
 -- distributed table (a single-shard one too), its shards on this node (none on a coordinator that
--- holds none).  A
--- reference or Citus local table is the coordinator's: one statement there changes every copy.
+-- holds none).  A reference or Citus local table is the coordinator's: one statement there
+-- changes every copy.
 CREATE FUNCTION gdpr._retention_targets(tbl pg_catalog.regclass) RETURNS pg_catalog.regclass[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp

@@ -340,19 +340,19 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 	bool		found;
 	bool		erased;
 	bool		cluster;
+	bool		rights;
 	int64		scrubbed = 0;
 	Redacted	redacted = {0, 0, -1};
 	ListCell   *lc;
 
 	pseudonym = gdpr_subject_pseudonym(subject->kind, subject->key_text);
 	cluster = gdpr_citus_cluster();
+	/* what the erasure reads on the workers is its own, from its first statement there */
+	rights = cluster && gdpr_read_audit_any();
 	if (cluster)
-	{
 		gdpr_citus_sequential();
-		/* what the erasure reads on the workers is its own, from its first statement there */
-		if (gdpr_read_audit_any())
-			(void) gdpr_citus_signal("rights", "{}");
-	}
+	if (rights)
+		(void) gdpr_citus_signal("rights", "{}");
 
 	/*
 	 * The lock comes first: a concurrent erasure of the same subject, and a
@@ -403,7 +403,7 @@ erase_subject(const GdprSubject *subject, bool dry_run, const int64 *request_id,
 		gdpr_push_jsonb(&state, record);
 		v = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 		/* the workers' part ends without a scrub: what the transaction reads next is read */
-		if (cluster && gdpr_read_audit_any())
+		if (rights)
 			(void) gdpr_citus_signal("done", "{}");
 		PopActiveSnapshot();
 		return with_ledger(JsonbValueToJsonb(v), subject->kind, pseudonym, NULL, replay);
@@ -1376,73 +1376,52 @@ holds(const GdprSubject *subject)
 
 /*
  * How many of the subject's rows of a table match a hold's condition.  The
- * rows are found as the caller; the condition, which the table's owner
- * wrote (condition.c), runs with the owner's rights over those rows only,
- * whoever erases: never with the caller's, which may be a superuser's.
- *
- * On a Citus table the owner does not read the table again: Citus refuses
- * a statement of another role on placements the transaction changed (an
- * erasure before this one, a trial erasure), so the caller's statement
- * brings the rows themselves, and the condition runs over them here.
+ * rows are found as the caller, whole; the condition, which the table's
+ * owner wrote (condition.c), runs with the owner's rights over those rows
+ * alone, whoever erases: never with the caller's, which may be a
+ * superuser's.  The owner does not read the table itself: on a Citus table
+ * Citus would refuse it a statement on placements the transaction changed
+ * as the caller (an erasure before this one, a trial erasure).
  */
 static int64
 held_rows(const GdprTableMap *map, const char *condition, const GdprSubject *subject)
 {
 	Oid			keytype[1] = {subject->key_type};
 	Datum		key[1] = {subject->key};
-	Oid			argtypes[2] = {OIDARRAYOID, TIDARRAYOID};
-	Datum		args[2];
+	Oid			argtypes[1];
+	Datum		args[1];
 	char	   *rows;
 	char	   *sql;
 	Relation	rel;
 	bool		isnull;
-	bool		citus;
 	const char *outer;
 	int			ret;
 
 	rel = table_open(map->relid, AccessShareLock);
 	rows = gdpr_path_rows_sql(map, gdpr_pk_list(rel, "t."), GDPR_PATHS_OWNER);
-	citus = gdpr_citus_table(map->relid);
-	if (citus)
-	{
-		argtypes[0] = get_array_type(rel->rd_rel->reltype);
-		sql = rows == NULL || !OidIsValid(argtypes[0]) ? NULL :
-			psprintf("SELECT pg_catalog.array_agg(x) FROM %s x WHERE (%s) IN (%s)",
-					 map->from_name, gdpr_pk_list(rel, "x."), rows);
-		if (rows != NULL && !OidIsValid(argtypes[0]))
-			elog(ERROR, "table %s has no array type of its rows", map->qualified_name);
-	}
-	else
-		sql = rows == NULL ? NULL :
-			psprintf("SELECT pg_catalog.array_agg(tableoid), pg_catalog.array_agg(ctid) FROM %s "
-					 " WHERE (%s) IN (%s)", map->from_name, gdpr_pk_list(rel, ""), rows);
+	argtypes[0] = get_array_type(rel->rd_rel->reltype);
+	sql = rows == NULL ? NULL :
+		psprintf("SELECT pg_catalog.array_agg(x) FROM %s x WHERE (%s) IN (%s)",
+				 map->from_name, gdpr_pk_list(rel, "x."), rows);
 	table_close(rel, NoLock);
 	if (sql == NULL)
 		return 0;
+	if (!OidIsValid(argtypes[0]))
+		elog(ERROR, "table %s has no array type of its rows", map->qualified_name);
 	ret = SPI_execute_with_args(sql, 1, keytype, key, NULL, true, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed: %d", ret);
 	args[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		return 0;
-	if (citus)
-		sql = psprintf("SELECT pg_catalog.count(*) FROM pg_catalog.unnest($1) h WHERE (\n%s\n)", condition);
-	else
-	{
-		args[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		sql = psprintf("SELECT pg_catalog.count(*) FROM %s h "
-					   " WHERE EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(o, c) "
-					   "                WHERE h.tableoid OPERATOR(pg_catalog.=) u.o "
-					   "                  AND h.ctid OPERATOR(pg_catalog.=) u.c) "
-					   "   AND (\n%s\n)", map->from_name, condition);
-	}
+	sql = psprintf("SELECT pg_catalog.count(*) FROM pg_catalog.unnest($1) h WHERE (\n%s\n)", condition);
 	/* a count, not a read; what the condition runs in turn is (reads.c) */
 	outer = gdpr_internal_sql;
 	gdpr_internal_sql = sql;
 	PG_TRY();
 	{
-		ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, citus ? 1 : 2, argtypes,
-								   args, NULL, true, 0);
+		ret = gdpr_execute_as_role(gdpr_relation_owner(map->relid), NULL, sql, 1, argtypes, args,
+								   NULL, true, 0);
 	}
 	PG_FINALLY();
 	{

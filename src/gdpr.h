@@ -153,6 +153,7 @@ extern GdprPathSql gdpr_path_sql(const GdprTableMap *map, const GdprPath *path,
 #define GDPR_PATHS_OWNER		1
 #define GDPR_PATHS_CONCERNED	2
 #define GDPR_PATHS_ALL			3
+extern List *gdpr_pk_names(Relation rel);
 extern char *gdpr_pk_list(Relation rel, const char *prefix);
 extern char *gdpr_pk_json(Relation rel, const char *prefix);
 extern char *gdpr_path_rows_sql(const GdprTableMap *map, const char *pk, int which);
@@ -301,6 +302,7 @@ extern int64 gdpr_record_event(const char *event, const char *kind, const char *
 
 /* citus.c */
 extern Oid	gdpr_citus_shard_table(Oid relid, bool *recorded_here);	/* SPI */
+extern bool gdpr_citus_shard_name(Oid relid);
 extern void gdpr_cluster_map_changed(void);	/* SPI */
 extern bool gdpr_cluster_catch_up(void);	/* SPI */
 extern void gdpr_citus_check(const char *function);	/* SPI */
@@ -311,7 +313,6 @@ extern int	gdpr_citus_signal(const char *op, const char *body);	/* SPI */
 extern List *gdpr_citus_local_shards(Oid table);	/* SPI */
 extern bool gdpr_citus_distributed(Oid relid);	/* SPI */
 extern bool gdpr_citus_copied(Oid relid);	/* SPI */
-extern bool gdpr_citus_table(Oid relid);	/* SPI */
 extern bool gdpr_citus_erasure_statements(void);
 extern bool gdpr_citus_worker(void);	/* SPI */
 extern bool gdpr_citus_consent(const char *kind, const char *subject, const char *purpose);	/* SPI */

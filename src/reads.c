@@ -367,24 +367,33 @@ own_statement(QueryDesc *queryDesc)
 static bool
 shards_only(PlannedStmt *stmt)
 {
-	bool		any = false;
+	List	   *relids = NIL;
+	bool		all = true;
 	ListCell   *lc;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	/* by name first: statements under a rights function's own are mostly triggers' */
 	foreach(lc, stmt->rtable)
 	{
 		RangeTblEntry *rte = lfirst(lc);
-		bool		recorded_here;
 
 		if (rte->rtekind != RTE_RELATION)
 			continue;
-		any = OidIsValid(gdpr_citus_shard_table(rte->relid, &recorded_here));
-		if (!any)
-			break;
+		if (!gdpr_citus_shard_name(rte->relid))
+			return false;
+		relids = lappend_oid(relids, rte->relid);
+	}
+	if (relids == NIL)
+		return false;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	foreach(lc, relids)
+	{
+		bool		recorded_here;
+
+		all = all && OidIsValid(gdpr_citus_shard_table(lfirst_oid(lc), &recorded_here));
 	}
 	SPI_finish();
-	return any;
+	return all;
 }
 
 /* Whether a registered table of this database is read-audited */
@@ -880,7 +889,7 @@ registered_root(Oid relid, bool *elsewhere)
 			root = up;
 			break;
 		}
-	if (!is_registered(root))
+	if (!is_registered(root) && gdpr_citus_shard_name(relid))
 	{
 		bool		recorded_here;
 		Oid			table;

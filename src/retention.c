@@ -52,7 +52,6 @@
  */
 #include "postgres.h"
 
-#include "access/sysattr.h"
 #include "access/table.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -64,7 +63,6 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
-#include "utils/relcache.h"
 
 PG_FUNCTION_INFO_V1(gdpr_retention_batch);
 
@@ -355,6 +353,7 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 	char	   *pk;
 	char	   *pk_outer;
 	bool		by_ctid;
+	bool		copied;
 	char	   *batch;
 	char	   *change;
 	const char *from;
@@ -407,13 +406,14 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table with OID %u is not registered", plan.table)));
 	from = plan.shard ? gdpr_relation_name(relid) : map->qualified_name;
-	if (plan.shard && gdpr_citus_copied(plan.table))
+	copied = gdpr_citus_copied(plan.table);
+	if (plan.shard && copied)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s is a copy of %s, which retention purges through the coordinator",
 						gdpr_relation_name(relid), map->qualified_name),
 				 errhint("Run the table's retention on the coordinator: every copy loses the same rows.")));
-	if (!plan.shard && gdpr_citus_copied(relid))
+	if (copied)
 	{
 		if (gdpr_citus_worker())
 			ereport(ERROR,
@@ -526,39 +526,37 @@ retention_sql(Oid relid, int32 batch_size, bool dry_run, BlockNumber start)
 static void
 copies_sql(BatchPlan *plan, Relation rel, const char *from, const char *where, int32 batch_size)
 {
-	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *names = gdpr_pk_names(rel);
 	StringInfoData aggs;
 	StringInfoData cols;
 	StringInfoData unnest;
-	int			attno = -1;
+	ListCell   *lc;
 
 	initStringInfo(&aggs);
 	initStringInfo(&cols);
 	initStringInfo(&unnest);
-	plan->keytypes = palloc(sizeof(Oid) * Max(bms_num_members(pkattrs), 1));
+	plan->keytypes = palloc(sizeof(Oid) * Max(list_length(names), 1));
 	plan->nkeys = 0;
-	while ((attno = bms_next_member(pkattrs, attno)) >= 0)
+	foreach(lc, names)
 	{
-		Form_pg_attribute att = TupleDescAttr(desc, attno + FirstLowInvalidHeapAttributeNumber - 1);
-		const char *name = quote_identifier(NameStr(att->attname));
+		const char *name = quote_identifier(lfirst(lc));
 		const char *sep = plan->nkeys > 0 ? ", " : "";
-		Oid			arraytype = get_array_type(att->atttypid);
+		Oid			arraytype = get_array_type(get_atttype(RelationGetRelid(rel),
+														   get_attnum(RelationGetRelid(rel), lfirst(lc))));
 
 		if (!OidIsValid(arraytype))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("retention cannot purge %s by key: its key column \"%s\" has a type without arrays",
-							gdpr_relation_name(RelationGetRelid(rel)), NameStr(att->attname))));
+							gdpr_relation_name(RelationGetRelid(rel)), (char *) lfirst(lc))));
 		appendStringInfo(&aggs, "%spg_catalog.array_agg(k.%s)", sep, name);
 		appendStringInfo(&cols, "%st.%s", sep, name);
 		appendStringInfo(&unnest, "%spg_catalog.unnest($%d)", sep, plan->nkeys + 1);
 		plan->keytypes[plan->nkeys++] = arraytype;
 	}
+	/* registered tables have a primary key (gdpr._check_table) */
 	if (plan->nkeys == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table %s has no primary key", gdpr_relation_name(RelationGetRelid(rel)))));
+		elog(ERROR, "table %s has no primary key", gdpr_relation_name(RelationGetRelid(rel)));
 	plan->sql = psprintf("SELECT %s FROM (SELECT %s FROM %s t WHERE %s LIMIT %d) k",
 						 aggs.data, cols.data, from, where, batch_size);
 	plan->again = psprintf("DELETE FROM %s t WHERE (%s) IN (SELECT * FROM ROWS FROM (%s)) AND %s",

@@ -39,7 +39,6 @@ static List *oid_array_to_list(Datum array);
 static char *spi_text(HeapTuple tuple, TupleDesc desc, int col);
 static GdprPath *find_path(List *paths, const char *name);
 static char *qualified_table(const GdprTableMap *map, Oid relid);
-static List *pk_names(Relation rel);
 static const char *qualified_operator(Oid opid);
 static GdprPathSql path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix);
 static void append_step_condition(StringInfo buf, const GdprStep *step, const char *left,
@@ -492,8 +491,8 @@ path_sql(const GdprTableMap *map, const GdprPath *path, const char *rowprefix)
 }
 
 /* The names of rel's primary key columns, in attribute order */
-static List *
-pk_names(Relation rel)
+List *
+gdpr_pk_names(Relation rel)
 {
 	Bitmapset  *pkattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -516,7 +515,7 @@ gdpr_pk_list(Relation rel, const char *prefix)
 	ListCell   *lc;
 
 	initStringInfo(&buf);
-	foreach(lc, pk_names(rel))
+	foreach(lc, gdpr_pk_names(rel))
 		appendStringInfo(&buf, "%s%s%s", buf.len > 0 ? ", " : "", prefix,
 						 quote_identifier(lfirst(lc)));
 	return buf.len > 0 ? buf.data : NULL;
@@ -531,7 +530,7 @@ gdpr_pk_json(Relation rel, const char *prefix)
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "pg_catalog.jsonb_build_object(");
-	foreach(lc, pk_names(rel))
+	foreach(lc, gdpr_pk_names(rel))
 		appendStringInfo(&buf, "%s%s, %s%s", foreach_current_index(lc) > 0 ? ", " : "",
 						 quote_literal_cstr(lfirst(lc)), prefix, quote_identifier(lfirst(lc)));
 	appendStringInfoChar(&buf, ')');
